@@ -1,0 +1,78 @@
+use paxoskv::{InvalidInput, ReplicaId};
+use serde::{Deserialize, Serialize};
+
+/// Every error a client can get back from a replica.
+#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error, Serialize, Deserialize)]
+pub enum KvError {
+    /// This replica does not lead; `leader_addr` is where to go, if known.
+    #[error("not the leader (leader: {})", leader_addr.as_deref().unwrap_or("unknown"))]
+    NotLeader {
+        /// The leader's replica id, if known.
+        leader: Option<ReplicaId>,
+        /// The leader's address, if known.
+        leader_addr: Option<String>,
+    },
+    /// No answer in time; the command may or may not have been applied (retry with the
+    /// same id to find out).
+    #[error("timed out after {timeout_ms} ms")]
+    Timeout {
+        /// How long the replica waited.
+        timeout_ms: u64,
+    },
+    /// Not enough replicas answer to make progress.
+    #[error("cluster unavailable: only {answered} of {total} replicas answered")]
+    Unavailable {
+        /// Replicas that answered.
+        answered: u32,
+        /// Replicas in the cluster.
+        total: u32,
+    },
+    /// The replica cannot make progress for a local reason (for example, storage failed).
+    #[error("replica unavailable: {reason}")]
+    ReplicaFailed {
+        /// Why.
+        reason: String,
+    },
+    /// Key or value over the configured limit.
+    #[error("too large: {0}")]
+    TooLarge(String),
+    /// The request is malformed.
+    #[error("invalid request: {0}")]
+    InvalidRequest(String),
+    /// The replica's queues are full; back off and retry.
+    #[error("server busy: {0}")]
+    Busy(String),
+    /// A request of this session older than the last applied one: its result is gone.
+    #[error("stale request: sequence {seq} is older than the last applied {last_applied}")]
+    StaleRequest {
+        /// The refused sequence number.
+        seq: u64,
+        /// The session's last applied sequence number.
+        last_applied: u64,
+    },
+}
+
+impl From<InvalidInput> for KvError {
+    fn from(e: InvalidInput) -> Self {
+        match e {
+            InvalidInput::EmptyKey => KvError::InvalidRequest(e.to_string()),
+            InvalidInput::KeyTooLarge { .. } | InvalidInput::ValueTooLarge { .. } => {
+                KvError::TooLarge(e.to_string())
+            }
+        }
+    }
+}
+
+impl KvError {
+    /// True when retrying the same request elsewhere or later can succeed.
+    pub fn is_retryable(&self) -> bool {
+        matches!(
+            self,
+            KvError::NotLeader { .. }
+                | KvError::Timeout { .. }
+                | KvError::Unavailable { .. }
+                | KvError::ReplicaFailed { .. }
+                | KvError::Busy(_)
+        )
+    }
+}

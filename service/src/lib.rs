@@ -1,0 +1,122 @@
+//! The paxoskv wire interface: two tarpc services sharing one TCP port per replica.
+//!
+//! - [`ReplicaRpc`]: replica to replica (`prepare`, `accept`, `learn`, `fetch_chosen`).
+//! - [`KvRpc`]: client to replica (`get`, `put`, `delete`, `propose`, `status`).
+//!
+//! A connection starts with one tag byte that names the service ([`ServiceTag`]), then carries
+//! length-delimited bincode frames with an explicit maximum length.
+
+#![warn(missing_docs)]
+
+mod error;
+mod transport;
+
+pub use error::KvError;
+pub use transport::{
+    bincode_transport, connect_kv, connect_replica, frame_codec, read_service_tag, ServiceTag, KV_MAX_FRAME_BYTES,
+    REPLICA_MAX_FRAME_BYTES,
+};
+
+use paxoskv::message::{Accept, FetchChosen, Learn, Prepare, Response};
+use paxoskv::{Command, CommandId, Outcome, ReplicaId, Slot};
+use serde::{Deserialize, Serialize};
+
+/// How a GET is served.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub enum ReadMode {
+    /// The leader confirms leadership with a majority and answers at or after the commit
+    /// index seen when the read arrived.
+    #[default]
+    Linearizable,
+    /// The contacted replica answers from its own applied state; may be stale.
+    Stale,
+}
+
+/// Answer to a GET.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct GetReply {
+    /// The value, or `None` if the key does not exist.
+    pub value: Option<Vec<u8>>,
+    /// Replica that answered.
+    pub served_by: ReplicaId,
+    /// True when the answer came from local state without a leadership check.
+    pub stale: bool,
+    /// Where the leader is, so the client can go there directly next time.
+    pub leader_addr: Option<String>,
+}
+
+/// Answer to a PUT, DELETE or PROPOSE.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct WriteReply {
+    /// What applying the command did.
+    pub outcome: Outcome,
+    /// Where the leader is, so the client can go there directly next time.
+    pub leader_addr: Option<String>,
+}
+
+/// Counters of injected failures (`-f`).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct FailureStats {
+    /// Messages dropped by failure injection (acceptor neither acted nor answered).
+    pub dropped_messages: u64,
+    /// Messages that passed through.
+    pub passed_messages: u64,
+}
+
+/// What one replica reports about itself.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ReplicaStatus {
+    /// This replica's index.
+    pub id: ReplicaId,
+    /// This replica's address.
+    pub addr: String,
+    /// "leader", "candidate" or "follower".
+    pub role: String,
+    /// The known leader, if any.
+    pub leader: Option<ReplicaId>,
+    /// The leader's address, if known.
+    pub leader_addr: Option<String>,
+    /// Highest ballot promised, as "round.replica".
+    pub promised: String,
+    /// Contiguous prefix of the log known chosen and applied.
+    pub applied_through: Slot,
+    /// Number of keys in the map.
+    pub keys: u64,
+    /// Order-independent digest of the map, to compare replicas.
+    pub map_digest: u64,
+    /// Failure injection counters.
+    pub failures: FailureStats,
+    /// Failure injection description ("off", "drop 0.25", "down 0.25").
+    pub fail_mode: String,
+}
+
+/// Replica-to-replica protocol. Every method is idempotent: retries and duplicates are safe.
+/// An acceptor that fails (injected or real) does not answer; the caller times out.
+#[tarpc::service]
+pub trait ReplicaRpc {
+    /// Phase 1a -> `Promise` or `Nack`.
+    async fn prepare(from: ReplicaId, request: Prepare) -> Response;
+    /// Phase 2a -> `Accepted` or `Nack`.
+    async fn accept(from: ReplicaId, request: Accept) -> Response;
+    /// Heartbeat and commit announcement -> `LearnAck` or `Nack`.
+    async fn learn(from: ReplicaId, request: Learn) -> Response;
+    /// Catch-up: chosen values from a slot on -> `Chosen`.
+    async fn fetch_chosen(from: ReplicaId, request: FetchChosen) -> Response;
+}
+
+/// Client-facing protocol. Any replica may be contacted; writes to a follower are forwarded to
+/// the leader, and replies name the leader so the client can go there next time.
+#[tarpc::service]
+pub trait KvRpc {
+    /// Read a key.
+    async fn get(key: String, mode: ReadMode) -> Result<GetReply, KvError>;
+    /// Set a key. `id` makes retries exactly-once.
+    async fn put(id: CommandId, key: String, value: Vec<u8>) -> Result<WriteReply, KvError>;
+    /// Remove a key. `id` makes retries exactly-once.
+    async fn delete(id: CommandId, key: String) -> Result<WriteReply, KvError>;
+    /// Submit a command for consensus. Followers use it to forward writes to the leader;
+    /// `forwarded` stops a second hop.
+    async fn propose(command: Command, forwarded: bool) -> Result<WriteReply, KvError>;
+    /// This replica's view of itself and the cluster.
+    async fn status() -> ReplicaStatus;
+}
