@@ -1,0 +1,164 @@
+//! Acceptor rules: promise on prepare, accept on accept, acknowledge heartbeats, and serve
+//! chosen values to learners that are behind. State changes are persisted via [`Record`]s
+//! that the runtime makes durable before the response leaves.
+
+use crate::message::{
+    Accept, Accepted, AcceptedEntry, ChosenEntries, FetchChosen, Learn, LearnAck, Nack, Prepare,
+    Promise, Response,
+};
+use crate::persist::Record;
+use crate::replica::{Replica, Role};
+use crate::types::{Ballot, ReplicaId};
+
+impl Replica {
+    pub(crate) fn on_prepare(&mut self, p: Prepare) -> Response {
+        self.max_seen_round = self.max_seen_round.max(p.ballot.round);
+        if p.probe {
+            return self.on_probe(p);
+        }
+        if p.ballot < self.promised {
+            return self.nack(p.ballot, None);
+        }
+        self.raise_promise(p.ballot);
+        self.yield_to(p.ballot);
+        let after = self
+            .log
+            .chosen_through()
+            .max(p.first_unchosen.saturating_sub(1));
+        let accepted = self
+            .log
+            .unchosen_above(after)
+            .map(|(slot, e)| AcceptedEntry {
+                slot,
+                ballot: e.ballot,
+                value: e.value.clone(),
+            })
+            .collect();
+        Response::Promise(Promise {
+            ballot: p.ballot,
+            accepted,
+            chosen_through: self.log.chosen_through(),
+        })
+    }
+
+    /// Pre-vote: agree only if this replica would promise and hears no live leader, so a
+    /// replica cut off for a moment cannot depose a healthy leader.
+    fn on_probe(&mut self, p: Prepare) -> Response {
+        let would_promise = p.ballot > self.promised;
+        if would_promise && !self.hears_leader() {
+            Response::Promise(Promise {
+                ballot: p.ballot,
+                accepted: Vec::new(),
+                chosen_through: self.log.chosen_through(),
+            })
+        } else {
+            self.nack(p.ballot, None)
+        }
+    }
+
+    pub(crate) fn on_accept(&mut self, from: ReplicaId, a: Accept) -> Response {
+        if a.ballot < self.promised {
+            return self.nack(a.ballot, Some(a.slot));
+        }
+        self.follow(from, a.ballot);
+        if a.slot > self.log.compacted_through() && !self.log.is_chosen(a.slot) {
+            self.log.accept(a.slot, a.ballot, a.value.clone());
+            self.persist(Record::Accepted {
+                slot: a.slot,
+                ballot: a.ballot,
+                value: a.value,
+            });
+        } else if let Some(e) = self.log.get(a.slot) {
+            assert_eq!(e.value, a.value, "a chosen value never changes");
+        }
+        self.learn_commit(a.ballot, a.commit);
+        Response::Accepted(Accepted {
+            ballot: a.ballot,
+            slot: a.slot,
+        })
+    }
+
+    pub(crate) fn on_learn(&mut self, from: ReplicaId, l: Learn) -> Response {
+        if l.ballot < self.promised {
+            return self.nack(l.ballot, None);
+        }
+        self.follow(from, l.ballot);
+        self.learn_commit(l.ballot, l.commit);
+        Response::LearnAck(LearnAck {
+            ballot: l.ballot,
+            round: l.round,
+            chosen_through: self.log.chosen_through(),
+        })
+    }
+
+    pub(crate) fn on_fetch_chosen(&mut self, f: FetchChosen) -> Response {
+        let chosen_through = self.log.chosen_through();
+        if f.from_slot <= self.log.compacted_through() {
+            return Response::Chosen(ChosenEntries {
+                from_slot: f.from_slot,
+                values: Vec::new(),
+                chosen_through,
+                snapshot_needed: true,
+            });
+        }
+        let mut values = Vec::new();
+        let mut bytes = 0usize;
+        let max_entries = f.max_entries.min(self.cfg.fetch_max_entries) as usize;
+        let mut slot = f.from_slot;
+        while values.len() < max_entries && bytes < self.cfg.fetch_max_bytes {
+            let Some(value) = self.chosen_value(slot) else {
+                break;
+            };
+            bytes += value.size_bytes();
+            values.push(value.clone());
+            slot += 1;
+        }
+        Response::Chosen(ChosenEntries {
+            from_slot: f.from_slot,
+            values,
+            chosen_through,
+            snapshot_needed: false,
+        })
+    }
+
+    /// Accepts `ballot`'s owner as leader: promise it, step aside if we competed, and note the
+    /// contact so we do not start an election.
+    fn follow(&mut self, from: ReplicaId, ballot: Ballot) {
+        self.raise_promise(ballot);
+        self.yield_to(ballot);
+        if ballot.replica == from {
+            self.leader_hint = Some(from);
+            self.leader_contact_tick = Some(self.now_tick);
+            self.reset_election_timer();
+        }
+    }
+
+    /// Steps down if `ballot` beats our own leadership or candidacy.
+    pub(crate) fn yield_to(&mut self, ballot: Ballot) {
+        let mine = match &self.role {
+            Role::Leader(l) => Some(l.ballot),
+            Role::Candidate(c) => Some(c.ballot),
+            Role::Follower => None,
+        };
+        if mine.is_some_and(|b| b < ballot) {
+            self.become_follower(Some(ballot.replica));
+        }
+    }
+
+    /// True if a leader was heard recently enough that an election would be premature.
+    pub(crate) fn hears_leader(&self) -> bool {
+        if self.is_leader() {
+            return true;
+        }
+        self.leader_contact_tick
+            .is_some_and(|t| self.now_tick < t + self.cfg.election_timeout_min_ticks)
+    }
+
+    fn nack(&self, ballot: Ballot, slot: Option<u64>) -> Response {
+        Response::Nack(Nack {
+            ballot,
+            promised: self.promised,
+            slot,
+        })
+    }
+}

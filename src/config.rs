@@ -1,0 +1,71 @@
+//! Tunables of one replica, all in ticks, counts and bytes.
+
+use crate::types::ReplicaId;
+
+/// Configuration of one replica core.
+#[derive(Clone, Debug)]
+pub struct Config {
+    /// This replica's id, `0..replicas`.
+    pub id: ReplicaId,
+    /// Cluster size (odd numbers make sense; at most 64).
+    pub replicas: u32,
+    /// Leader heartbeat period.
+    pub heartbeat_ticks: u64,
+    /// A follower that hears no leader for a random time in this range starts an election.
+    pub election_timeout_min_ticks: u64,
+    /// Upper end of the election timeout range.
+    pub election_timeout_max_ticks: u64,
+    /// Unanswered requests are sent again after this many ticks.
+    pub resend_ticks: u64,
+    /// Slots proposed but not yet chosen, at most.
+    pub max_inflight_slots: usize,
+    /// Bytes packed into one slot, at most (a single larger command gets a slot alone).
+    pub max_batch_bytes: usize,
+    /// Commands packed into one slot, at most.
+    pub max_batch_commands: usize,
+    /// Commands waiting for a slot, at most; more get `Busy`.
+    pub max_pending_commands: usize,
+    /// Linearizable reads waiting for confirmation, at most; more get `Busy`.
+    pub max_pending_reads: usize,
+    /// Chosen values per catch-up answer, at most.
+    pub fetch_max_entries: u32,
+    /// Bytes of chosen values per catch-up answer, at most.
+    pub fetch_max_bytes: usize,
+    /// Client sessions remembered for exactly-once, at most.
+    pub max_sessions: usize,
+    /// Seed of the randomized election timeouts.
+    pub seed: u64,
+}
+
+impl Config {
+    /// Defaults tuned for a 10 ms tick.
+    pub fn new(id: ReplicaId, replicas: u32) -> Config {
+        assert!(replicas >= 1 && replicas <= crate::quorum::MAX_REPLICAS);
+        assert!(
+            id < replicas,
+            "replica id {id} not below cluster size {replicas}"
+        );
+        Config {
+            id,
+            replicas,
+            heartbeat_ticks: 5,
+            election_timeout_min_ticks: 20,
+            election_timeout_max_ticks: 40,
+            resend_ticks: 3,
+            max_inflight_slots: 16,
+            max_batch_bytes: 256 * 1024,
+            max_batch_commands: 4096,
+            max_pending_commands: 50_000,
+            max_pending_reads: 50_000,
+            fetch_max_entries: 512,
+            fetch_max_bytes: 8 * 1024 * 1024,
+            max_sessions: 100_000,
+            seed: u64::from(id) + 1,
+        }
+    }
+
+    /// Ids of every other replica.
+    pub fn peers(&self) -> impl Iterator<Item = ReplicaId> + '_ {
+        (0..self.replicas).filter(move |&r| r != self.id)
+    }
+}

@@ -1,0 +1,247 @@
+//! The replicated map and the client session table that makes retries exactly-once.
+
+use crate::types::{Command, CommandId, Op, Outcome, Slot};
+use serde::{Deserialize, Serialize};
+use std::collections::{BTreeSet, HashMap};
+
+/// Per-client memory of the last applied request.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Session {
+    /// Highest sequence number applied for this client.
+    pub last_seq: u64,
+    /// What applying it returned, replayed to a retry.
+    pub outcome: Outcome,
+    /// Slot it was applied in; the oldest sessions are evicted first.
+    pub last_slot: Slot,
+}
+
+/// What applying one command did.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Applied {
+    /// First application.
+    Fresh(Outcome),
+    /// A retry of the last applied request: the first outcome, not applied again.
+    Duplicate(Outcome),
+    /// Older than the last applied request of its session; ignored.
+    Stale {
+        /// The session's last applied sequence number.
+        last_applied: u64,
+    },
+}
+
+impl Applied {
+    /// The outcome to report to the client, if there is one.
+    pub fn outcome(&self) -> Option<&Outcome> {
+        match self {
+            Applied::Fresh(o) | Applied::Duplicate(o) => Some(o),
+            Applied::Stale { .. } => None,
+        }
+    }
+}
+
+/// The state machine: a map plus the session table. Deterministic, so every replica that
+/// applies the same commands in the same order holds the same state.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct KvState {
+    map: HashMap<String, Vec<u8>>,
+    sessions: HashMap<u64, Session>,
+    /// (last_slot, client_id) of every session, for deterministic oldest-first eviction.
+    session_age: BTreeSet<(Slot, u64)>,
+    max_sessions: usize,
+    digest: u64,
+}
+
+impl KvState {
+    /// An empty map keeping at most `max_sessions` client sessions.
+    pub fn new(max_sessions: usize) -> KvState {
+        assert!(max_sessions > 0);
+        KvState {
+            max_sessions,
+            ..KvState::default()
+        }
+    }
+
+    /// The value of `key`.
+    pub fn get(&self, key: &str) -> Option<&Vec<u8>> {
+        self.map.get(key)
+    }
+
+    /// Number of keys.
+    pub fn len(&self) -> usize {
+        self.map.len()
+    }
+
+    /// True when the map is empty.
+    pub fn is_empty(&self) -> bool {
+        self.map.is_empty()
+    }
+
+    /// Order-independent digest of the map, kept up to date incrementally.
+    pub fn digest(&self) -> u64 {
+        self.digest
+    }
+
+    /// Iterates over all entries (unordered).
+    pub fn entries(&self) -> impl Iterator<Item = (&String, &Vec<u8>)> {
+        self.map.iter()
+    }
+
+    /// What the session table remembers of `client_id`.
+    pub fn session(&self, client_id: u64) -> Option<&Session> {
+        self.sessions.get(&client_id)
+    }
+
+    /// Answer for a request that was already applied, without proposing it again.
+    pub fn already_applied(&self, id: CommandId) -> Option<Applied> {
+        let session = self.sessions.get(&id.client_id)?;
+        if id.seq == session.last_seq {
+            Some(Applied::Duplicate(session.outcome.clone()))
+        } else if id.seq < session.last_seq {
+            Some(Applied::Stale {
+                last_applied: session.last_seq,
+            })
+        } else {
+            None
+        }
+    }
+
+    /// Applies `command`, chosen in `slot`, at most once per `CommandId`.
+    pub fn apply(&mut self, slot: Slot, command: &Command) -> Applied {
+        if let Some(done) = self.already_applied(command.id) {
+            return done;
+        }
+        let outcome = self.apply_op(&command.op);
+        self.remember(slot, command.id, outcome.clone());
+        Applied::Fresh(outcome)
+    }
+
+    fn apply_op(&mut self, op: &Op) -> Outcome {
+        match op {
+            Op::Put { key, value } => {
+                let old = self.map.insert(key.clone(), value.clone());
+                if let Some(old) = &old {
+                    self.digest ^= entry_hash(key, old);
+                }
+                self.digest ^= entry_hash(key, value);
+                Outcome::Put {
+                    replaced: old.is_some(),
+                }
+            }
+            Op::Delete { key } => {
+                let old = self.map.remove(key);
+                if let Some(old) = &old {
+                    self.digest ^= entry_hash(key, old);
+                }
+                Outcome::Delete {
+                    existed: old.is_some(),
+                }
+            }
+        }
+    }
+
+    fn remember(&mut self, slot: Slot, id: CommandId, outcome: Outcome) {
+        if let Some(old) = self.sessions.get(&id.client_id) {
+            self.session_age.remove(&(old.last_slot, id.client_id));
+        }
+        self.sessions.insert(
+            id.client_id,
+            Session {
+                last_seq: id.seq,
+                outcome,
+                last_slot: slot,
+            },
+        );
+        self.session_age.insert((slot, id.client_id));
+        while self.sessions.len() > self.max_sessions {
+            let Some(oldest) = self.session_age.pop_first() else {
+                break;
+            };
+            self.sessions.remove(&oldest.1);
+        }
+        debug_assert_eq!(self.sessions.len(), self.session_age.len());
+    }
+}
+
+/// FNV-1a over key and value; XOR of these over all entries is order-independent.
+fn entry_hash(key: &str, value: &[u8]) -> u64 {
+    let mut h: u64 = 0xcbf2_9ce4_8422_2325;
+    let mut feed = |b: u8| {
+        h ^= u64::from(b);
+        h = h.wrapping_mul(0x0100_0000_01b3);
+    };
+    for &b in key.as_bytes() {
+        feed(b);
+    }
+    feed(0xff);
+    for &b in value {
+        feed(b);
+    }
+    // Finalize so that similar entries spread over all bits before XOR-ing.
+    h ^= h >> 33;
+    h = h.wrapping_mul(0xff51_afd7_ed55_8ccd);
+    h ^ (h >> 33)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn put(client_id: u64, seq: u64, key: &str, value: &str) -> Command {
+        Command {
+            id: CommandId { client_id, seq },
+            op: Op::Put {
+                key: key.into(),
+                value: value.as_bytes().to_vec(),
+            },
+        }
+    }
+
+    #[test]
+    fn duplicate_command_id_is_not_applied_twice() {
+        let mut kv = KvState::new(10);
+        assert_eq!(
+            kv.apply(1, &put(7, 1, "k", "a")),
+            Applied::Fresh(Outcome::Put { replaced: false })
+        );
+        // Another client overwrites; then client 7 retries its first put.
+        kv.apply(2, &put(8, 1, "k", "b"));
+        let retry = kv.apply(3, &put(7, 1, "k", "a"));
+        assert_eq!(retry, Applied::Duplicate(Outcome::Put { replaced: false }));
+        assert_eq!(kv.get("k"), Some(&b"b".to_vec()), "retry must not re-apply");
+        assert_eq!(
+            kv.apply(4, &put(7, 0, "k", "z")),
+            Applied::Stale { last_applied: 1 }
+        );
+    }
+
+    #[test]
+    fn digest_is_order_independent_and_tracks_deletes() {
+        let mut a = KvState::new(10);
+        let mut b = KvState::new(10);
+        a.apply(1, &put(1, 1, "x", "1"));
+        a.apply(2, &put(1, 2, "y", "2"));
+        b.apply(1, &put(2, 1, "y", "2"));
+        b.apply(2, &put(2, 2, "x", "1"));
+        assert_eq!(a.digest(), b.digest());
+        let del = Command {
+            id: CommandId {
+                client_id: 1,
+                seq: 3,
+            },
+            op: Op::Delete { key: "y".into() },
+        };
+        a.apply(3, &del);
+        assert_ne!(a.digest(), b.digest());
+        assert_eq!(a.len(), 1);
+    }
+
+    #[test]
+    fn sessions_are_bounded_oldest_first() {
+        let mut kv = KvState::new(2);
+        kv.apply(1, &put(1, 1, "a", "1"));
+        kv.apply(2, &put(2, 1, "a", "2"));
+        kv.apply(3, &put(3, 1, "a", "3"));
+        assert!(kv.session(1).is_none());
+        assert!(kv.session(2).is_some() && kv.session(3).is_some());
+    }
+}

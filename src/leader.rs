@@ -1,0 +1,403 @@
+//! Proposer in its leader role: phase 2 per slot with batching and a bounded pipeline,
+//! heartbeats, and ReadIndex-style linearizable reads sharing one confirmation round.
+
+use crate::message::{Accept, Accepted, Learn, LearnAck, Request};
+use crate::persist::Record;
+use crate::quorum::{majority, Quorum};
+use crate::replica::{ClientError, ClientReply, ClientToken, Replica, Role};
+use crate::types::{Ballot, Command, CommandId, ReplicaId, Slot, Value};
+use std::collections::{BTreeMap, HashMap, VecDeque};
+
+/// A slot proposed under the leader's ballot and not yet chosen.
+#[derive(Debug)]
+pub(crate) struct Inflight {
+    value: Value,
+    acks: Quorum,
+    sent_tick: u64,
+}
+
+#[derive(Debug)]
+struct PendingRead {
+    token: ClientToken,
+    key: String,
+    /// The read is answered from state that includes every slot up to here.
+    read_index: Slot,
+    /// A confirmation round at least this new must succeed first.
+    round: u64,
+}
+
+/// State that exists only while this replica leads.
+#[derive(Debug)]
+pub(crate) struct Leader {
+    pub(crate) ballot: Ballot,
+    next_slot: Slot,
+    /// Slots up to here were recovered from the previous leaders.
+    recovery_end: Slot,
+    inflight: BTreeMap<Slot, Inflight>,
+    queue: VecDeque<Command>,
+    waiters: HashMap<CommandId, Vec<ClientToken>>,
+    reads: VecDeque<PendingRead>,
+    /// Last confirmation round sent.
+    round: u64,
+    round_sent_tick: u64,
+    /// Highest round each peer acknowledged, and when we last heard from it.
+    peer_round: Vec<u64>,
+    peer_contact_tick: Vec<u64>,
+    elected_tick: u64,
+}
+
+impl Leader {
+    pub(crate) fn new(ballot: Ballot, replicas: u32, next_slot: Slot, now_tick: u64) -> Leader {
+        Leader {
+            ballot,
+            next_slot,
+            recovery_end: next_slot - 1,
+            inflight: BTreeMap::new(),
+            queue: VecDeque::new(),
+            waiters: HashMap::new(),
+            reads: VecDeque::new(),
+            round: 0,
+            round_sent_tick: now_tick,
+            peer_round: vec![0; replicas as usize],
+            peer_contact_tick: vec![now_tick; replicas as usize],
+            elected_tick: now_tick,
+        }
+    }
+
+    pub(crate) fn pending_len(&self) -> usize {
+        self.queue.len()
+    }
+
+    pub(crate) fn enqueue(
+        &mut self,
+        token: ClientToken,
+        command: Command,
+        max_pending: usize,
+    ) -> Result<(), ClientError> {
+        if let Some(tokens) = self.waiters.get_mut(&command.id) {
+            // A retry of a command already queued or in flight: answer both when it applies.
+            tokens.push(token);
+            return Ok(());
+        }
+        if self.queue.len() >= max_pending {
+            return Err(ClientError::Busy);
+        }
+        self.waiters.insert(command.id, vec![token]);
+        self.queue.push_back(command);
+        Ok(())
+    }
+
+    pub(crate) fn enqueue_read(
+        &mut self,
+        token: ClientToken,
+        key: String,
+        chosen_through: Slot,
+        max_pending: usize,
+    ) -> Result<(), ClientError> {
+        if self.reads.len() >= max_pending {
+            return Err(ClientError::Busy);
+        }
+        self.reads.push_back(PendingRead {
+            token,
+            key,
+            read_index: chosen_through.max(self.recovery_end),
+            round: self.round + 1,
+        });
+        Ok(())
+    }
+
+    /// Takes the next batch off the queue, bounded in bytes and commands.
+    fn next_batch(&mut self, max_bytes: usize, max_commands: usize) -> Value {
+        let mut commands = Vec::new();
+        let mut bytes = 0;
+        while let Some(c) = self.queue.front() {
+            let size = c.op.size_bytes();
+            let full = commands.len() >= max_commands || bytes + size > max_bytes;
+            if full && !commands.is_empty() {
+                break;
+            }
+            bytes += size;
+            commands.extend(self.queue.pop_front());
+        }
+        Value { commands }
+    }
+
+    /// The newest round a majority (this leader included) has acknowledged.
+    fn confirmed_round(&self, me: ReplicaId) -> u64 {
+        let mut rounds: Vec<u64> = self
+            .peer_round
+            .iter()
+            .enumerate()
+            .map(|(id, r)| {
+                if id as ReplicaId == me {
+                    self.round
+                } else {
+                    *r
+                }
+            })
+            .collect();
+        rounds.sort_unstable_by(|a, b| b.cmp(a));
+        rounds[majority(rounds.len() as u32) as usize - 1]
+    }
+
+    fn drain_waiters(&mut self) -> Vec<ClientToken> {
+        let mut tokens: Vec<ClientToken> = self.waiters.drain().flat_map(|(_, t)| t).collect();
+        tokens.extend(self.reads.drain(..).map(|r| r.token));
+        self.queue.clear();
+        tokens
+    }
+}
+
+impl Replica {
+    fn leader_mut(&mut self) -> Option<&mut Leader> {
+        match &mut self.role {
+            Role::Leader(l) => Some(l),
+            _ => None,
+        }
+    }
+
+    /// Starts leading with `ballot`: re-proposes the recovered value of every slot in
+    /// `start..=end` (a no-op where there is none) and opens the pipeline after them.
+    pub(crate) fn become_leader(
+        &mut self,
+        ballot: Ballot,
+        start: Slot,
+        end: Slot,
+        mut recovered: BTreeMap<Slot, Value>,
+    ) {
+        self.role = Role::Leader(Box::new(Leader::new(
+            ballot,
+            self.cfg.replicas,
+            end + 1,
+            self.now_tick,
+        )));
+        self.leader_hint = Some(self.cfg.id);
+        for slot in start..=end {
+            if self.log.is_chosen(slot) {
+                continue; // Known chosen here already; nothing to recover.
+            }
+            let value = recovered.remove(&slot).unwrap_or_else(Value::noop);
+            self.propose_slot(slot, value);
+        }
+        self.send_learn_round();
+    }
+
+    /// Fails every waiting client and returns to following.
+    pub(crate) fn become_follower(&mut self, leader: Option<ReplicaId>) {
+        let old = std::mem::replace(&mut self.role, Role::Follower);
+        self.leader_hint = leader.filter(|&l| l != self.cfg.id);
+        if let Role::Leader(mut l) = old {
+            let hint = self.leader_hint;
+            for token in l.drain_waiters() {
+                self.reply(
+                    token,
+                    ClientReply::Failed(ClientError::NotLeader { leader: hint }),
+                );
+            }
+        }
+        self.reset_election_timer();
+    }
+
+    fn propose_slot(&mut self, slot: Slot, value: Value) {
+        let commit = self.log.chosen_through();
+        let now = self.now_tick;
+        let Some(l) = self.leader_mut() else { return };
+        let ballot = l.ballot;
+        l.inflight.insert(
+            slot,
+            Inflight {
+                value: value.clone(),
+                acks: Quorum::default(),
+                sent_tick: now,
+            },
+        );
+        l.next_slot = l.next_slot.max(slot + 1);
+        self.log.accept(slot, ballot, value.clone());
+        self.persist(Record::Accepted {
+            slot,
+            ballot,
+            value: value.clone(),
+        });
+        self.broadcast(Request::Accept(Accept {
+            ballot,
+            slot,
+            value,
+            commit,
+        }));
+        self.record_accepted(self.cfg.id, slot);
+    }
+
+    /// Packs queued commands into new slots while the pipeline has room, and starts a
+    /// confirmation round for reads that wait for one.
+    pub(crate) fn flush_proposals(&mut self) {
+        let (max_inflight, max_bytes, max_cmds) = (
+            self.cfg.max_inflight_slots,
+            self.cfg.max_batch_bytes,
+            self.cfg.max_batch_commands,
+        );
+        loop {
+            let Some(l) = self.leader_mut() else { return };
+            if l.queue.is_empty() || l.inflight.len() >= max_inflight {
+                break;
+            }
+            let slot = l.next_slot;
+            let batch = l.next_batch(max_bytes, max_cmds);
+            self.propose_slot(slot, batch);
+        }
+        let Some(l) = self.leader_mut() else { return };
+        if l.reads.back().is_some_and(|r| r.round > l.round) {
+            self.send_learn_round();
+        }
+    }
+
+    fn send_learn_round(&mut self) {
+        let commit = self.log.chosen_through();
+        let now = self.now_tick;
+        let Some(l) = self.leader_mut() else { return };
+        l.round += 1;
+        l.round_sent_tick = now;
+        let learn = Learn {
+            ballot: l.ballot,
+            commit,
+            round: l.round,
+        };
+        self.broadcast(Request::Learn(learn));
+        self.complete_reads();
+    }
+
+    pub(crate) fn on_accepted(&mut self, from: ReplicaId, a: Accepted) {
+        let now = self.now_tick;
+        let Some(l) = self.leader_mut() else { return };
+        if a.ballot != l.ballot {
+            return;
+        }
+        l.peer_contact_tick[from as usize] = now;
+        self.record_accepted(from, a.slot);
+    }
+
+    fn record_accepted(&mut self, from: ReplicaId, slot: Slot) {
+        let replicas = self.cfg.replicas;
+        let Some(l) = self.leader_mut() else { return };
+        let ballot = l.ballot;
+        let Some(inflight) = l.inflight.get_mut(&slot) else {
+            return;
+        };
+        inflight.acks.insert(from);
+        if !inflight.acks.is_majority(replicas) {
+            return;
+        }
+        l.inflight.remove(&slot);
+        let marked = self.log.mark_chosen_if_ballot(slot, ballot);
+        assert!(marked, "leader's own entry must carry its ballot");
+        self.advance_and_apply();
+    }
+
+    pub(crate) fn on_learn_ack(&mut self, from: ReplicaId, ack: LearnAck) {
+        let now = self.now_tick;
+        let Some(l) = self.leader_mut() else { return };
+        if ack.ballot != l.ballot {
+            return;
+        }
+        let r = &mut l.peer_round[from as usize];
+        *r = (*r).max(ack.round);
+        l.peer_contact_tick[from as usize] = now;
+        self.complete_reads();
+    }
+
+    /// Answers reads whose confirmation round succeeded and whose read index is applied.
+    pub(crate) fn complete_reads(&mut self) {
+        let me = self.cfg.id;
+        let chosen = self.log.chosen_through();
+        let Role::Leader(l) = &mut self.role else {
+            return;
+        };
+        let confirmed = l.confirmed_round(me);
+        let mut done = Vec::new();
+        while let Some(r) = l.reads.front() {
+            if r.round > confirmed || r.read_index > chosen {
+                break;
+            }
+            done.extend(l.reads.pop_front());
+        }
+        for r in done {
+            let value = self.kv.get(&r.key).cloned();
+            self.reply(r.token, ClientReply::Read(value));
+        }
+    }
+
+    /// Answers the clients waiting for `command`, which was just applied.
+    pub(crate) fn notify_applied(&mut self, id: CommandId, reply: ClientReply) {
+        let Some(l) = self.leader_mut() else { return };
+        let Some(tokens) = l.waiters.remove(&id) else {
+            return;
+        };
+        for token in tokens {
+            self.reply(token, reply.clone());
+        }
+    }
+
+    pub(crate) fn leader_tick(&mut self) {
+        let now = self.now_tick;
+        let hb = self.cfg.heartbeat_ticks;
+        let resend = self.cfg.resend_ticks;
+        let Some(l) = self.leader_mut() else { return };
+        let heartbeat_due = now >= l.round_sent_tick + hb;
+        let read_stuck = !l.reads.is_empty() && now >= l.round_sent_tick + resend;
+        if heartbeat_due || read_stuck {
+            self.send_learn_round();
+        }
+        self.resend_accepts();
+        self.check_quorum();
+    }
+
+    /// Sends unanswered accepts again to the peers that have not acknowledged them.
+    fn resend_accepts(&mut self) {
+        let now = self.now_tick;
+        let resend = self.cfg.resend_ticks;
+        let commit = self.log.chosen_through();
+        let peers: Vec<ReplicaId> = self.cfg.peers().collect();
+        let Some(l) = self.leader_mut() else { return };
+        let ballot = l.ballot;
+        let mut out = Vec::new();
+        for (&slot, inf) in l.inflight.iter_mut() {
+            if now < inf.sent_tick + resend {
+                continue;
+            }
+            inf.sent_tick = now;
+            for &to in peers.iter().filter(|&&p| !inf.acks.contains(p)) {
+                let accept = Accept {
+                    ballot,
+                    slot,
+                    value: inf.value.clone(),
+                    commit,
+                };
+                out.push((to, Request::Accept(accept)));
+            }
+        }
+        for (to, req) in out {
+            self.send(to, req);
+        }
+    }
+
+    /// A leader that has not heard from a majority for a full election timeout steps down,
+    /// so clients stop waiting on it and a connected majority can elect someone else.
+    fn check_quorum(&mut self) {
+        let now = self.now_tick;
+        let window = self.cfg.election_timeout_max_ticks;
+        let me = self.cfg.id;
+        let replicas = self.cfg.replicas;
+        let Some(l) = self.leader_mut() else { return };
+        if now < l.elected_tick + window {
+            return;
+        }
+        let live = l
+            .peer_contact_tick
+            .iter()
+            .enumerate()
+            .filter(|(id, t)| *id as ReplicaId == me || now < **t + window)
+            .count() as u32;
+        if live < majority(replicas) {
+            self.become_follower(None);
+        }
+    }
+}

@@ -1,0 +1,255 @@
+//! Learner: marks slots chosen, applies them strictly in order, fetches chosen values it is
+//! missing from a peer, and rebuilds itself from persisted records and snapshots.
+
+use crate::config::Config;
+use crate::kv::{Applied, KvState};
+use crate::log::Log;
+use crate::message::{ChosenEntries, FetchChosen, Request};
+use crate::persist::{Record, RecoveryError, Snapshot};
+use crate::replica::{ClientError, ClientReply, Replica};
+use crate::types::{Ballot, ReplicaId, Slot};
+use rand::Rng;
+
+/// Catch-up progress.
+#[derive(Debug, Default)]
+pub(crate) struct FetchState {
+    /// Some peer knows every slot up to here is chosen.
+    wanted_through: Slot,
+    /// Peer to ask first.
+    source: Option<ReplicaId>,
+    /// When the outstanding fetch was sent.
+    sent_tick: Option<u64>,
+    /// A peer said it compacted past our position: only a snapshot helps.
+    snapshot_from: Option<ReplicaId>,
+}
+
+impl Replica {
+    /// A leader with `ballot` says every slot up to `commit` is chosen.
+    pub(crate) fn learn_commit(&mut self, ballot: Ballot, commit: Slot) {
+        let from = self.log.chosen_through() + 1;
+        if commit < from {
+            return;
+        }
+        // Bounded by the entries we hold, not by the distance to `commit`.
+        let slots: Vec<Slot> = self
+            .log
+            .entries_above(from - 1)
+            .map(|(s, _)| s)
+            .take_while(|&s| s <= commit)
+            .collect();
+        for slot in slots {
+            self.log.mark_chosen_if_ballot(slot, ballot);
+        }
+        self.advance_and_apply();
+        if self.log.chosen_through() < commit {
+            self.want_chosen_through(commit, Some(ballot.replica));
+        }
+    }
+
+    pub(crate) fn want_chosen_through(&mut self, through: Slot, source: Option<ReplicaId>) {
+        if through > self.fetch.wanted_through {
+            self.fetch.wanted_through = through;
+            self.fetch.source = source.filter(|&s| s != self.cfg.id);
+        }
+        self.maybe_fetch();
+    }
+
+    fn maybe_fetch(&mut self) {
+        if self.fetch.wanted_through <= self.log.chosen_through() {
+            return;
+        }
+        let waiting = self
+            .fetch
+            .sent_tick
+            .is_some_and(|t| self.now_tick < t + 2 * self.cfg.resend_ticks);
+        if waiting || self.cfg.replicas == 1 {
+            return;
+        }
+        let to = match self.fetch.source.or(self.leader_hint) {
+            Some(p) if p != self.cfg.id && self.fetch.sent_tick.is_none() => p,
+            _ => self.random_peer(),
+        };
+        self.fetch.sent_tick = Some(self.now_tick);
+        let request = FetchChosen {
+            from_slot: self.log.chosen_through() + 1,
+            max_entries: self.cfg.fetch_max_entries,
+        };
+        self.send(to, Request::FetchChosen(request));
+    }
+
+    fn random_peer(&mut self) -> ReplicaId {
+        let n = self.cfg.replicas;
+        let offset = self.rng.gen_range(1..n);
+        (self.cfg.id + offset) % n
+    }
+
+    pub(crate) fn fetch_tick(&mut self) {
+        self.maybe_fetch();
+    }
+
+    pub(crate) fn on_chosen(&mut self, from: ReplicaId, c: ChosenEntries) {
+        self.fetch.sent_tick = None;
+        if c.snapshot_needed {
+            self.fetch.snapshot_from = Some(from);
+            return;
+        }
+        for (i, value) in c.values.into_iter().enumerate() {
+            let slot = c.from_slot + i as Slot;
+            if self.log.is_chosen(slot) {
+                continue;
+            }
+            self.log.learn_chosen(slot, value.clone());
+            self.persist(Record::Learned { slot, value });
+        }
+        self.advance_and_apply();
+        if c.chosen_through > self.fetch.wanted_through {
+            self.fetch.wanted_through = c.chosen_through;
+        }
+        self.maybe_fetch();
+    }
+
+    /// Applies every newly contiguous chosen slot in order and answers waiting clients.
+    pub(crate) fn advance_and_apply(&mut self) {
+        let newly = self.log.advance();
+        let Some(&(through, _)) = newly.last() else {
+            return;
+        };
+        for (slot, value) in newly {
+            for command in &value.commands {
+                let reply = match self.kv.apply(slot, command) {
+                    Applied::Fresh(o) | Applied::Duplicate(o) => ClientReply::Applied(o),
+                    Applied::Stale { last_applied } => {
+                        ClientReply::Failed(ClientError::Stale { last_applied })
+                    }
+                };
+                self.notify_applied(command.id, reply);
+            }
+        }
+        self.persist(Record::Chosen { through });
+        self.complete_reads();
+    }
+
+    /// The peer to fetch a snapshot from, when the log we need has been compacted away.
+    pub fn snapshot_needed(&self) -> Option<ReplicaId> {
+        self.fetch.snapshot_from
+    }
+
+    /// The applied state as a snapshot at the chosen prefix.
+    pub fn snapshot(&self) -> Snapshot {
+        Snapshot {
+            through: self.log.chosen_through(),
+            kv: self.kv.clone(),
+        }
+    }
+
+    /// Records that, replayed after `snapshot`, rebuild the acceptor state it does not hold:
+    /// the promise and every entry above it. Written first in a new log segment so older
+    /// segments can be deleted.
+    pub fn live_records(&self, snapshot_through: Slot) -> Vec<Record> {
+        let mut out = vec![Record::Promised(self.promised)];
+        for (slot, e) in self.log.entries_above(snapshot_through) {
+            out.push(if e.chosen && e.ballot == Ballot::ZERO {
+                Record::Learned {
+                    slot,
+                    value: e.value.clone(),
+                }
+            } else {
+                Record::Accepted {
+                    slot,
+                    ballot: e.ballot,
+                    value: e.value.clone(),
+                }
+            });
+        }
+        out.push(Record::Chosen {
+            through: self.log.chosen_through(),
+        });
+        out
+    }
+
+    /// Drops log entries up to `through` (which a durable snapshot covers).
+    pub fn compact(&mut self, through: Slot) {
+        self.log.compact(through.min(self.log.chosen_through()));
+    }
+
+    /// Replaces the applied state with a peer's snapshot that is ahead of us. The runtime
+    /// must have made the snapshot durable first.
+    pub fn install_snapshot(&mut self, snapshot: Snapshot) {
+        self.fetch.snapshot_from = None;
+        if snapshot.through <= self.log.chosen_through() {
+            return;
+        }
+        self.kv = snapshot.kv;
+        self.log.reset_to_snapshot(snapshot.through);
+        self.advance_and_apply();
+        self.maybe_fetch();
+    }
+
+    /// Rebuilds a replica from its newest snapshot and the log records written after it.
+    pub fn recover(
+        cfg: Config,
+        snapshot: Option<Snapshot>,
+        records: impl IntoIterator<Item = Record>,
+    ) -> Result<Replica, RecoveryError> {
+        let (through, kv) = match snapshot {
+            Some(s) => (s.through, s.kv),
+            None => (0, KvState::new(cfg.max_sessions)),
+        };
+        let mut log = Log::starting_after(through);
+        let mut promised = Ballot::ZERO;
+        let mut chosen_through = through;
+        for record in records {
+            replay(&mut log, &mut promised, &mut chosen_through, record)?;
+        }
+        for slot in log.compacted_through() + 1..=chosen_through {
+            if log.get(slot).is_none() {
+                return Err(RecoveryError::MissingChosenValue { slot });
+            }
+            log.learn_chosen_existing(slot);
+        }
+        let mut replica = Replica::with_state(cfg, promised, log, kv);
+        replica.advance_and_apply();
+        replica.ready = Default::default(); // Nothing new to persist or send yet.
+        Ok(replica)
+    }
+}
+
+fn replay(
+    log: &mut Log,
+    promised: &mut Ballot,
+    chosen_through: &mut Slot,
+    record: Record,
+) -> Result<(), RecoveryError> {
+    match record {
+        Record::Promised(b) => *promised = (*promised).max(b),
+        Record::Accepted {
+            slot,
+            ballot,
+            value,
+        } => {
+            *promised = (*promised).max(ballot);
+            if slot <= log.compacted_through() {
+                return Ok(());
+            }
+            if let Some(e) = log.get(slot) {
+                if e.chosen && e.value != value {
+                    return Err(RecoveryError::ConflictingChosen { slot });
+                }
+                if e.ballot > ballot {
+                    return Ok(());
+                }
+            }
+            log.accept(slot, ballot, value);
+        }
+        Record::Learned { slot, value } => {
+            if let Some(e) = log.get(slot) {
+                if e.chosen && e.value != value {
+                    return Err(RecoveryError::ConflictingChosen { slot });
+                }
+            }
+            log.learn_chosen(slot, value);
+        }
+        Record::Chosen { through } => *chosen_through = (*chosen_through).max(through),
+    }
+    Ok(())
+}

@@ -1,0 +1,189 @@
+//! The replicated log as one replica knows it: accepted values, which of them are known
+//! chosen, and the contiguous chosen prefix that has been applied.
+
+use crate::types::{Ballot, Slot, Value};
+use std::collections::BTreeMap;
+
+/// One slot's accepted value.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Entry {
+    /// Ballot under which the value was accepted (ZERO for values learned from a peer).
+    pub ballot: Ballot,
+    /// The value.
+    pub value: Value,
+    /// Known chosen; a chosen value never changes.
+    pub chosen: bool,
+}
+
+/// Accepted entries above the compaction point, plus progress counters.
+#[derive(Clone, Debug, Default)]
+pub struct Log {
+    entries: BTreeMap<Slot, Entry>,
+    /// Every slot up to here is chosen and applied.
+    chosen_through: Slot,
+    /// Entries up to here were dropped after a snapshot.
+    compacted_through: Slot,
+}
+
+impl Log {
+    /// A log whose first `through` slots live in a snapshot.
+    pub fn starting_after(through: Slot) -> Log {
+        Log {
+            entries: BTreeMap::new(),
+            chosen_through: through,
+            compacted_through: through,
+        }
+    }
+
+    /// Contiguous chosen (and applied) prefix.
+    pub fn chosen_through(&self) -> Slot {
+        self.chosen_through
+    }
+
+    /// Slots up to here are only in the snapshot.
+    pub fn compacted_through(&self) -> Slot {
+        self.compacted_through
+    }
+
+    /// Highest slot with any entry, or the chosen prefix if there is none above it.
+    pub fn last_slot(&self) -> Slot {
+        self.entries
+            .keys()
+            .next_back()
+            .copied()
+            .unwrap_or(0)
+            .max(self.chosen_through)
+    }
+
+    /// The entry at `slot`.
+    pub fn get(&self, slot: Slot) -> Option<&Entry> {
+        self.entries.get(&slot)
+    }
+
+    /// True if `slot` is known chosen (compacted slots are chosen).
+    pub fn is_chosen(&self, slot: Slot) -> bool {
+        slot <= self.chosen_through || self.entries.get(&slot).is_some_and(|e| e.chosen)
+    }
+
+    /// Records an acceptance. Accepting again a chosen slot must carry the chosen value.
+    pub fn accept(&mut self, slot: Slot, ballot: Ballot, value: Value) {
+        assert!(
+            slot > self.compacted_through,
+            "accept below compaction point"
+        );
+        match self.entries.get_mut(&slot) {
+            Some(e) if e.chosen => {
+                assert_eq!(e.value, value, "a chosen value never changes (slot {slot})");
+                e.ballot = e.ballot.max(ballot);
+            }
+            Some(e) => {
+                assert!(
+                    ballot >= e.ballot,
+                    "accepted ballots only grow (slot {slot})"
+                );
+                e.ballot = ballot;
+                e.value = value;
+            }
+            None => {
+                self.entries.insert(
+                    slot,
+                    Entry {
+                        ballot,
+                        value,
+                        chosen: false,
+                    },
+                );
+            }
+        }
+    }
+
+    /// Marks `slot` chosen if the local entry was accepted under `ballot` (a leader proposes
+    /// one value per slot per ballot, so that entry holds the chosen value).
+    pub fn mark_chosen_if_ballot(&mut self, slot: Slot, ballot: Ballot) -> bool {
+        match self.entries.get_mut(&slot) {
+            Some(e) if e.chosen => true,
+            Some(e) if e.ballot == ballot => {
+                e.chosen = true;
+                true
+            }
+            _ => slot <= self.chosen_through,
+        }
+    }
+
+    /// Stores a value known chosen (from a peer or from a majority of acceptances).
+    pub fn learn_chosen(&mut self, slot: Slot, value: Value) {
+        if slot <= self.compacted_through {
+            return;
+        }
+        match self.entries.get_mut(&slot) {
+            Some(e) if e.chosen => {
+                assert_eq!(e.value, value, "a chosen value never changes (slot {slot})");
+            }
+            Some(e) => {
+                e.value = value;
+                e.chosen = true;
+            }
+            None => {
+                self.entries.insert(
+                    slot,
+                    Entry {
+                        ballot: Ballot::ZERO,
+                        value,
+                        chosen: true,
+                    },
+                );
+            }
+        }
+    }
+
+    /// Marks an existing entry chosen (during recovery, from a `Chosen` record).
+    pub fn learn_chosen_existing(&mut self, slot: Slot) {
+        if let Some(e) = self.entries.get_mut(&slot) {
+            e.chosen = true;
+        }
+    }
+
+    /// Advances the chosen prefix over consecutive chosen slots; returns the newly chosen
+    /// slots in order, for applying.
+    pub fn advance(&mut self) -> Vec<(Slot, Value)> {
+        let mut out = Vec::new();
+        while let Some(e) = self.entries.get(&(self.chosen_through + 1)) {
+            if !e.chosen {
+                break;
+            }
+            self.chosen_through += 1;
+            out.push((self.chosen_through, e.value.clone()));
+        }
+        out
+    }
+
+    /// Entries above `after` that are not known chosen.
+    pub fn unchosen_above(&self, after: Slot) -> impl Iterator<Item = (Slot, &Entry)> {
+        self.entries
+            .range(after + 1..)
+            .filter(|(_, e)| !e.chosen)
+            .map(|(s, e)| (*s, e))
+    }
+
+    /// All entries above `after` (used to re-log live state after a snapshot).
+    pub fn entries_above(&self, after: Slot) -> impl Iterator<Item = (Slot, &Entry)> {
+        self.entries.range(after + 1..).map(|(s, e)| (*s, e))
+    }
+
+    /// Drops entries at or below `through`, which must be applied.
+    pub fn compact(&mut self, through: Slot) {
+        assert!(through <= self.chosen_through, "compacting unapplied slots");
+        if through <= self.compacted_through {
+            return;
+        }
+        self.entries = self.entries.split_off(&(through + 1));
+        self.compacted_through = through;
+    }
+
+    /// Replaces everything with a snapshot's position.
+    pub fn reset_to_snapshot(&mut self, through: Slot) {
+        self.entries = self.entries.split_off(&(through + 1));
+        self.chosen_through = through;
+        self.compacted_through = through;
+    }
+}

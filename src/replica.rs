@@ -1,0 +1,349 @@
+//! One replica: acceptor, proposer and learner behind a single sans-IO interface.
+//!
+//! The runtime calls [`Replica::handle_request`], [`Replica::handle_response`],
+//! [`Replica::propose`], [`Replica::read`] and [`Replica::tick`], then takes [`Replica::ready`]
+//! and performs it strictly in order: persist (fsync) -> send messages and peer responses ->
+//! reply to clients.
+
+use crate::config::Config;
+use crate::election::Candidate;
+use crate::kv::KvState;
+use crate::leader::Leader;
+use crate::log::Log;
+use crate::message::{Outbound, Request, Response};
+use crate::persist::Record;
+use crate::types::{Ballot, Command, Outcome, ReplicaId, Slot};
+use rand::rngs::StdRng;
+use rand::SeedableRng;
+
+/// Identifies a peer request awaiting its response (assigned by the runtime).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct PeerToken(pub u64);
+
+/// Identifies a client request awaiting its reply (assigned by the runtime).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct ClientToken(pub u64);
+
+/// Why the core could not serve a client request.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum ClientError {
+    /// Not the leader; `leader` is the best guess.
+    NotLeader {
+        /// Known leader, if any.
+        leader: Option<ReplicaId>,
+    },
+    /// Queues are full.
+    Busy,
+    /// The request is older than the last applied one of its session.
+    Stale {
+        /// The session's last applied sequence number.
+        last_applied: u64,
+    },
+}
+
+/// The answer to a client request.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum ClientReply {
+    /// The command was chosen and applied (or had been already: a retry).
+    Applied(Outcome),
+    /// A linearizable read's result.
+    Read(Option<Vec<u8>>),
+    /// Refused.
+    Failed(ClientError),
+}
+
+/// Work for the runtime, to be performed in field order.
+#[derive(Debug, Default)]
+pub struct Ready {
+    /// Make these durable (one fsync for the batch) before anything below happens.
+    pub persist: Vec<Record>,
+    /// Requests to send to peers.
+    pub messages: Vec<Outbound>,
+    /// Answers to peer requests.
+    pub responses: Vec<(PeerToken, Response)>,
+    /// Answers to clients.
+    pub client_replies: Vec<(ClientToken, ClientReply)>,
+}
+
+impl Ready {
+    /// True when there is nothing to do.
+    pub fn is_empty(&self) -> bool {
+        self.persist.is_empty()
+            && self.messages.is_empty()
+            && self.responses.is_empty()
+            && self.client_replies.is_empty()
+    }
+}
+
+/// The replica's current role.
+#[derive(Debug)]
+pub(crate) enum Role {
+    Follower,
+    Candidate(Candidate),
+    Leader(Box<Leader>),
+}
+
+/// A snapshot of the replica's state for status displays.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct CoreStatus {
+    /// This replica.
+    pub id: ReplicaId,
+    /// "leader", "candidate" or "follower".
+    pub role: &'static str,
+    /// Known leader.
+    pub leader: Option<ReplicaId>,
+    /// Highest promise.
+    pub promised: Ballot,
+    /// Contiguous chosen and applied prefix.
+    pub chosen_through: Slot,
+    /// Highest slot with any entry.
+    pub last_slot: Slot,
+    /// Keys in the map.
+    pub keys: u64,
+    /// Digest of the map.
+    pub map_digest: u64,
+    /// Commands waiting for a slot (leader only).
+    pub pending_commands: usize,
+}
+
+/// A Multi-Paxos replica core.
+pub struct Replica {
+    pub(crate) cfg: Config,
+    pub(crate) rng: StdRng,
+    pub(crate) now_tick: u64,
+    pub(crate) promised: Ballot,
+    pub(crate) max_seen_round: u64,
+    pub(crate) log: Log,
+    pub(crate) kv: KvState,
+    pub(crate) role: Role,
+    pub(crate) leader_hint: Option<ReplicaId>,
+    /// Tick of the last message from a leader we follow.
+    pub(crate) leader_contact_tick: Option<u64>,
+    pub(crate) election_deadline_tick: u64,
+    pub(crate) fetch: crate::learner::FetchState,
+    pub(crate) ready: Ready,
+}
+
+impl Replica {
+    /// A fresh replica with empty state.
+    pub fn new(cfg: Config) -> Replica {
+        let kv = KvState::new(cfg.max_sessions);
+        Replica::with_state(cfg, Ballot::ZERO, Log::default(), kv)
+    }
+
+    pub(crate) fn with_state(cfg: Config, promised: Ballot, log: Log, kv: KvState) -> Replica {
+        let rng = StdRng::seed_from_u64(cfg.seed);
+        let mut r = Replica {
+            cfg,
+            rng,
+            now_tick: 0,
+            promised,
+            max_seen_round: promised.round,
+            log,
+            kv,
+            role: Role::Follower,
+            leader_hint: None,
+            leader_contact_tick: None,
+            election_deadline_tick: 0,
+            fetch: Default::default(),
+            ready: Ready::default(),
+        };
+        r.reset_election_timer();
+        r
+    }
+
+    /// This replica's id.
+    pub fn id(&self) -> ReplicaId {
+        self.cfg.id
+    }
+
+    /// The configuration.
+    pub fn config(&self) -> &Config {
+        &self.cfg
+    }
+
+    /// True while this replica leads.
+    pub fn is_leader(&self) -> bool {
+        matches!(self.role, Role::Leader(_))
+    }
+
+    /// The leader as far as this replica knows.
+    pub fn leader(&self) -> Option<ReplicaId> {
+        if self.is_leader() {
+            Some(self.cfg.id)
+        } else {
+            self.leader_hint
+        }
+    }
+
+    /// Highest ballot promised.
+    pub fn promised(&self) -> Ballot {
+        self.promised
+    }
+
+    /// The applied map (for stale reads, snapshots and checks).
+    pub fn kv(&self) -> &KvState {
+        &self.kv
+    }
+
+    /// Contiguous chosen and applied prefix.
+    pub fn chosen_through(&self) -> Slot {
+        self.log.chosen_through()
+    }
+
+    /// The chosen value of `slot`, if known and not compacted.
+    pub fn chosen_value(&self, slot: Slot) -> Option<&crate::Value> {
+        self.log
+            .get(slot)
+            .filter(|e| e.chosen || slot <= self.log.chosen_through())
+            .map(|e| &e.value)
+    }
+
+    /// A stale read of the local applied state.
+    pub fn read_local(&self, key: &str) -> Option<&Vec<u8>> {
+        self.kv.get(key)
+    }
+
+    /// Status for displays.
+    pub fn status(&self) -> CoreStatus {
+        let (role, pending_commands) = match &self.role {
+            Role::Follower => ("follower", 0),
+            Role::Candidate(_) => ("candidate", 0),
+            Role::Leader(l) => ("leader", l.pending_len()),
+        };
+        CoreStatus {
+            id: self.cfg.id,
+            role,
+            leader: self.leader(),
+            promised: self.promised,
+            chosen_through: self.log.chosen_through(),
+            last_slot: self.log.last_slot(),
+            keys: self.kv.len() as u64,
+            map_digest: self.kv.digest(),
+            pending_commands,
+        }
+    }
+
+    /// Handles a request from a peer; the response appears in [`Ready::responses`] (none if
+    /// the request is ignored).
+    pub fn handle_request(&mut self, from: ReplicaId, token: PeerToken, request: Request) {
+        if from >= self.cfg.replicas || from == self.cfg.id {
+            return; // Not a member: ignore rather than corrupt quorum counts.
+        }
+        let response = match request {
+            Request::Prepare(p) => self.on_prepare(p),
+            Request::Accept(a) => self.on_accept(from, a),
+            Request::Learn(l) => self.on_learn(from, l),
+            Request::FetchChosen(f) => self.on_fetch_chosen(f),
+        };
+        self.ready.responses.push((token, response));
+    }
+
+    /// Handles a peer's answer to a request this replica sent.
+    pub fn handle_response(&mut self, from: ReplicaId, response: Response) {
+        if from >= self.cfg.replicas || from == self.cfg.id {
+            return;
+        }
+        match response {
+            Response::Promise(p) => self.on_promise(from, p),
+            Response::Accepted(a) => self.on_accepted(from, a),
+            Response::LearnAck(a) => self.on_learn_ack(from, a),
+            Response::Chosen(c) => self.on_chosen(from, c),
+            Response::Nack(n) => self.on_nack(n),
+        }
+    }
+
+    /// Submits a client command; the reply appears in [`Ready::client_replies`].
+    pub fn propose(&mut self, token: ClientToken, command: Command) {
+        if let Some(done) = self.kv.already_applied(command.id) {
+            let reply = match done.outcome() {
+                Some(o) => ClientReply::Applied(o.clone()),
+                None => ClientReply::Failed(ClientError::Stale {
+                    last_applied: self
+                        .kv
+                        .session(command.id.client_id)
+                        .map_or(0, |s| s.last_seq),
+                }),
+            };
+            self.ready.client_replies.push((token, reply));
+            return;
+        }
+        let leader = self.leader();
+        let max_pending = self.cfg.max_pending_commands;
+        let Role::Leader(l) = &mut self.role else {
+            self.reply(
+                token,
+                ClientReply::Failed(ClientError::NotLeader { leader }),
+            );
+            return;
+        };
+        if let Err(e) = l.enqueue(token, command, max_pending) {
+            self.reply(token, ClientReply::Failed(e));
+        }
+    }
+
+    /// Submits a linearizable read; the reply appears in [`Ready::client_replies`].
+    pub fn read(&mut self, token: ClientToken, key: String) {
+        let leader = self.leader();
+        let read_index = self.log.chosen_through();
+        let max_pending = self.cfg.max_pending_reads;
+        let Role::Leader(l) = &mut self.role else {
+            self.reply(
+                token,
+                ClientReply::Failed(ClientError::NotLeader { leader }),
+            );
+            return;
+        };
+        if let Err(e) = l.enqueue_read(token, key, read_index, max_pending) {
+            self.reply(token, ClientReply::Failed(e));
+        }
+        self.complete_reads();
+    }
+
+    /// Advances logical time by one tick.
+    pub fn tick(&mut self) {
+        self.now_tick += 1;
+        match self.role {
+            Role::Leader(_) => self.leader_tick(),
+            Role::Candidate(_) => self.candidate_tick(),
+            Role::Follower => self.follower_tick(),
+        }
+        self.fetch_tick();
+    }
+
+    /// Takes the work accumulated since the last call.
+    pub fn ready(&mut self) -> Ready {
+        self.flush_proposals();
+        std::mem::take(&mut self.ready)
+    }
+
+    pub(crate) fn reply(&mut self, token: ClientToken, reply: ClientReply) {
+        self.ready.client_replies.push((token, reply));
+    }
+
+    pub(crate) fn send(&mut self, to: ReplicaId, request: Request) {
+        debug_assert_ne!(to, self.cfg.id);
+        self.ready.messages.push(Outbound { to, request });
+    }
+
+    pub(crate) fn broadcast(&mut self, request: Request) {
+        let peers: Vec<ReplicaId> = self.cfg.peers().collect();
+        for to in peers {
+            self.send(to, request.clone());
+        }
+    }
+
+    pub(crate) fn persist(&mut self, record: Record) {
+        self.ready.persist.push(record);
+    }
+
+    /// Raises the promise; ballots only grow.
+    pub(crate) fn raise_promise(&mut self, ballot: Ballot) {
+        assert!(ballot >= self.promised, "promises only grow");
+        if ballot > self.promised {
+            self.promised = ballot;
+            self.max_seen_round = self.max_seen_round.max(ballot.round);
+            self.persist(Record::Promised(ballot));
+        }
+    }
+}

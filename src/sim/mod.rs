@@ -1,0 +1,197 @@
+//! A deterministic in-memory network of replica cores, for tests and the simulator.
+//!
+//! Messages sit in one queue; the test (or the seeded simulator) decides what is delivered,
+//! dropped, duplicated or delayed. Each replica has a "disk": the records it persisted, so a
+//! crash keeps exactly what the Ready contract made durable.
+
+use crate::message::{Request, Response};
+use crate::persist::Record;
+use crate::replica::{ClientReply, ClientToken, PeerToken, Replica};
+use crate::{Config, ReplicaId};
+use std::collections::HashMap;
+
+/// A message on the simulated wire.
+#[derive(Clone, Debug)]
+pub enum Envelope {
+    /// A request from `from` to `to`.
+    Request {
+        /// Sender.
+        from: ReplicaId,
+        /// Receiver.
+        to: ReplicaId,
+        /// Payload.
+        request: Request,
+    },
+    /// A response to a request that `to` sent to `from`.
+    Response {
+        /// Responder.
+        from: ReplicaId,
+        /// Original requester.
+        to: ReplicaId,
+        /// Payload.
+        response: Response,
+    },
+}
+
+impl Envelope {
+    /// Receiver.
+    pub fn to(&self) -> ReplicaId {
+        match self {
+            Envelope::Request { to, .. } | Envelope::Response { to, .. } => *to,
+        }
+    }
+
+    /// Sender.
+    pub fn from(&self) -> ReplicaId {
+        match self {
+            Envelope::Request { from, .. } | Envelope::Response { from, .. } => *from,
+        }
+    }
+}
+
+/// Replicas, their disks and the wire.
+pub struct Net {
+    /// `None` while crashed.
+    pub replicas: Vec<Option<Replica>>,
+    /// What each replica made durable.
+    pub disks: Vec<Vec<Record>>,
+    /// Messages in flight, in send order.
+    pub wire: Vec<Envelope>,
+    /// Client replies per replica, in order.
+    pub replies: Vec<(ReplicaId, ClientToken, ClientReply)>,
+    configs: Vec<Config>,
+    next_token: u64,
+    peer_tokens: HashMap<u64, ReplicaId>,
+}
+
+impl Net {
+    /// `n` fresh replicas built from `config_for(id)`.
+    pub fn new(n: u32, config_for: impl Fn(ReplicaId) -> Config) -> Net {
+        let configs: Vec<Config> = (0..n).map(config_for).collect();
+        Net {
+            replicas: configs
+                .iter()
+                .map(|c| Some(Replica::new(c.clone())))
+                .collect(),
+            disks: vec![Vec::new(); n as usize],
+            wire: Vec::new(),
+            replies: Vec::new(),
+            configs,
+            next_token: 0,
+            peer_tokens: HashMap::new(),
+        }
+    }
+
+    /// The live replica `id`.
+    pub fn replica(&mut self, id: ReplicaId) -> Option<&mut Replica> {
+        self.replicas[id as usize].as_mut()
+    }
+
+    /// Delivers one envelope (dropped if the receiver is down).
+    pub fn deliver(&mut self, env: Envelope) {
+        let to = env.to();
+        self.next_token += 1;
+        let token = self.next_token;
+        let Some(r) = self.replicas[to as usize].as_mut() else {
+            return;
+        };
+        match env {
+            Envelope::Request { from, request, .. } => {
+                self.peer_tokens.insert(token, from);
+                r.handle_request(from, PeerToken(token), request);
+            }
+            Envelope::Response { from, response, .. } => r.handle_response(from, response),
+        }
+        self.flush(to);
+    }
+
+    /// Performs replica `id`'s Ready: persist, then put messages on the wire, then replies.
+    pub fn flush(&mut self, id: ReplicaId) {
+        let Some(r) = self.replicas[id as usize].as_mut() else {
+            return;
+        };
+        let ready = r.ready();
+        self.disks[id as usize].extend(ready.persist);
+        for out in ready.messages {
+            self.wire.push(Envelope::Request {
+                from: id,
+                to: out.to,
+                request: out.request,
+            });
+        }
+        for (token, response) in ready.responses {
+            if let Some(to) = self.peer_tokens.remove(&token.0) {
+                self.wire.push(Envelope::Response {
+                    from: id,
+                    to,
+                    response,
+                });
+            }
+        }
+        for (token, reply) in ready.client_replies {
+            self.replies.push((id, token, reply));
+        }
+    }
+
+    /// Ticks every live replica once.
+    pub fn tick_all(&mut self) {
+        for id in 0..self.replicas.len() as ReplicaId {
+            if let Some(r) = self.replicas[id as usize].as_mut() {
+                r.tick();
+                self.flush(id);
+            }
+        }
+    }
+
+    /// Delivers everything on the wire, including what delivery produces, up to `max` messages.
+    pub fn deliver_all(&mut self, max: usize) -> usize {
+        let mut n = 0;
+        while n < max && !self.wire.is_empty() {
+            let env = self.wire.remove(0);
+            self.deliver(env);
+            n += 1;
+        }
+        n
+    }
+
+    /// Crashes replica `id`: memory is lost, the disk stays.
+    pub fn crash(&mut self, id: ReplicaId) {
+        self.replicas[id as usize] = None;
+    }
+
+    /// Restarts replica `id` from its disk.
+    pub fn restart(&mut self, id: ReplicaId) -> Result<(), crate::RecoveryError> {
+        let cfg = self.configs[id as usize].clone();
+        let records = self.disks[id as usize].clone();
+        self.replicas[id as usize] = Some(Replica::recover(cfg, None, records)?);
+        Ok(())
+    }
+
+    /// The current leader with the highest ballot, if any replica leads.
+    pub fn leader(&self) -> Option<ReplicaId> {
+        self.replicas
+            .iter()
+            .flatten()
+            .filter(|r| r.is_leader())
+            .max_by_key(|r| r.promised())
+            .map(|r| r.id())
+    }
+
+    /// Ticks and delivers until some replica leads, within `max_ticks`.
+    pub fn elect(&mut self, max_ticks: u32) -> Option<ReplicaId> {
+        for _ in 0..max_ticks {
+            self.tick_all();
+            self.deliver_all(100_000);
+            if let Some(l) = self.leader() {
+                return Some(l);
+            }
+        }
+        None
+    }
+
+    /// Takes the replies for `token` given so far.
+    pub fn take_reply(&mut self, token: ClientToken) -> Option<ClientReply> {
+        let i = self.replies.iter().position(|(_, t, _)| *t == token)?;
+        Some(self.replies.remove(i).2)
+    }
+}
