@@ -133,10 +133,12 @@ impl Replica {
         }
     }
 
-    /// Steps down if `ballot` beats our own leadership or candidacy.
+    /// Steps down if `ballot` beats our own leadership or candidacy. A candidate that is only
+    /// probing has promised nothing, so any live leader it may follow ends its candidacy.
     pub(crate) fn yield_to(&mut self, ballot: Ballot) {
         let mine = match &self.role {
             Role::Leader(l) => Some(l.ballot),
+            Role::Candidate(c) if c.is_probing() => Some(Ballot::ZERO),
             Role::Candidate(c) => Some(c.ballot),
             Role::Follower => None,
         };

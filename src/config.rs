@@ -40,7 +40,7 @@ pub struct Config {
 impl Config {
     /// Defaults tuned for a 10 ms tick.
     pub fn new(id: ReplicaId, replicas: u32) -> Config {
-        assert!(replicas >= 1 && replicas <= crate::quorum::MAX_REPLICAS);
+        assert!((1..=crate::quorum::MAX_REPLICAS).contains(&replicas));
         assert!(
             id < replicas,
             "replica id {id} not below cluster size {replicas}"

@@ -26,6 +26,12 @@ pub(crate) struct Candidate {
     sent_tick: u64,
 }
 
+impl Candidate {
+    pub(crate) fn is_probing(&self) -> bool {
+        self.phase == Phase::Probe
+    }
+}
+
 impl Replica {
     pub(crate) fn reset_election_timer(&mut self) {
         let lo = self.cfg.election_timeout_min_ticks;

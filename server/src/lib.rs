@@ -1,1 +1,17 @@
+//! paxoskv-server: the runtime around the sans-IO core — tarpc services, the driver task,
+//! peer links that redial, storage and failure injection.
 
+#![warn(missing_docs)]
+
+pub mod driver;
+pub mod failure;
+pub mod local;
+pub mod node;
+pub mod peer;
+pub mod rpc;
+pub mod storage;
+pub mod store;
+
+pub use failure::FailMode;
+pub use local::LocalCluster;
+pub use node::{run_replica, ReplicaOptions};

@@ -1,1 +1,180 @@
-fn main() {}
+//! `paxoskv-server`: five replicas in one process (`paxoskv-server 15000 -f`) or one replica
+//! of a multi-process cluster (`--replica I --peers H:P,...`).
+
+use anyhow::{bail, Context, Result};
+use clap::{Parser, ValueEnum};
+use paxoskv::Replica;
+use paxoskv_server::store::{MemoryStore, ReplicaStore};
+use paxoskv_server::{run_replica, FailMode, ReplicaOptions};
+use std::net::{SocketAddr, ToSocketAddrs};
+use tokio::net::TcpListener;
+use tokio::sync::watch;
+use tokio::task::JoinSet;
+
+/// Replicas started by the one-process mode.
+const LOCAL_REPLICAS: u16 = 5;
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
+enum FailKind {
+    /// Each Paxos message is dropped with probability --fail-rate.
+    Drop,
+    /// The acceptor goes silent for random intervals.
+    Down,
+}
+
+/// A replicated key-value store kept consistent with Multi-Paxos.
+#[derive(Parser, Debug)]
+#[command(version, about)]
+struct Args {
+    /// First port; replicas listen on PORT..PORT+4 (one-process mode).
+    #[arg(default_value_t = 15000)]
+    port: u16,
+    /// Make acceptors fail at random (25% of Paxos messages unless --fail-rate says otherwise).
+    #[arg(short = 'f', long = "fail")]
+    fail: bool,
+    /// Failure probability per Paxos message (drop mode) or per second (down mode); implies -f.
+    #[arg(long, value_parser = parse_rate)]
+    fail_rate: Option<f64>,
+    /// How acceptors fail.
+    #[arg(long, value_enum, default_value_t = FailKind::Drop)]
+    fail_mode: FailKind,
+    /// Shortest silence in down mode.
+    #[arg(long, default_value_t = 500)]
+    down_min_ms: u64,
+    /// Longest silence in down mode.
+    #[arg(long, default_value_t = 2000)]
+    down_max_ms: u64,
+    /// Host to listen on in one-process mode.
+    #[arg(long, default_value = "127.0.0.1")]
+    host: String,
+    /// Run only this replica (index into --peers).
+    #[arg(long, requires = "peers")]
+    replica: Option<u32>,
+    /// Every replica's address, comma-separated, in id order.
+    #[arg(long, value_delimiter = ',', requires = "replica")]
+    peers: Vec<String>,
+    /// Core tick length.
+    #[arg(long, default_value_t = 10)]
+    tick_ms: u64,
+    /// Largest value accepted.
+    #[arg(long, default_value_t = paxoskv::DEFAULT_MAX_VALUE_BYTES)]
+    max_value_bytes: usize,
+}
+
+fn parse_rate(s: &str) -> Result<f64, String> {
+    let r: f64 = s.parse().map_err(|e| format!("{e}"))?;
+    if (0.0..=1.0).contains(&r) {
+        Ok(r)
+    } else {
+        Err(format!("{r} is not a probability between 0 and 1"))
+    }
+}
+
+impl Args {
+    fn fail_mode(&self) -> FailMode {
+        if !self.fail && self.fail_rate.is_none() {
+            return FailMode::Off;
+        }
+        let rate = self.fail_rate.unwrap_or(0.25);
+        match self.fail_mode {
+            FailKind::Drop => FailMode::Drop { rate },
+            FailKind::Down => FailMode::Down {
+                rate,
+                min_ms: self.down_min_ms,
+                max_ms: self.down_max_ms,
+            },
+        }
+    }
+
+    /// (every replica's address, the ids this process runs).
+    fn layout(&self) -> Result<(Vec<SocketAddr>, Vec<u32>)> {
+        if let Some(id) = self.replica {
+            let addrs = self
+                .peers
+                .iter()
+                .map(|p| resolve(p))
+                .collect::<Result<Vec<_>>>()?;
+            if id as usize >= addrs.len() {
+                bail!(
+                    "--replica {id} is not an index into the {} --peers",
+                    addrs.len()
+                );
+            }
+            return Ok((addrs, vec![id]));
+        }
+        if self.port.checked_add(LOCAL_REPLICAS - 1).is_none() {
+            bail!(
+                "port {} leaves no room for {LOCAL_REPLICAS} replicas",
+                self.port
+            );
+        }
+        let addrs = (0..LOCAL_REPLICAS)
+            .map(|i| resolve(&format!("{}:{}", self.host, self.port + i)))
+            .collect::<Result<Vec<_>>>()?;
+        Ok((addrs, (0..LOCAL_REPLICAS as u32).collect()))
+    }
+}
+
+fn resolve(addr: &str) -> Result<SocketAddr> {
+    addr.to_socket_addrs()
+        .with_context(|| format!("cannot resolve {addr}"))?
+        .next()
+        .with_context(|| format!("{addr} resolves to nothing"))
+}
+
+fn init_tracing() {
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info,tarpc=off"));
+    tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .init();
+}
+
+#[tokio::main]
+async fn main() -> Result<()> {
+    let args = Args::parse();
+    init_tracing();
+    let (addrs, ids) = args.layout()?;
+    let fail_mode = args.fail_mode();
+    let (stop_tx, stop_rx) = watch::channel(false);
+    let mut replicas = JoinSet::new();
+    for id in ids {
+        let addr = addrs[id as usize];
+        let listener = TcpListener::bind(addr)
+            .await
+            .with_context(|| format!("replica {id} cannot listen on {addr}"))?;
+        let mut options = ReplicaOptions::new(id, addrs.clone());
+        options.fail_mode = fail_mode;
+        options.tick_ms = args.tick_ms;
+        options.max_value_bytes = args.max_value_bytes;
+        let core = Replica::new(options.core_config());
+        let store: Box<dyn ReplicaStore> = Box::new(MemoryStore::default());
+        replicas.spawn(run_replica(listener, options, core, store, stop_rx.clone()));
+        println!("Replica {id} is running at port {}", addr.port());
+    }
+    if fail_mode != FailMode::Off {
+        println!("Failure injection: {}", fail_mode.describe());
+    }
+    wait_for_signal().await?;
+    tracing::info!("shutting down");
+    let _ = stop_tx.send(true);
+    let drain = async { while replicas.join_next().await.is_some() {} };
+    if tokio::time::timeout(std::time::Duration::from_secs(3), drain)
+        .await
+        .is_err()
+    {
+        tracing::warn!("replicas did not stop within 3 s; exiting anyway");
+    }
+    Ok(())
+}
+
+async fn wait_for_signal() -> Result<()> {
+    let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
+        .context("cannot listen for SIGTERM")?;
+    tokio::select! {
+        r = tokio::signal::ctrl_c() => r.context("cannot listen for Ctrl-C")?,
+        _ = term.recv() => {}
+    }
+    Ok(())
+}

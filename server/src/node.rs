@@ -1,0 +1,171 @@
+//! One replica's whole runtime: listener, both services, driver, peer links and failure
+//! injection. `run_replica` takes an already bound listener, so tests can bind port 0.
+
+use crate::driver::{Driver, DriverTiming};
+use crate::failure::{FailMode, FailureInjector};
+use crate::peer::PeerLink;
+use crate::rpc::{KvServer, ReplicaServer, Shared};
+use crate::store::ReplicaStore;
+use futures::StreamExt;
+use paxoskv::{Config, Replica, ReplicaId};
+use paxoskv_service::{
+    bincode_transport, read_service_tag, KvRpc, ReplicaRpc, ServiceTag, KV_MAX_FRAME_BYTES,
+    REPLICA_MAX_FRAME_BYTES,
+};
+use std::future::Future;
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+use tarpc::server::{BaseChannel, Channel};
+use tokio::net::{TcpListener, TcpStream};
+use tokio::sync::watch;
+
+/// Requests served at once per connection; more wait in the transport.
+const MAX_CONCURRENT_REQUESTS_PER_CONNECTION: usize = 4096;
+/// A new connection must name its service within this time.
+const HANDSHAKE_TIMEOUT_MS: u64 = 5_000;
+
+/// Everything one replica needs to run.
+pub struct ReplicaOptions {
+    /// This replica's id.
+    pub id: ReplicaId,
+    /// Every replica's address (including ours), by id.
+    pub addrs: Vec<SocketAddr>,
+    /// Failure injection.
+    pub fail_mode: FailMode,
+    /// Core tick length.
+    pub tick_ms: u64,
+    /// Timeout of one peer call.
+    pub peer_timeout_ms: u64,
+    /// Longest a client request waits in the server.
+    pub request_timeout_ms: u64,
+    /// Largest value accepted.
+    pub max_value_bytes: usize,
+}
+
+impl ReplicaOptions {
+    /// Defaults for replica `id` of `addrs`.
+    pub fn new(id: ReplicaId, addrs: Vec<SocketAddr>) -> ReplicaOptions {
+        ReplicaOptions {
+            id,
+            addrs,
+            fail_mode: FailMode::Off,
+            tick_ms: 10,
+            peer_timeout_ms: 200,
+            request_timeout_ms: 3_000,
+            max_value_bytes: paxoskv::DEFAULT_MAX_VALUE_BYTES,
+        }
+    }
+
+    /// The core configuration for these options.
+    pub fn core_config(&self) -> Config {
+        let mut cfg = Config::new(self.id, self.addrs.len() as u32);
+        cfg.seed = rand::random();
+        cfg
+    }
+}
+
+/// Runs one replica on `listener` until `shutdown` becomes true.
+pub async fn run_replica(
+    listener: TcpListener,
+    options: ReplicaOptions,
+    core: Replica,
+    store: Box<dyn ReplicaStore>,
+    shutdown: watch::Receiver<bool>,
+) {
+    let id = options.id;
+    let peers: Arc<Vec<Option<Arc<PeerLink>>>> = Arc::new(
+        options
+            .addrs
+            .iter()
+            .enumerate()
+            .map(|(i, a)| {
+                (i as ReplicaId != id).then(|| Arc::new(PeerLink::new(i as ReplicaId, *a)))
+            })
+            .collect(),
+    );
+    let timing = DriverTiming {
+        tick_ms: options.tick_ms,
+        peer_timeout_ms: options.peer_timeout_ms,
+    };
+    tracing::info!(replica = id, storage = %store.describe(), "starting replica");
+    let (driver, tx, failed) = Driver::new(core, store, peers.clone(), timing);
+    let failure = FailureInjector::new(options.fail_mode);
+    let shared = Arc::new(Shared {
+        id,
+        addrs: options.addrs.clone(),
+        peers,
+        driver: tx,
+        failed,
+        failure: failure.clone(),
+        max_value_bytes: options.max_value_bytes,
+        request_timeout: Duration::from_millis(options.request_timeout_ms),
+    });
+    let driver_task = tokio::spawn(driver.run(shutdown.clone()));
+    tokio::spawn(failure.run_down_schedule(id, shutdown.clone()));
+    accept_loop(listener, shared, shutdown).await;
+    let _ = driver_task.await;
+}
+
+async fn accept_loop(
+    listener: TcpListener,
+    shared: Arc<Shared>,
+    mut shutdown: watch::Receiver<bool>,
+) {
+    loop {
+        tokio::select! {
+            _ = shutdown.changed() => break,
+            accepted = listener.accept() => match accepted {
+                Ok((stream, _)) => {
+                    let conn = serve_connection(stream, shared.clone());
+                    tokio::spawn(until_shutdown(conn, shutdown.clone()));
+                }
+                Err(e) => {
+                    tracing::warn!(error = %e, "accept failed");
+                    tokio::time::sleep(Duration::from_millis(10)).await;
+                }
+            },
+        }
+    }
+}
+
+async fn until_shutdown(work: impl Future<Output = ()>, mut shutdown: watch::Receiver<bool>) {
+    tokio::select! {
+        _ = work => {}
+        _ = shutdown.changed() => {}
+    }
+}
+
+async fn serve_connection(mut stream: TcpStream, shared: Arc<Shared>) {
+    if stream.set_nodelay(true).is_err() {
+        return;
+    }
+    let handshake = Duration::from_millis(HANDSHAKE_TIMEOUT_MS);
+    let tag = match tokio::time::timeout(handshake, read_service_tag(&mut stream)).await {
+        Ok(Ok(tag)) => tag,
+        Ok(Err(e)) => return tracing::debug!(error = %e, "bad connection handshake"),
+        Err(_) => return tracing::debug!("connection named no service in time"),
+    };
+    match tag {
+        ServiceTag::Replica => {
+            let transport = bincode_transport(stream, REPLICA_MAX_FRAME_BYTES);
+            BaseChannel::with_defaults(transport)
+                .max_concurrent_requests(MAX_CONCURRENT_REQUESTS_PER_CONNECTION)
+                .execute(ReplicaServer(shared).serve())
+                .for_each(|fut| async move {
+                    tokio::spawn(fut);
+                })
+                .await
+        }
+        ServiceTag::Kv => {
+            let transport = bincode_transport(stream, KV_MAX_FRAME_BYTES);
+            BaseChannel::with_defaults(transport)
+                .max_concurrent_requests(MAX_CONCURRENT_REQUESTS_PER_CONNECTION)
+                .execute(KvServer(shared).serve())
+                .for_each(|fut| async move {
+                    tokio::spawn(fut);
+                })
+                .await
+        }
+    }
+}

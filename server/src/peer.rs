@@ -1,0 +1,167 @@
+//! Links to the other replicas. tarpc connections do not reconnect by themselves, so each
+//! link redials (with back-off) after the connection breaks, e.g. when a peer restarts.
+
+use paxoskv::message::{Request, Response};
+use paxoskv::{Command, ReplicaId};
+use paxoskv_service::{
+    connect_kv, connect_replica, KvError, KvRpcClient, ReplicaRpcClient, WriteReply,
+};
+use std::net::SocketAddr;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::{Duration, Instant};
+use tarpc::client::RpcError;
+use tarpc::context;
+use tokio::sync::Mutex;
+
+/// Wait at least this long before dialling a peer that just refused a connection.
+const REDIAL_BACKOFF_MS: u64 = 100;
+/// Give up on a connect attempt after this long.
+const CONNECT_TIMEOUT_MS: u64 = 300;
+
+/// A cached connection and when we may try to dial again.
+struct Slot<C> {
+    client: Option<C>,
+    next_dial: Instant,
+}
+
+impl<C> Default for Slot<C> {
+    fn default() -> Self {
+        Slot {
+            client: None,
+            next_dial: Instant::now(),
+        }
+    }
+}
+
+/// One peer: a replica-protocol connection and, for forwarding, a client-protocol one.
+pub struct PeerLink {
+    /// The peer's id.
+    pub id: ReplicaId,
+    /// The peer's address.
+    pub addr: SocketAddr,
+    replica: Mutex<Slot<ReplicaRpcClient>>,
+    kv: Mutex<Slot<KvRpcClient>>,
+    epoch: Instant,
+    last_answer_ms: AtomicU64,
+}
+
+fn context_with_timeout(timeout: Duration) -> context::Context {
+    // A fresh context: never inherit a client's (possibly 10 s) deadline for fan-out calls.
+    let mut ctx = context::current();
+    ctx.deadline = Instant::now() + timeout;
+    ctx
+}
+
+fn is_connection_error(e: &RpcError) -> bool {
+    !matches!(e, RpcError::DeadlineExceeded | RpcError::Server(_))
+}
+
+impl PeerLink {
+    /// A link that dials lazily.
+    pub fn new(id: ReplicaId, addr: SocketAddr) -> PeerLink {
+        PeerLink {
+            id,
+            addr,
+            replica: Mutex::new(Slot::default()),
+            kv: Mutex::new(Slot::default()),
+            epoch: Instant::now(),
+            last_answer_ms: AtomicU64::new(u64::MAX),
+        }
+    }
+
+    /// True if the peer answered anything within `window`.
+    pub fn answered_within(&self, window: Duration) -> bool {
+        let last = self.last_answer_ms.load(Ordering::Relaxed);
+        last != u64::MAX
+            && self.epoch.elapsed().as_millis() as u64 <= last + window.as_millis() as u64
+    }
+
+    fn note_answer(&self) {
+        let now = self.epoch.elapsed().as_millis() as u64;
+        self.last_answer_ms.store(now, Ordering::Relaxed);
+    }
+
+    async fn replica_client(&self) -> Option<ReplicaRpcClient> {
+        let mut slot = self.replica.lock().await;
+        if slot.client.is_none() && Instant::now() >= slot.next_dial {
+            let dial = tokio::time::timeout(
+                Duration::from_millis(CONNECT_TIMEOUT_MS),
+                connect_replica(self.addr),
+            );
+            match dial.await {
+                Ok(Ok(c)) => slot.client = Some(c),
+                _ => slot.next_dial = Instant::now() + Duration::from_millis(REDIAL_BACKOFF_MS),
+            }
+        }
+        slot.client.clone()
+    }
+
+    async fn kv_client(&self) -> Option<KvRpcClient> {
+        let mut slot = self.kv.lock().await;
+        if slot.client.is_none() && Instant::now() >= slot.next_dial {
+            let dial = tokio::time::timeout(
+                Duration::from_millis(CONNECT_TIMEOUT_MS),
+                connect_kv(self.addr),
+            );
+            match dial.await {
+                Ok(Ok(c)) => slot.client = Some(c),
+                _ => slot.next_dial = Instant::now() + Duration::from_millis(REDIAL_BACKOFF_MS),
+            }
+        }
+        slot.client.clone()
+    }
+
+    /// Sends one Paxos request; `None` if the peer did not answer in time.
+    pub async fn call(
+        &self,
+        from: ReplicaId,
+        request: Request,
+        timeout: Duration,
+    ) -> Option<Response> {
+        let client = self.replica_client().await?;
+        let ctx = context_with_timeout(timeout);
+        let result = match request {
+            Request::Prepare(p) => client.prepare(ctx, from, p).await,
+            Request::Accept(a) => client.accept(ctx, from, a).await,
+            Request::Learn(l) => client.learn(ctx, from, l).await,
+            Request::FetchChosen(f) => client.fetch_chosen(ctx, from, f).await,
+        };
+        match result {
+            Ok(response) => {
+                self.note_answer();
+                Some(response)
+            }
+            Err(e) => {
+                if is_connection_error(&e) {
+                    tracing::debug!(peer = self.id, error = %e, "peer link broke; will redial");
+                    self.replica.lock().await.client = None;
+                }
+                None
+            }
+        }
+    }
+
+    /// Forwards a client's write to this peer (the leader).
+    pub async fn forward_propose(
+        &self,
+        command: Command,
+        timeout: Duration,
+    ) -> Result<WriteReply, KvError> {
+        let timeout_ms = timeout.as_millis() as u64;
+        let Some(client) = self.kv_client().await else {
+            return Err(KvError::Timeout { timeout_ms });
+        };
+        match client
+            .propose(context_with_timeout(timeout), command, true)
+            .await
+        {
+            Ok(reply) => reply,
+            Err(e) => {
+                if is_connection_error(&e) {
+                    self.kv.lock().await.client = None;
+                }
+                Err(KvError::Timeout { timeout_ms })
+            }
+        }
+    }
+}

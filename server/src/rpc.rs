@@ -1,0 +1,331 @@
+//! tarpc handlers. They only validate, inject failures and talk to the driver; every state
+//! change happens inside the driver task.
+
+use crate::driver::{DriverInput, FailedFlag};
+use crate::failure::FailureInjector;
+use crate::peer::PeerLink;
+use paxoskv::message::{Accept, FetchChosen, Learn, Prepare, Request, Response};
+use paxoskv::{
+    check_key, check_value, ClientError, ClientReply, Command, CommandId, Op, ReplicaId,
+};
+use paxoskv_service::{GetReply, KvError, KvRpc, ReadMode, ReplicaRpc, ReplicaStatus, WriteReply};
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+use tarpc::context::Context;
+use tokio::sync::{mpsc, oneshot};
+
+/// What both services of one replica share.
+pub struct Shared {
+    /// This replica.
+    pub id: ReplicaId,
+    /// Every replica's address, by id.
+    pub addrs: Vec<SocketAddr>,
+    /// Links to the others (None at our own index).
+    pub peers: Arc<Vec<Option<Arc<PeerLink>>>>,
+    /// Queue into the driver.
+    pub driver: mpsc::Sender<DriverInput>,
+    /// Set when storage failed.
+    pub failed: FailedFlag,
+    /// Failure injection.
+    pub failure: Arc<FailureInjector>,
+    /// Largest value accepted.
+    pub max_value_bytes: usize,
+    /// Longest a client request waits inside the server.
+    pub request_timeout: Duration,
+}
+
+impl Shared {
+    fn addr_of(&self, id: Option<ReplicaId>) -> Option<String> {
+        id.and_then(|i| self.addrs.get(i as usize))
+            .map(|a| a.to_string())
+    }
+
+    fn failed_reason(&self) -> Option<String> {
+        self.failed.lock().ok().and_then(|f| f.clone())
+    }
+
+    /// Replicas (this one included) heard from within the last second.
+    fn answering(&self) -> u32 {
+        let window = Duration::from_secs(1);
+        1 + self
+            .peers
+            .iter()
+            .flatten()
+            .filter(|p| p.answered_within(window))
+            .count() as u32
+    }
+
+    fn unavailable_or_timeout(&self, timeout: Duration) -> KvError {
+        let total = self.addrs.len() as u32;
+        let answered = self.answering();
+        if answered < paxoskv::quorum::majority(total) {
+            KvError::Unavailable { answered, total }
+        } else {
+            KvError::Timeout {
+                timeout_ms: timeout.as_millis() as u64,
+            }
+        }
+    }
+
+    /// How long a request may wait: the caller's deadline, capped by ours.
+    fn budget(&self, ctx: &Context) -> Duration {
+        let caller = ctx.deadline.saturating_duration_since(Instant::now());
+        caller.min(self.request_timeout)
+    }
+
+    async fn ask<T>(
+        &self,
+        make: impl FnOnce(oneshot::Sender<T>) -> DriverInput,
+        budget: Duration,
+    ) -> Result<T, KvError> {
+        if let Some(reason) = self.failed_reason() {
+            return Err(KvError::ReplicaFailed { reason });
+        }
+        let (tx, rx) = oneshot::channel();
+        if self.driver.try_send(make(tx)).is_err() {
+            return Err(KvError::Busy("replica request queue is full".into()));
+        }
+        match tokio::time::timeout(budget, rx).await {
+            Ok(Ok(v)) => Ok(v),
+            Ok(Err(_)) => Err(KvError::ReplicaFailed {
+                reason: self
+                    .failed_reason()
+                    .unwrap_or_else(|| "request dropped by the replica".into()),
+            }),
+            Err(_) => Err(self.unavailable_or_timeout(budget)),
+        }
+    }
+}
+
+/// The replica-to-replica service of one replica.
+#[derive(Clone)]
+pub struct ReplicaServer(pub Arc<Shared>);
+
+impl ReplicaServer {
+    async fn deliver(self, from: ReplicaId, request: Request, injectable: bool) -> Response {
+        if injectable && self.0.failure.should_drop() {
+            // A simulated crash for this message: neither act nor answer. The caller's
+            // deadline makes tarpc drop this future.
+            return std::future::pending().await;
+        }
+        let (tx, rx) = oneshot::channel();
+        let input = DriverInput::PeerRequest {
+            from,
+            request,
+            reply: tx,
+        };
+        if self.0.driver.send(input).await.is_err() {
+            return std::future::pending().await;
+        }
+        match rx.await {
+            Ok(response) => response,
+            Err(_) => std::future::pending().await, // not answered: let the caller time out
+        }
+    }
+}
+
+impl ReplicaRpc for ReplicaServer {
+    async fn prepare(self, _: Context, from: ReplicaId, request: Prepare) -> Response {
+        self.deliver(from, Request::Prepare(request), true).await
+    }
+
+    async fn accept(self, _: Context, from: ReplicaId, request: Accept) -> Response {
+        self.deliver(from, Request::Accept(request), true).await
+    }
+
+    async fn learn(self, _: Context, from: ReplicaId, request: Learn) -> Response {
+        self.deliver(from, Request::Learn(request), true).await
+    }
+
+    async fn fetch_chosen(self, _: Context, from: ReplicaId, request: FetchChosen) -> Response {
+        self.deliver(from, Request::FetchChosen(request), false)
+            .await
+    }
+}
+
+/// The client-facing service of one replica.
+#[derive(Clone)]
+pub struct KvServer(pub Arc<Shared>);
+
+impl KvServer {
+    fn validate(&self, op: &Op) -> Result<(), KvError> {
+        check_key(op.key())?;
+        if let Op::Put { value, .. } = op {
+            check_value(value, self.0.max_value_bytes)?;
+        }
+        Ok(())
+    }
+
+    async fn write(
+        &self,
+        ctx: &Context,
+        command: Command,
+        forwarded: bool,
+    ) -> Result<WriteReply, KvError> {
+        self.validate(&command.op)?;
+        let budget = self.0.budget(ctx);
+        let started = Instant::now();
+        let cmd = command.clone();
+        let reply = self
+            .0
+            .ask(
+                |reply| DriverInput::Propose {
+                    command: cmd,
+                    reply,
+                },
+                budget,
+            )
+            .await?;
+        let leader = match reply {
+            ClientReply::Applied(outcome) => {
+                return Ok(WriteReply {
+                    outcome,
+                    leader_addr: self.0.addr_of(Some(self.0.id)),
+                })
+            }
+            ClientReply::Failed(ClientError::NotLeader { leader }) => leader,
+            other => return Err(map_failure(other, command.id.seq)),
+        };
+        match leader.filter(|&l| l != self.0.id && !forwarded) {
+            Some(l) => {
+                self.forward(l, command, budget.saturating_sub(started.elapsed()))
+                    .await
+            }
+            None => Err(KvError::NotLeader {
+                leader,
+                leader_addr: self.0.addr_of(leader),
+            }),
+        }
+    }
+
+    async fn forward(
+        &self,
+        leader: ReplicaId,
+        command: Command,
+        budget: Duration,
+    ) -> Result<WriteReply, KvError> {
+        let Some(Some(peer)) = self.0.peers.get(leader as usize) else {
+            return Err(KvError::NotLeader {
+                leader: None,
+                leader_addr: None,
+            });
+        };
+        tracing::debug!(
+            replica = self.0.id,
+            leader,
+            "forwarding write to the leader"
+        );
+        peer.forward_propose(command, budget).await
+    }
+}
+
+fn map_failure(reply: ClientReply, seq: u64) -> KvError {
+    match reply {
+        ClientReply::Failed(ClientError::Busy) => KvError::Busy("leader queue is full".into()),
+        ClientReply::Failed(ClientError::Stale { last_applied }) => {
+            KvError::StaleRequest { seq, last_applied }
+        }
+        ClientReply::Failed(ClientError::NotLeader { leader }) => KvError::NotLeader {
+            leader,
+            leader_addr: None,
+        },
+        other => KvError::InvalidRequest(format!("unexpected reply {other:?}")),
+    }
+}
+
+impl KvRpc for KvServer {
+    async fn get(self, ctx: Context, key: String, mode: ReadMode) -> Result<GetReply, KvError> {
+        check_key(&key)?;
+        let budget = self.0.budget(&ctx);
+        let leader_addr = |id| self.0.addr_of(id);
+        if mode == ReadMode::Stale {
+            let value = self
+                .0
+                .ask(|reply| DriverInput::StaleRead { key, reply }, budget)
+                .await?;
+            return Ok(GetReply {
+                value,
+                served_by: self.0.id,
+                stale: true,
+                leader_addr: None,
+            });
+        }
+        match self
+            .0
+            .ask(|reply| DriverInput::Read { key, reply }, budget)
+            .await?
+        {
+            ClientReply::Read(value) => Ok(GetReply {
+                value,
+                served_by: self.0.id,
+                stale: false,
+                leader_addr: leader_addr(Some(self.0.id)),
+            }),
+            ClientReply::Failed(ClientError::NotLeader { leader }) => Err(KvError::NotLeader {
+                leader,
+                leader_addr: leader_addr(leader),
+            }),
+            other => Err(map_failure(other, 0)),
+        }
+    }
+
+    async fn put(
+        self,
+        ctx: Context,
+        id: CommandId,
+        key: String,
+        value: Vec<u8>,
+    ) -> Result<WriteReply, KvError> {
+        let command = Command {
+            id,
+            op: Op::Put { key, value },
+        };
+        self.write(&ctx, command, false).await
+    }
+
+    async fn delete(self, ctx: Context, id: CommandId, key: String) -> Result<WriteReply, KvError> {
+        let command = Command {
+            id,
+            op: Op::Delete { key },
+        };
+        self.write(&ctx, command, false).await
+    }
+
+    async fn propose(
+        self,
+        ctx: Context,
+        command: Command,
+        forwarded: bool,
+    ) -> Result<WriteReply, KvError> {
+        self.write(&ctx, command, forwarded).await
+    }
+
+    async fn status(self, _: Context) -> ReplicaStatus {
+        let budget = Duration::from_secs(1);
+        let core = self
+            .0
+            .ask(|reply| DriverInput::Status { reply }, budget)
+            .await;
+        let mut status = ReplicaStatus {
+            id: self.0.id,
+            addr: self.0.addr_of(Some(self.0.id)).unwrap_or_default(),
+            failures: self.0.failure.stats(),
+            fail_mode: self.0.failure.mode().describe(),
+            ..ReplicaStatus::default()
+        };
+        match core {
+            Ok(c) => {
+                status.role = c.role.to_string();
+                status.leader = c.leader;
+                status.leader_addr = self.0.addr_of(c.leader);
+                status.promised = c.promised.to_string();
+                status.applied_through = c.chosen_through;
+                status.keys = c.keys;
+                status.map_digest = c.map_digest;
+            }
+            Err(e) => status.role = format!("unavailable: {e}"),
+        }
+        status
+    }
+}
