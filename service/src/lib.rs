@@ -13,8 +13,8 @@ mod transport;
 
 pub use error::KvError;
 pub use transport::{
-    bincode_transport, connect_kv, connect_replica, frame_codec, read_service_tag, ServiceTag, KV_MAX_FRAME_BYTES,
-    REPLICA_MAX_FRAME_BYTES,
+    bincode_transport, connect_kv, connect_replica, frame_codec, read_service_tag, ServiceTag,
+    KV_MAX_FRAME_BYTES, REPLICA_MAX_FRAME_BYTES,
 };
 
 use paxoskv::message::{Accept, FetchChosen, Learn, Prepare, Response};
