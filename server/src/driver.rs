@@ -1,17 +1,22 @@
 //! The replica driver: one task owns the core and performs its Ready strictly in order —
 //! persist (one sync per batch) -> send -> reply. Handlers talk to it through a bounded queue,
-//! so a cancelled handler can never half-apply acceptor state.
+//! so a cancelled handler can never half-apply acceptor state. The driver also takes
+//! snapshots (in the background), pushes snapshots to replicas behind the compacted log,
+//! installs snapshots it receives, and rebuilds the core from disk after a storage failure.
 
 use crate::peer::PeerLink;
-use crate::store::ReplicaStore;
+use crate::store::{ReplicaStore, SnapshotJob, StoreError};
 use paxoskv::message::{Outbound, Request, Response};
 use paxoskv::{
-    ClientReply, ClientToken, Command, CoreStatus, PeerToken, Ready, Replica, ReplicaId,
+    ClientReply, ClientToken, Command, CoreStatus, PeerToken, Ready, Replica, ReplicaId, Slot,
+    Snapshot,
 };
-use std::collections::HashMap;
+use paxoskv_service::{SnapshotChunk, SNAPSHOT_CHUNK_BYTES};
+use std::collections::{BTreeSet, HashMap};
 use std::sync::{Arc, Mutex};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 use tokio::sync::{mpsc, oneshot, watch, Semaphore};
+use tokio::task::JoinHandle;
 
 /// Inputs handled per batch at most, so ticks and replies are never starved.
 const MAX_INPUTS_PER_BATCH: usize = 4096;
@@ -20,6 +25,10 @@ pub const DRIVER_QUEUE_LEN: usize = 65_536;
 /// Peer calls in flight at once, per replica; beyond that messages are dropped (Paxos
 /// tolerates loss, and the core resends).
 const MAX_PEER_CALLS_IN_FLIGHT: usize = 8192;
+/// After a storage failure, try to reopen the store this often.
+const REOPEN_INTERVAL_MS: u64 = 1000;
+/// Deadline of one snapshot chunk.
+const SNAPSHOT_CHUNK_TIMEOUT_MS: u64 = 10_000;
 
 /// Something for the driver to do.
 pub enum DriverInput {
@@ -65,6 +74,18 @@ pub enum DriverInput {
         /// Where to answer.
         reply: oneshot::Sender<CoreStatus>,
     },
+    /// A complete snapshot received from a peer.
+    InstallSnapshot {
+        /// The snapshot.
+        snapshot: Box<Snapshot>,
+        /// Ok once durable and installed.
+        reply: oneshot::Sender<Result<(), String>>,
+    },
+    /// A snapshot push to `to` ended.
+    PushDone {
+        /// The receiver.
+        to: ReplicaId,
+    },
 }
 
 /// Timing of one driver.
@@ -76,8 +97,31 @@ pub struct DriverTiming {
     pub peer_timeout_ms: u64,
 }
 
+/// When to snapshot and how much log to keep in memory for peers that are slightly behind.
+#[derive(Clone, Copy, Debug)]
+pub struct SnapshotPolicy {
+    /// Snapshot once the log on disk exceeds this.
+    pub log_bytes: u64,
+    /// Snapshot after this many applied slots.
+    pub every_slots: u64,
+    /// Chosen slots kept in memory below the snapshot, for cheap catch-up.
+    pub keep_slots: u64,
+}
+
+impl Default for SnapshotPolicy {
+    fn default() -> Self {
+        SnapshotPolicy {
+            log_bytes: 64 * 1024 * 1024,
+            every_slots: 50_000,
+            keep_slots: 5_000,
+        }
+    }
+}
+
 /// Shared view of a driver that has stopped acknowledging because storage failed.
 pub type FailedFlag = Arc<Mutex<Option<String>>>;
+
+type SnapshotTask = (SnapshotJob, JoinHandle<Result<(), StoreError>>);
 
 /// The task that owns one replica core.
 pub struct Driver {
@@ -87,11 +131,16 @@ pub struct Driver {
     inbox: mpsc::Receiver<DriverInput>,
     self_tx: mpsc::Sender<DriverInput>,
     timing: DriverTiming,
+    policy: SnapshotPolicy,
     next_token: u64,
-    peer_waiters: HashMap<u64, oneshot::Sender<Response>>,
+    peer_waiters: HashMap<u64, (ReplicaId, oneshot::Sender<Response>)>,
     client_waiters: HashMap<u64, oneshot::Sender<ClientReply>>,
     peer_calls: Arc<Semaphore>,
     failed: FailedFlag,
+    last_reopen: Instant,
+    snapshot_slot: Slot,
+    snapshot_task: Option<SnapshotTask>,
+    pushing: BTreeSet<ReplicaId>,
 }
 
 impl Driver {
@@ -101,9 +150,11 @@ impl Driver {
         store: Box<dyn ReplicaStore>,
         peers: Arc<Vec<Option<Arc<PeerLink>>>>,
         timing: DriverTiming,
+        policy: SnapshotPolicy,
     ) -> (Driver, mpsc::Sender<DriverInput>, FailedFlag) {
         let (tx, rx) = mpsc::channel(DRIVER_QUEUE_LEN);
         let failed: FailedFlag = Arc::default();
+        let snapshot_slot = core.chosen_through();
         let driver = Driver {
             core,
             store: Some(store),
@@ -111,11 +162,16 @@ impl Driver {
             inbox: rx,
             self_tx: tx.clone(),
             timing,
+            policy,
             next_token: 0,
             peer_waiters: HashMap::new(),
             client_waiters: HashMap::new(),
             peer_calls: Arc::new(Semaphore::new(MAX_PEER_CALLS_IN_FLIGHT)),
             failed: failed.clone(),
+            last_reopen: Instant::now(),
+            snapshot_slot,
+            snapshot_task: None,
+            pushing: BTreeSet::new(),
         };
         (driver, tx, failed)
     }
@@ -130,20 +186,24 @@ impl Driver {
                 _ = shutdown.changed() => break,
                 input = self.inbox.recv() => {
                     let Some(input) = input else { break };
-                    self.handle(input);
-                    self.drain_inbox();
+                    self.handle(input).await;
+                    self.drain_inbox().await;
                 }
-                _ = ticker.tick() => self.core.tick(),
+                _ = ticker.tick() => self.on_tick().await,
             }
             self.perform_ready().await;
+            self.maybe_snapshot().await;
+        }
+        if let Some((_, task)) = self.snapshot_task.take() {
+            let _ = task.await; // Let a snapshot in progress finish its rename.
         }
         tracing::info!(replica = self.core.id(), "driver stopped");
     }
 
-    fn drain_inbox(&mut self) {
+    async fn drain_inbox(&mut self) {
         for _ in 1..MAX_INPUTS_PER_BATCH {
             match self.inbox.try_recv() {
-                Ok(input) => self.handle(input),
+                Ok(input) => self.handle(input).await,
                 Err(_) => break,
             }
         }
@@ -154,7 +214,7 @@ impl Driver {
         self.next_token
     }
 
-    fn handle(&mut self, input: DriverInput) {
+    async fn handle(&mut self, input: DriverInput) {
         match input {
             DriverInput::PeerRequest {
                 from,
@@ -162,7 +222,7 @@ impl Driver {
                 reply,
             } => {
                 let t = self.token();
-                self.peer_waiters.insert(t, reply);
+                self.peer_waiters.insert(t, (from, reply));
                 self.core.handle_request(from, PeerToken(t), request);
             }
             DriverInput::PeerResponse { from, response } => {
@@ -184,6 +244,44 @@ impl Driver {
             DriverInput::Status { reply } => {
                 let _ = reply.send(self.core.status());
             }
+            DriverInput::InstallSnapshot { snapshot, reply } => {
+                let result = self.install_snapshot(*snapshot).await;
+                let _ = reply.send(result);
+            }
+            DriverInput::PushDone { to } => {
+                self.pushing.remove(&to);
+            }
+        }
+    }
+
+    async fn on_tick(&mut self) {
+        self.core.tick();
+        let due = self.last_reopen.elapsed() >= Duration::from_millis(REOPEN_INTERVAL_MS);
+        if self.failed_reason().is_some() && due {
+            self.last_reopen = Instant::now();
+            self.try_reopen().await;
+        }
+    }
+
+    /// Runs `f` on the store in a blocking thread (fsync must not stall the runtime).
+    async fn with_store<T: Send + 'static>(
+        &mut self,
+        f: impl FnOnce(&mut dyn ReplicaStore) -> Result<T, StoreError> + Send + 'static,
+    ) -> Result<T, String> {
+        let Some(mut store) = self.store.take() else {
+            return Err("storage is gone".into());
+        };
+        let joined = tokio::task::spawn_blocking(move || {
+            let result = f(store.as_mut());
+            (store, result)
+        })
+        .await;
+        match joined {
+            Ok((store, result)) => {
+                self.store = Some(store);
+                result.map_err(|e| e.to_string())
+            }
+            Err(e) => Err(format!("storage task failed: {e}")),
         }
     }
 
@@ -206,9 +304,7 @@ impl Driver {
             self.send(out);
         }
         for (token, response) in responses {
-            if let Some(tx) = self.peer_waiters.remove(&token.0) {
-                let _ = tx.send(response);
-            }
+            self.respond(token, response);
         }
         for (token, reply) in client_replies {
             if let Some(tx) = self.client_waiters.remove(&token.0) {
@@ -216,7 +312,17 @@ impl Driver {
             }
         }
         // Requests the core chose not to answer must not leak their waiters.
-        self.peer_waiters.retain(|_, tx| !tx.is_closed());
+        self.peer_waiters.retain(|_, (_, tx)| !tx.is_closed());
+    }
+
+    fn respond(&mut self, token: PeerToken, response: Response) {
+        let Some((from, tx)) = self.peer_waiters.remove(&token.0) else {
+            return;
+        };
+        if matches!(&response, Response::Chosen(c) if c.snapshot_needed) {
+            self.start_push(from);
+        }
+        let _ = tx.send(response);
     }
 
     /// Makes the batch durable; once storage failed, nothing is acknowledged again.
@@ -227,33 +333,54 @@ impl Driver {
         if ready.persist.is_empty() {
             return Ok(());
         }
-        let Some(mut store) = self.store.take() else {
-            return Err("storage is gone".into());
-        };
         let records = ready.persist.clone();
-        let joined = tokio::task::spawn_blocking(move || {
-            let result = store.persist(&records);
-            (store, result)
-        })
-        .await;
-        let result = match joined {
-            Ok((store, result)) => {
-                self.store = Some(store);
-                result.map_err(|e| e.to_string())
-            }
-            Err(e) => Err(format!("storage task failed: {e}")),
-        };
+        let result = self.with_store(move |s| s.persist(&records)).await;
         if let Err(reason) = &result {
-            tracing::error!(replica = self.core.id(), %reason, "storage failed; replica stops acknowledging");
-            if let Ok(mut f) = self.failed.lock() {
-                *f = Some(reason.clone());
-            }
+            self.mark_failed(reason);
         }
         result
     }
 
+    fn mark_failed(&mut self, reason: &str) {
+        tracing::error!(replica = self.core.id(), %reason, "storage failed; replica stops acknowledging");
+        if let Ok(mut f) = self.failed.lock() {
+            *f = Some(reason.to_string());
+        }
+        self.last_reopen = Instant::now();
+    }
+
     fn failed_reason(&self) -> Option<String> {
         self.failed.lock().ok().and_then(|f| f.clone())
+    }
+
+    /// Storage failed earlier: reopen it and rebuild the core from what is durable, so
+    /// nothing that lived only in memory is ever acknowledged.
+    async fn try_reopen(&mut self) {
+        let recovered = match self.with_store(|s| s.reopen()).await {
+            Ok(r) => r,
+            Err(e) => {
+                return tracing::warn!(replica = self.core.id(), error = %e, "storage still failing")
+            }
+        };
+        let cfg = self.core.config().clone();
+        match Replica::recover(cfg, recovered.snapshot, recovered.records) {
+            Ok(core) => {
+                self.core = core;
+                self.peer_waiters.clear();
+                self.client_waiters.clear();
+                self.snapshot_slot = self.core.chosen_through();
+                if let Ok(mut f) = self.failed.lock() {
+                    *f = None;
+                }
+                tracing::info!(
+                    replica = self.core.id(),
+                    "storage works again; state reloaded from disk"
+                );
+            }
+            Err(e) => {
+                tracing::error!(replica = self.core.id(), error = %e, "cannot rebuild from disk")
+            }
+        }
     }
 
     /// Drops peer responses and fails client requests of a batch that could not be persisted.
@@ -264,7 +391,128 @@ impl Driver {
         for (token, _) in ready.client_replies {
             self.client_waiters.remove(&token.0);
         }
-        tracing::warn!(replica = self.core.id(), reason, "batch not acknowledged");
+        tracing::debug!(replica = self.core.id(), reason, "batch not acknowledged");
+    }
+
+    /// Finishes a background snapshot, or starts one when the log has grown enough.
+    async fn maybe_snapshot(&mut self) {
+        if self
+            .snapshot_task
+            .as_ref()
+            .is_some_and(|(_, t)| t.is_finished())
+        {
+            self.finish_snapshot().await;
+        }
+        if self.snapshot_task.is_some() || self.failed_reason().is_some() {
+            return;
+        }
+        let applied = self.core.chosen_through();
+        let log_bytes = self.store.as_ref().map_or(0, |s| s.log_bytes());
+        let due = log_bytes >= self.policy.log_bytes
+            || applied >= self.snapshot_slot + self.policy.every_slots;
+        if due && applied > self.snapshot_slot {
+            self.start_snapshot().await;
+        }
+    }
+
+    async fn start_snapshot(&mut self) {
+        let snapshot = self.core.snapshot();
+        let live = self.core.live_records(snapshot.through);
+        let through = snapshot.through;
+        match self.with_store(move |s| s.begin_snapshot(&live)).await {
+            Ok(Some(job)) => {
+                let writer = job.clone();
+                let task = tokio::task::spawn_blocking(move || writer.write(&snapshot));
+                self.snapshot_task = Some((job, task));
+                tracing::info!(replica = self.core.id(), through, "snapshot started");
+            }
+            Ok(None) => self.compact(through), // Nothing to write: memory-only replica.
+            Err(reason) => self.mark_failed(&reason),
+        }
+        self.snapshot_slot = through;
+    }
+
+    async fn finish_snapshot(&mut self) {
+        let Some((job, task)) = self.snapshot_task.take() else {
+            return;
+        };
+        match task.await {
+            Ok(Ok(())) => {
+                let done = job.clone();
+                match self.with_store(move |s| s.finish_snapshot(&done)).await {
+                    Ok(()) => self.compact(self.snapshot_slot),
+                    Err(reason) => self.mark_failed(&reason),
+                }
+                tracing::info!(
+                    replica = self.core.id(),
+                    through = self.snapshot_slot,
+                    "snapshot durable; log compacted"
+                );
+            }
+            Ok(Err(e)) => {
+                tracing::warn!(replica = self.core.id(), error = %e, "snapshot failed; keeping the log")
+            }
+            Err(e) => tracing::warn!(replica = self.core.id(), error = %e, "snapshot task failed"),
+        }
+    }
+
+    fn compact(&mut self, through: Slot) {
+        self.core
+            .compact(through.saturating_sub(self.policy.keep_slots));
+    }
+
+    /// Makes a received snapshot durable, then hands it to the core.
+    async fn install_snapshot(&mut self, snapshot: Snapshot) -> Result<(), String> {
+        if snapshot.through <= self.core.chosen_through() {
+            return Ok(());
+        }
+        if let Some(reason) = self.failed_reason() {
+            return Err(reason);
+        }
+        let through = snapshot.through;
+        let live = self.core.live_records(through);
+        let snapshot = self
+            .with_store(move |s| {
+                if let Some(job) = s.begin_snapshot(&live)? {
+                    job.write(&snapshot)?;
+                    s.finish_snapshot(&job)?;
+                }
+                Ok(snapshot)
+            })
+            .await;
+        let snapshot = snapshot.inspect_err(|reason| self.mark_failed(reason))?;
+        self.core.install_snapshot(snapshot);
+        self.snapshot_slot = through;
+        tracing::info!(
+            replica = self.core.id(),
+            through,
+            "installed snapshot from a peer"
+        );
+        Ok(())
+    }
+
+    /// Sends our current state to `to`, which is behind our compacted log.
+    fn start_push(&mut self, to: ReplicaId) {
+        let Some(Some(peer)) = self.peers.get(to as usize) else {
+            return;
+        };
+        if !self.pushing.insert(to) {
+            return;
+        }
+        let snapshot = self.core.snapshot();
+        let (me, peer, tx) = (self.core.id(), peer.clone(), self.self_tx.clone());
+        tracing::info!(
+            replica = me,
+            to,
+            through = snapshot.through,
+            "pushing snapshot"
+        );
+        tokio::spawn(async move {
+            if let Err(e) = push_snapshot(me, &peer, snapshot).await {
+                tracing::warn!(replica = me, to, error = %e, "snapshot push failed");
+            }
+            let _ = tx.send(DriverInput::PushDone { to }).await;
+        });
     }
 
     fn send(&mut self, out: Outbound) {
@@ -291,6 +539,26 @@ impl Driver {
             drop(permit);
         });
     }
+}
+
+async fn push_snapshot(me: ReplicaId, peer: &PeerLink, snapshot: Snapshot) -> Result<(), String> {
+    let through = snapshot.through;
+    let bytes = tokio::task::spawn_blocking(move || bincode::serialize(&snapshot))
+        .await
+        .map_err(|e| e.to_string())?
+        .map_err(|e| e.to_string())?;
+    let total_bytes = bytes.len() as u64;
+    let timeout = Duration::from_millis(SNAPSHOT_CHUNK_TIMEOUT_MS);
+    for (i, data) in bytes.chunks(SNAPSHOT_CHUNK_BYTES).enumerate() {
+        let chunk = SnapshotChunk {
+            through,
+            total_bytes,
+            offset: (i * SNAPSHOT_CHUNK_BYTES) as u64,
+            data: data.to_vec(),
+        };
+        peer.install_snapshot(me, chunk, timeout).await?;
+    }
+    Ok(())
 }
 
 fn trace_message(me: ReplicaId, out: &Outbound) {

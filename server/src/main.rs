@@ -4,9 +4,12 @@
 use anyhow::{bail, Context, Result};
 use clap::{Parser, ValueEnum};
 use paxoskv::Replica;
+use paxoskv_server::node::open_disk_replica;
+use paxoskv_server::storage::FaultInjector;
 use paxoskv_server::store::{MemoryStore, ReplicaStore};
 use paxoskv_server::{run_replica, FailMode, ReplicaOptions};
 use std::net::{SocketAddr, ToSocketAddrs};
+use std::path::PathBuf;
 use tokio::net::TcpListener;
 use tokio::sync::watch;
 use tokio::task::JoinSet;
@@ -59,6 +62,18 @@ struct Args {
     /// Largest value accepted.
     #[arg(long, default_value_t = paxoskv::DEFAULT_MAX_VALUE_BYTES)]
     max_value_bytes: usize,
+    /// Where replicas keep their log and snapshots; replica I uses DIR/replica-I.
+    #[arg(long, default_value = "./paxoskv-data")]
+    data_dir: PathBuf,
+    /// Keep state only in memory: nothing survives a restart (experiments only).
+    #[arg(long)]
+    in_memory: bool,
+    /// Snapshot (and compact the log) after this many applied slots.
+    #[arg(long, default_value_t = 50_000)]
+    snapshot_every_slots: u64,
+    /// Snapshot once the log exceeds this many bytes.
+    #[arg(long, default_value_t = 64 * 1024 * 1024)]
+    snapshot_log_bytes: u64,
 }
 
 fn parse_rate(s: &str) -> Result<f64, String> {
@@ -115,6 +130,16 @@ impl Args {
     }
 }
 
+/// Opens replica state: durable under --data-dir, or throwaway with --in-memory.
+fn open_state(args: &Args, options: &ReplicaOptions) -> Result<(Replica, Box<dyn ReplicaStore>)> {
+    let cfg = options.core_config();
+    if args.in_memory {
+        return Ok((Replica::new(cfg), Box::new(MemoryStore::default())));
+    }
+    let dir = args.data_dir.join(format!("replica-{}", options.id));
+    Ok(open_disk_replica(&dir, cfg, FaultInjector::new())?)
+}
+
 fn resolve(addr: &str) -> Result<SocketAddr> {
     addr.to_socket_addrs()
         .with_context(|| format!("cannot resolve {addr}"))?
@@ -148,10 +173,14 @@ async fn main() -> Result<()> {
         options.fail_mode = fail_mode;
         options.tick_ms = args.tick_ms;
         options.max_value_bytes = args.max_value_bytes;
-        let core = Replica::new(options.core_config());
-        let store: Box<dyn ReplicaStore> = Box::new(MemoryStore::default());
+        options.snapshot_policy.every_slots = args.snapshot_every_slots;
+        options.snapshot_policy.log_bytes = args.snapshot_log_bytes;
+        let (core, store) = open_state(&args, &options)?;
         replicas.spawn(run_replica(listener, options, core, store, stop_rx.clone()));
         println!("Replica {id} is running at port {}", addr.port());
+    }
+    if args.in_memory {
+        println!("In-memory mode: nothing is persisted; a restarted replica starts empty");
     }
     if fail_mode != FailMode::Off {
         println!("Failure injection: {}", fail_mode.describe());

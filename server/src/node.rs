@@ -1,7 +1,7 @@
 //! One replica's whole runtime: listener, both services, driver, peer links and failure
 //! injection. `run_replica` takes an already bound listener, so tests can bind port 0.
 
-use crate::driver::{Driver, DriverTiming};
+use crate::driver::{Driver, DriverTiming, SnapshotPolicy};
 use crate::failure::{FailMode, FailureInjector};
 use crate::peer::PeerLink;
 use crate::rpc::{KvServer, ReplicaServer, Shared};
@@ -41,6 +41,8 @@ pub struct ReplicaOptions {
     pub request_timeout_ms: u64,
     /// Largest value accepted.
     pub max_value_bytes: usize,
+    /// When to snapshot.
+    pub snapshot_policy: SnapshotPolicy,
 }
 
 impl ReplicaOptions {
@@ -54,6 +56,7 @@ impl ReplicaOptions {
             peer_timeout_ms: 200,
             request_timeout_ms: 3_000,
             max_value_bytes: paxoskv::DEFAULT_MAX_VALUE_BYTES,
+            snapshot_policy: SnapshotPolicy::default(),
         }
     }
 
@@ -89,7 +92,8 @@ pub async fn run_replica(
         peer_timeout_ms: options.peer_timeout_ms,
     };
     tracing::info!(replica = id, storage = %store.describe(), "starting replica");
-    let (driver, tx, failed) = Driver::new(core, store, peers.clone(), timing);
+    let (driver, tx, failed) =
+        Driver::new(core, store, peers.clone(), timing, options.snapshot_policy);
     let failure = FailureInjector::new(options.fail_mode);
     let shared = Arc::new(Shared {
         id,
@@ -100,6 +104,7 @@ pub async fn run_replica(
         failure: failure.clone(),
         max_value_bytes: options.max_value_bytes,
         request_timeout: Duration::from_millis(options.request_timeout_ms),
+        snapshot_in: Default::default(),
     });
     let driver_task = tokio::spawn(driver.run(shutdown.clone()));
     tokio::spawn(failure.run_down_schedule(id, shutdown.clone()));
@@ -168,4 +173,58 @@ async fn serve_connection(mut stream: TcpStream, shared: Arc<Shared>) {
                 .await
         }
     }
+}
+
+/// Why a replica could not be opened from its directory.
+#[derive(Debug, thiserror::Error)]
+pub enum OpenError {
+    /// The directory could not be locked or read.
+    #[error("replica directory {dir}: {source}")]
+    Store {
+        /// The directory.
+        dir: std::path::PathBuf,
+        /// What went wrong.
+        source: crate::store::StoreError,
+    },
+    /// The records do not form a valid replica state.
+    #[error("replica directory {dir}: {source}")]
+    Recovery {
+        /// The directory.
+        dir: std::path::PathBuf,
+        /// What went wrong.
+        source: paxoskv::RecoveryError,
+    },
+}
+
+/// Locks `dir`, loads its snapshot and log, and rebuilds the core from them.
+pub fn open_disk_replica(
+    dir: &std::path::Path,
+    cfg: Config,
+    faults: crate::storage::FaultInjector,
+) -> Result<(Replica, Box<dyn ReplicaStore>), OpenError> {
+    let started = std::time::Instant::now();
+    let (store, recovered) =
+        crate::store::DiskStore::open_with_faults(dir, faults).map_err(|source| {
+            OpenError::Store {
+                dir: dir.to_path_buf(),
+                source,
+            }
+        })?;
+    let records = recovered.records.len();
+    let core = Replica::recover(cfg, recovered.snapshot, recovered.records).map_err(|source| {
+        OpenError::Recovery {
+            dir: dir.to_path_buf(),
+            source,
+        }
+    })?;
+    tracing::info!(
+        replica = core.id(),
+        dir = %dir.display(),
+        records,
+        applied_through = core.chosen_through(),
+        keys = core.kv().len(),
+        took_ms = started.elapsed().as_millis() as u64,
+        "recovered from disk"
+    );
+    Ok((core, Box::new(store)))
 }

@@ -4,7 +4,7 @@
 use paxoskv::message::{Request, Response};
 use paxoskv::{Command, ReplicaId};
 use paxoskv_service::{
-    connect_kv, connect_replica, KvError, KvRpcClient, ReplicaRpcClient, WriteReply,
+    connect_kv, connect_replica, KvError, KvRpcClient, ReplicaRpcClient, SnapshotChunk, WriteReply,
 };
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -137,6 +137,31 @@ impl PeerLink {
                     self.replica.lock().await.client = None;
                 }
                 None
+            }
+        }
+    }
+
+    /// Sends one snapshot chunk; returns the offset the peer expects next.
+    pub async fn install_snapshot(
+        &self,
+        from: ReplicaId,
+        chunk: SnapshotChunk,
+        timeout: Duration,
+    ) -> Result<u64, String> {
+        let client = self
+            .replica_client()
+            .await
+            .ok_or_else(|| format!("cannot connect to replica {}", self.id))?;
+        match client
+            .install_snapshot(context_with_timeout(timeout), from, chunk)
+            .await
+        {
+            Ok(answer) => answer,
+            Err(e) => {
+                if is_connection_error(&e) {
+                    self.replica.lock().await.client = None;
+                }
+                Err(e.to_string())
             }
         }
     }

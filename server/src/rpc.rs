@@ -5,10 +5,13 @@ use crate::driver::{DriverInput, FailedFlag};
 use crate::failure::FailureInjector;
 use crate::peer::PeerLink;
 use paxoskv::message::{Accept, FetchChosen, Learn, Prepare, Request, Response};
+use paxoskv::Snapshot;
 use paxoskv::{
     check_key, check_value, ClientError, ClientReply, Command, CommandId, Op, ReplicaId,
 };
-use paxoskv_service::{GetReply, KvError, KvRpc, ReadMode, ReplicaRpc, ReplicaStatus, WriteReply};
+use paxoskv_service::{
+    GetReply, KvError, KvRpc, ReadMode, ReplicaRpc, ReplicaStatus, SnapshotChunk, WriteReply,
+};
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -33,6 +36,59 @@ pub struct Shared {
     pub max_value_bytes: usize,
     /// Longest a client request waits inside the server.
     pub request_timeout: Duration,
+    /// A snapshot being received from a peer, chunk by chunk.
+    pub snapshot_in: std::sync::Mutex<Option<SnapshotAssembly>>,
+}
+
+/// Largest snapshot a replica accepts from a peer.
+const MAX_SNAPSHOT_BYTES: u64 = 16 << 30;
+
+/// The chunks of one incoming snapshot received so far.
+pub struct SnapshotAssembly {
+    from: ReplicaId,
+    through: u64,
+    total_bytes: u64,
+    bytes: Vec<u8>,
+}
+
+impl SnapshotAssembly {
+    /// Adds a chunk; returns the whole snapshot once complete.
+    fn add(
+        slot: &mut Option<SnapshotAssembly>,
+        from: ReplicaId,
+        chunk: SnapshotChunk,
+    ) -> Result<Option<Vec<u8>>, String> {
+        if chunk.total_bytes > MAX_SNAPSHOT_BYTES {
+            return Err(format!(
+                "snapshot of {} bytes is over the limit",
+                chunk.total_bytes
+            ));
+        }
+        if chunk.offset == 0 {
+            *slot = Some(SnapshotAssembly {
+                from,
+                through: chunk.through,
+                total_bytes: chunk.total_bytes,
+                bytes: Vec::with_capacity(chunk.total_bytes.min(1 << 30) as usize),
+            });
+        }
+        let Some(a) = slot.as_mut() else {
+            return Err("no snapshot transfer in progress; start at offset 0".into());
+        };
+        let fits = a.from == from
+            && a.through == chunk.through
+            && a.total_bytes == chunk.total_bytes
+            && a.bytes.len() as u64 == chunk.offset
+            && chunk.offset + chunk.data.len() as u64 <= a.total_bytes;
+        if !fits {
+            return Err(format!("unexpected chunk at offset {}", chunk.offset));
+        }
+        a.bytes.extend_from_slice(&chunk.data);
+        if (a.bytes.len() as u64) < a.total_bytes {
+            return Ok(None);
+        }
+        Ok(slot.take().map(|a| a.bytes))
+    }
 }
 
 impl Shared {
@@ -141,6 +197,35 @@ impl ReplicaRpc for ReplicaServer {
     async fn fetch_chosen(self, _: Context, from: ReplicaId, request: FetchChosen) -> Response {
         self.deliver(from, Request::FetchChosen(request), false)
             .await
+    }
+
+    async fn install_snapshot(
+        self,
+        _: Context,
+        from: ReplicaId,
+        chunk: SnapshotChunk,
+    ) -> Result<u64, String> {
+        let next = chunk.offset + chunk.data.len() as u64;
+        let complete = {
+            let mut slot = self.0.snapshot_in.lock().map_err(|e| e.to_string())?;
+            SnapshotAssembly::add(&mut slot, from, chunk)?
+        };
+        let Some(bytes) = complete else {
+            return Ok(next);
+        };
+        let snapshot =
+            tokio::task::spawn_blocking(move || bincode::deserialize::<Snapshot>(&bytes))
+                .await
+                .map_err(|e| e.to_string())?
+                .map_err(|e| format!("undecodable snapshot: {e}"))?;
+        let (tx, rx) = oneshot::channel();
+        let input = DriverInput::InstallSnapshot {
+            snapshot: Box::new(snapshot),
+            reply: tx,
+        };
+        self.0.driver.send(input).await.map_err(|e| e.to_string())?;
+        rx.await.map_err(|e| e.to_string())??;
+        Ok(next)
     }
 }
 

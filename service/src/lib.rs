@@ -90,6 +90,23 @@ pub struct ReplicaStatus {
     pub fail_mode: String,
 }
 
+/// One piece of a snapshot pushed to a replica that fell behind the sender's compacted log.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct SnapshotChunk {
+    /// Last slot the snapshot includes.
+    pub through: Slot,
+    /// Size of the whole encoded snapshot.
+    pub total_bytes: u64,
+    /// Where `data` starts.
+    pub offset: u64,
+    /// The bytes.
+    #[serde(with = "serde_bytes")]
+    pub data: Vec<u8>,
+}
+
+/// Largest chunk of a snapshot in one message (well inside the frame limit).
+pub const SNAPSHOT_CHUNK_BYTES: usize = 1024 * 1024;
+
 /// Replica-to-replica protocol. Every method is idempotent: retries and duplicates are safe.
 /// An acceptor that fails (injected or real) does not answer; the caller times out.
 #[tarpc::service]
@@ -102,6 +119,9 @@ pub trait ReplicaRpc {
     async fn learn(from: ReplicaId, request: Learn) -> Response;
     /// Catch-up: chosen values from a slot on -> `Chosen`.
     async fn fetch_chosen(from: ReplicaId, request: FetchChosen) -> Response;
+    /// Catch-up past a compacted log: receives one chunk of a snapshot; answers the offset
+    /// expected next, or why the chunk was refused.
+    async fn install_snapshot(from: ReplicaId, chunk: SnapshotChunk) -> Result<u64, String>;
 }
 
 /// Client-facing protocol. Any replica may be contacted; writes to a follower are forwarded to
