@@ -1,11 +1,14 @@
 //! A whole cluster inside one process on free loopback ports, for tests and tools. Each
-//! replica still has its own listener, driver and state and talks to the others over TCP.
+//! replica still has its own listener, driver, state and (optionally) data directory, and
+//! talks to the others over TCP.
 
-use crate::node::{run_replica, ReplicaOptions};
+use crate::node::{open_disk_replica, run_replica, OpenError, ReplicaOptions};
+use crate::storage::FaultInjector;
 use crate::store::{MemoryStore, ReplicaStore};
 use paxoskv::Replica;
 use std::io;
 use std::net::SocketAddr;
+use std::path::PathBuf;
 use tokio::net::TcpListener;
 use tokio::sync::watch;
 use tokio::task::JoinHandle;
@@ -15,49 +18,134 @@ struct Running {
     task: JoinHandle<()>,
 }
 
+type Configure = Box<dyn Fn(&mut ReplicaOptions) + Send + Sync>;
+
 /// Replicas running as tasks of this process.
 pub struct LocalCluster {
     /// Every replica's address, by id.
     pub addrs: Vec<SocketAddr>,
     running: Vec<Option<Running>>,
+    /// Replica directories (durable clusters only).
+    dirs: Option<Vec<PathBuf>>,
+    faults: Vec<FaultInjector>,
+    configure: Configure,
 }
 
 impl LocalCluster {
     /// Starts `n` in-memory replicas on `127.0.0.1:0`; `configure` adjusts each one's options.
     pub async fn start(
         n: u32,
-        configure: impl Fn(&mut ReplicaOptions),
+        configure: impl Fn(&mut ReplicaOptions) + Send + Sync + 'static,
     ) -> io::Result<LocalCluster> {
-        let stores = (0..n).map(|_| Box::new(MemoryStore::default()) as Box<dyn ReplicaStore>);
-        Self::start_with_stores(stores.collect(), configure).await
+        let mut c = Self::bind(n, None, Box::new(configure)).await?;
+        for id in 0..n as usize {
+            c.launch_memory(id, c.take_listener(id).await?);
+        }
+        Ok(c)
     }
 
-    /// Starts one replica per store, in id order.
-    pub async fn start_with_stores(
-        stores: Vec<Box<dyn ReplicaStore>>,
-        configure: impl Fn(&mut ReplicaOptions),
-    ) -> io::Result<LocalCluster> {
-        let mut listeners = Vec::new();
-        for _ in 0..stores.len() {
-            listeners.push(TcpListener::bind("127.0.0.1:0").await?);
+    /// Starts `n` durable replicas keeping their state in `base/replica-I`.
+    pub async fn start_durable(
+        n: u32,
+        base: PathBuf,
+        configure: impl Fn(&mut ReplicaOptions) + Send + Sync + 'static,
+    ) -> Result<LocalCluster, OpenError> {
+        let dirs = (0..n).map(|i| base.join(format!("replica-{i}"))).collect();
+        let mut c = Self::bind(n, Some(dirs), Box::new(configure))
+            .await
+            .map_err(|e| io_open_error(&base, e))?;
+        for id in 0..n as usize {
+            c.restart(id).await?;
         }
-        let addrs = listeners
-            .iter()
-            .map(|l| l.local_addr())
-            .collect::<io::Result<Vec<_>>>()?;
-        let mut running = Vec::new();
-        for (id, (listener, store)) in listeners.into_iter().zip(stores).enumerate() {
-            let mut options = ReplicaOptions::new(id as u32, addrs.clone());
-            configure(&mut options);
-            let core = Replica::new(options.core_config());
-            let (stop, stop_rx) = watch::channel(false);
-            let task = tokio::spawn(run_replica(listener, options, core, store, stop_rx));
-            running.push(Some(Running { stop, task }));
-        }
-        Ok(LocalCluster { addrs, running })
+        Ok(c)
     }
 
-    /// Stops replica `id` (its listener closes and its state is gone).
+    async fn bind(
+        n: u32,
+        dirs: Option<Vec<PathBuf>>,
+        configure: Configure,
+    ) -> io::Result<LocalCluster> {
+        let mut addrs = Vec::new();
+        for _ in 0..n {
+            // Bind and release to learn free ports; each replica rebinds its own.
+            addrs.push(TcpListener::bind("127.0.0.1:0").await?.local_addr()?);
+        }
+        Ok(LocalCluster {
+            addrs,
+            running: (0..n).map(|_| None).collect(),
+            dirs,
+            faults: (0..n).map(|_| FaultInjector::new()).collect(),
+            configure,
+        })
+    }
+
+    async fn take_listener(&self, id: usize) -> io::Result<TcpListener> {
+        TcpListener::bind(self.addrs[id]).await
+    }
+
+    fn options(&self, id: usize) -> ReplicaOptions {
+        let mut options = ReplicaOptions::new(id as u32, self.addrs.clone());
+        (self.configure)(&mut options);
+        options
+    }
+
+    fn launch_memory(&mut self, id: usize, listener: TcpListener) {
+        let options = self.options(id);
+        let core = Replica::new(options.core_config());
+        self.launch(
+            id,
+            listener,
+            options,
+            core,
+            Box::new(MemoryStore::default()),
+        );
+    }
+
+    fn launch(
+        &mut self,
+        id: usize,
+        listener: TcpListener,
+        options: ReplicaOptions,
+        core: Replica,
+        store: Box<dyn ReplicaStore>,
+    ) {
+        let (stop, stop_rx) = watch::channel(false);
+        let task = tokio::spawn(run_replica(listener, options, core, store, stop_rx));
+        self.running[id] = Some(Running { stop, task });
+    }
+
+    /// (Re)starts a stopped durable replica from its directory, on its old address.
+    pub async fn restart(&mut self, id: usize) -> Result<(), OpenError> {
+        let Some(dir) = self.dirs.as_ref().map(|d| d[id].clone()) else {
+            return Err(io_open_error(
+                &PathBuf::new(),
+                io::Error::other("in-memory replicas cannot restart"),
+            ));
+        };
+        self.stop(id).await;
+        let options = self.options(id);
+        let faults = self.faults[id].clone();
+        let cfg = options.core_config();
+        let (core, store) = tokio::task::spawn_blocking({
+            let dir = dir.clone();
+            move || open_disk_replica(&dir, cfg, faults)
+        })
+        .await
+        .map_err(|e| io_open_error(&dir, io::Error::other(e.to_string())))??;
+        let listener = self
+            .take_listener(id)
+            .await
+            .map_err(|e| io_open_error(&dir, e))?;
+        self.launch(id, listener, options, core, store);
+        Ok(())
+    }
+
+    /// Storage fault switches of replica `id` (durable clusters).
+    pub fn faults(&self, id: usize) -> &FaultInjector {
+        &self.faults[id]
+    }
+
+    /// Stops replica `id` (its listener closes; a durable replica keeps its directory).
     pub async fn stop(&mut self, id: usize) {
         if let Some(r) = self.running.get_mut(id).and_then(Option::take) {
             let _ = r.stop.send(true);
@@ -70,5 +158,12 @@ impl LocalCluster {
         for id in 0..self.running.len() {
             self.stop(id).await;
         }
+    }
+}
+
+fn io_open_error(dir: &std::path::Path, e: io::Error) -> OpenError {
+    OpenError::Store {
+        dir: dir.to_path_buf(),
+        source: crate::store::StoreError::Other(e.to_string()),
     }
 }
