@@ -43,6 +43,7 @@ impl Applied {
 /// applies the same commands in the same order holds the same state.
 #[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct KvState {
+    #[serde(with = "bytes_map")]
     map: HashMap<String, Vec<u8>>,
     sessions: HashMap<u64, Session>,
     /// (last_slot, client_id) of every session, for deterministic oldest-first eviction.
@@ -159,6 +160,53 @@ impl KvState {
             self.sessions.remove(&oldest.1);
         }
         debug_assert_eq!(self.sessions.len(), self.session_age.len());
+    }
+}
+
+/// Encodes map values as byte strings rather than sequences of numbers: a snapshot of a
+/// million keys loads several times faster.
+mod bytes_map {
+    use serde::de::{MapAccess, Visitor};
+    use serde::{Deserializer, Serializer};
+    use std::collections::HashMap;
+    use std::fmt;
+
+    /// Entries preallocated at most, whatever the (untrusted) length prefix says.
+    const MAX_PREALLOCATED_ENTRIES: usize = 1 << 22;
+
+    pub fn serialize<S: Serializer>(
+        map: &HashMap<String, Vec<u8>>,
+        s: S,
+    ) -> Result<S::Ok, S::Error> {
+        s.collect_map(map.iter().map(|(k, v)| (k, serde_bytes::Bytes::new(v))))
+    }
+
+    pub fn deserialize<'de, D: Deserializer<'de>>(
+        d: D,
+    ) -> Result<HashMap<String, Vec<u8>>, D::Error> {
+        d.deserialize_map(MapVisitor)
+    }
+
+    struct MapVisitor;
+
+    impl<'de> Visitor<'de> for MapVisitor {
+        type Value = HashMap<String, Vec<u8>>;
+
+        fn expecting(&self, f: &mut fmt::Formatter) -> fmt::Result {
+            f.write_str("a map of string keys to byte values")
+        }
+
+        fn visit_map<A: MapAccess<'de>>(self, mut access: A) -> Result<Self::Value, A::Error> {
+            let hint = access
+                .size_hint()
+                .unwrap_or(0)
+                .min(MAX_PREALLOCATED_ENTRIES);
+            let mut map = HashMap::with_capacity(hint);
+            while let Some((k, v)) = access.next_entry::<String, serde_bytes::ByteBuf>()? {
+                map.insert(k, v.into_vec());
+            }
+            Ok(map)
+        }
     }
 }
 

@@ -1,1 +1,31 @@
+//! Client library of the paxoskv replicated key-value store.
+//!
+//! A [`Client`] is one session: it finds the leader, follows `NotLeader` hints, retries with
+//! the same request id (so a retried write applies once), and gives up with
+//! [`ClientError::Unavailable`] when its deadline passes. It never panics on network data.
+//!
+//! ```no_run
+//! # async fn demo() -> Result<(), paxoskv_client::ClientError> {
+//! use paxoskv_client::{Client, ClientConfig};
+//! let mut client = Client::connect(ClientConfig::default())?;
+//! client.put("color", b"blue".to_vec()).await?;
+//! assert_eq!(client.get("color").await?, Some(b"blue".to_vec()));
+//! # Ok(()) }
+//! ```
 
+#![warn(missing_docs)]
+
+mod client;
+mod config;
+mod error;
+mod pool;
+mod retry;
+
+pub use client::Client;
+pub use config::{
+    default_servers, ClientConfig, DEFAULT_ATTEMPT_TIMEOUT, DEFAULT_BASE_PORT,
+    DEFAULT_REPLICA_COUNT, DEFAULT_TIMEOUT,
+};
+pub use error::ClientError;
+pub use paxoskv::{InvalidInput, Outcome};
+pub use paxoskv_service::{GetReply, KvError, ReadMode, ReplicaStatus};

@@ -1,0 +1,397 @@
+//! The session type and its retry loop.
+
+use crate::pool::{Conn, Pool};
+use crate::retry::{Backoff, Tracker};
+use crate::{ClientConfig, ClientError};
+use paxoskv::{check_key, check_value, CommandId, Outcome};
+use paxoskv_service::{GetReply, KvError, KvRpcClient, ReadMode, ReplicaStatus, WriteReply};
+use std::error::Error as StdError;
+use std::future::Future;
+use std::net::SocketAddr;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+use tarpc::client::RpcError;
+use tarpc::context::{self, Context};
+
+/// Extra wait past an RPC deadline before the local timer gives up on it.
+const DEADLINE_SLACK: Duration = Duration::from_millis(20);
+
+/// Sentinel for "no operation answered yet".
+const NOBODY: usize = usize::MAX;
+
+/// Replies that may name the leader.
+trait LeaderHint {
+    fn leader_addr(&self) -> Option<&str>;
+}
+
+impl LeaderHint for WriteReply {
+    fn leader_addr(&self) -> Option<&str> {
+        self.leader_addr.as_deref()
+    }
+}
+
+impl LeaderHint for GetReply {
+    fn leader_addr(&self) -> Option<&str> {
+        self.leader_addr.as_deref()
+    }
+}
+
+/// How one attempt failed.
+enum AttemptError {
+    /// The replica answered with an error.
+    Kv(KvError),
+    /// The replica answered but aborted the request.
+    Aborted(String),
+    /// Dial or connection failure; the connection was dropped.
+    Transport(String),
+    /// No answer before the attempt deadline.
+    NoAnswer(String),
+}
+
+/// Where to go after a failed attempt.
+enum Next {
+    /// Follow a leader hint to another server (no back-off needed).
+    Redirect(usize),
+    /// Back off, then try this server.
+    Retry(usize),
+}
+
+/// One client session of a paxoskv cluster.
+///
+/// A session has at most one request outstanding: the replicas' exactly-once table keeps only
+/// the last sequence number per client, so writes take `&mut self`. Make more sessions that
+/// share the connections with [`Client::new_session`].
+///
+/// Connections are dialled lazily on the tokio runtime that first uses them; use a `Client` on
+/// one runtime.
+pub struct Client {
+    config: Arc<ClientConfig>,
+    pool: Arc<Pool>,
+    client_id: u64,
+    seq: u64,
+    served_by: AtomicUsize,
+}
+
+impl Client {
+    /// A session of the cluster in `config`. Connects lazily: no network traffic here.
+    pub fn connect(config: ClientConfig) -> Result<Client, ClientError> {
+        config.validate().map_err(ClientError::Config)?;
+        let pool = Arc::new(Pool::new(&config.servers));
+        Ok(Client::with_pool(Arc::new(config), pool))
+    }
+
+    fn with_pool(config: Arc<ClientConfig>, pool: Arc<Pool>) -> Client {
+        Client {
+            config,
+            pool,
+            client_id: random_client_id(),
+            seq: 0,
+            served_by: AtomicUsize::new(NOBODY),
+        }
+    }
+
+    /// Another session (new client id) sharing this one's connections and leader guess.
+    pub fn new_session(&self) -> Client {
+        Client::with_pool(self.config.clone(), self.pool.clone())
+    }
+
+    /// This session's random client id.
+    pub fn client_id(&self) -> u64 {
+        self.client_id
+    }
+
+    /// The configuration.
+    pub fn config(&self) -> &ClientConfig {
+        &self.config
+    }
+
+    /// The last known leader, if any replica has named one or a write succeeded.
+    pub fn leader(&self) -> Option<SocketAddr> {
+        self.pool.leader().map(|i| self.pool.addr(i))
+    }
+
+    /// The server that answered this session's last successful operation.
+    pub fn last_served_by(&self) -> Option<SocketAddr> {
+        match self.served_by.load(Ordering::Relaxed) {
+            NOBODY => None,
+            i => Some(self.pool.addr(i)),
+        }
+    }
+
+    /// Sets `key` to `value`, exactly once even across retries.
+    ///
+    /// An [`ClientError::Unavailable`] leaves it unknown whether the write was applied.
+    pub async fn put(&mut self, key: &str, value: Vec<u8>) -> Result<Outcome, ClientError> {
+        check_key(key)?;
+        check_value(&value, self.config.max_value_bytes)?;
+        let id = self.next_id();
+        let reply = self
+            .run(|rpc, ctx| {
+                let (key, value) = (key.to_string(), value.clone());
+                async move { rpc.put(ctx, id, key, value).await }
+            })
+            .await?;
+        Ok(reply.outcome)
+    }
+
+    /// Removes `key`, exactly once even across retries.
+    pub async fn delete(&mut self, key: &str) -> Result<Outcome, ClientError> {
+        check_key(key)?;
+        let id = self.next_id();
+        let reply = self
+            .run(|rpc, ctx| {
+                let key = key.to_string();
+                async move { rpc.delete(ctx, id, key).await }
+            })
+            .await?;
+        Ok(reply.outcome)
+    }
+
+    /// Linearizable read of `key`; `None` if it does not exist.
+    pub async fn get(&self, key: &str) -> Result<Option<Vec<u8>>, ClientError> {
+        self.get_with(key, ReadMode::Linearizable).await
+    }
+
+    /// Reads `key` with the given consistency.
+    pub async fn get_with(
+        &self,
+        key: &str,
+        mode: ReadMode,
+    ) -> Result<Option<Vec<u8>>, ClientError> {
+        Ok(self.get_reply(key, mode).await?.value)
+    }
+
+    /// Reads `key` and returns the whole reply (who served it, whether it is stale).
+    pub async fn get_reply(&self, key: &str, mode: ReadMode) -> Result<GetReply, ClientError> {
+        check_key(key)?;
+        self.run(|rpc, ctx| {
+            let key = key.to_string();
+            async move { rpc.get(ctx, key, mode).await }
+        })
+        .await
+    }
+
+    /// Asks every server for its status, concurrently, each bounded by the attempt timeout.
+    /// Results are in the configured server order.
+    pub async fn status_all(&self) -> Vec<(SocketAddr, Result<ReplicaStatus, ClientError>)> {
+        let calls = (0..self.pool.len()).map(|i| self.status_of(i));
+        let results = futures::future::join_all(calls).await;
+        for (i, result) in results.iter().enumerate() {
+            if matches!(result, Ok(s) if s.role == "leader") {
+                self.pool.set_leader(i);
+            }
+        }
+        (0..self.pool.len())
+            .map(|i| self.pool.addr(i))
+            .zip(results)
+            .collect()
+    }
+
+    async fn status_of(&self, index: usize) -> Result<ReplicaStatus, ClientError> {
+        let budget = self.config.attempt_timeout.min(self.config.timeout);
+        let result = self
+            .attempt(index, budget, &mut |rpc: KvRpcClient, ctx| async move {
+                rpc.status(ctx).await.map(Ok)
+            })
+            .await;
+        result.map_err(|e| {
+            let reason = match e {
+                AttemptError::Kv(e) => e.to_string(),
+                AttemptError::Aborted(s)
+                | AttemptError::Transport(s)
+                | AttemptError::NoAnswer(s) => s,
+            };
+            ClientError::Unreachable {
+                addr: self.pool.addr(index),
+                reason,
+            }
+        })
+    }
+
+    fn next_id(&mut self) -> CommandId {
+        self.seq += 1;
+        CommandId {
+            client_id: self.client_id,
+            seq: self.seq,
+        }
+    }
+
+    /// Sends `call` to the leader (or a guess), following hints and retrying until it
+    /// succeeds, fails for good, or the operation deadline passes.
+    async fn run<T, F, Fut>(&self, mut call: F) -> Result<T, ClientError>
+    where
+        T: LeaderHint,
+        F: FnMut(KvRpcClient, Context) -> Fut,
+        Fut: Future<Output = Result<Result<T, KvError>, RpcError>>,
+    {
+        let deadline = Instant::now() + self.config.timeout;
+        let mut tracker = Tracker::new(self.pool.len());
+        let mut backoff = Backoff::new();
+        let mut target = self.pool.leader().unwrap_or(0);
+        let mut free_hops = 0;
+        loop {
+            let Some(remaining) = remaining_until(deadline) else {
+                return Err(tracker.give_up());
+            };
+            let budget = self.config.attempt_timeout.min(remaining);
+            let error = match self.attempt(target, budget, &mut call).await {
+                Ok(reply) => return Ok(self.succeeded(target, reply)),
+                Err(error) => error,
+            };
+            match self.after_failure(target, error, &mut tracker)? {
+                Next::Redirect(next) if free_hops < self.pool.len() => {
+                    free_hops += 1;
+                    target = next;
+                }
+                Next::Redirect(next) | Next::Retry(next) => {
+                    free_hops = 0;
+                    target = next;
+                    sleep_before(deadline, backoff.next_delay()).await;
+                }
+            }
+        }
+    }
+
+    /// One RPC to server `index`, all of it (dial included) bounded by `budget`.
+    async fn attempt<T, F, Fut>(
+        &self,
+        index: usize,
+        budget: Duration,
+        call: &mut F,
+    ) -> Result<T, AttemptError>
+    where
+        F: FnMut(KvRpcClient, Context) -> Fut,
+        Fut: Future<Output = Result<Result<T, KvError>, RpcError>>,
+    {
+        let deadline = Instant::now() + budget;
+        let conn = self
+            .pool
+            .get(index, deadline)
+            .await
+            .map_err(AttemptError::Transport)?;
+        let Some(remaining) = remaining_until(deadline) else {
+            return Err(AttemptError::NoAnswer(
+                "deadline passed while connecting".into(),
+            ));
+        };
+        let mut ctx = context::current();
+        ctx.deadline = deadline;
+        let answer =
+            tokio::time::timeout(remaining + DEADLINE_SLACK, call(conn.rpc.clone(), ctx)).await;
+        match answer {
+            Ok(Ok(Ok(reply))) => Ok(reply),
+            Ok(Ok(Err(kv))) => Err(AttemptError::Kv(kv)),
+            Ok(Err(rpc)) => Err(self.rpc_failed(index, &conn, rpc, budget)),
+            Err(_) => Err(no_answer(budget)),
+        }
+    }
+
+    fn rpc_failed(
+        &self,
+        index: usize,
+        conn: &Conn,
+        error: RpcError,
+        budget: Duration,
+    ) -> AttemptError {
+        match error {
+            RpcError::DeadlineExceeded => no_answer(budget),
+            RpcError::Server(e) => {
+                AttemptError::Aborted(format!("server aborted the request: {e}"))
+            }
+            other => {
+                self.pool.drop_conn(index, conn);
+                AttemptError::Transport(error_chain(&other))
+            }
+        }
+    }
+
+    /// Decides where to go after a failed attempt, or ends the operation.
+    fn after_failure(
+        &self,
+        index: usize,
+        error: AttemptError,
+        tracker: &mut Tracker,
+    ) -> Result<Next, ClientError> {
+        let next = (index + 1) % self.pool.len();
+        let kv = match error {
+            AttemptError::Kv(kv) => kv,
+            AttemptError::Aborted(what) => {
+                tracker.answered_badly(index, what);
+                return Ok(Next::Retry(next));
+            }
+            AttemptError::Transport(what) | AttemptError::NoAnswer(what) => {
+                tracker.silent(format!("{}: {what}", self.pool.addr(index)));
+                return Ok(Next::Retry(next));
+            }
+        };
+        tracker.answered_with(index, &kv);
+        match &kv {
+            KvError::NotLeader { leader_addr, .. } => {
+                Ok(self.follow_hint(index, leader_addr.as_deref()))
+            }
+            e if e.is_retryable() => Ok(Next::Retry(next)),
+            _ => Err(ClientError::Server(kv)),
+        }
+    }
+
+    fn follow_hint(&self, index: usize, hint: Option<&str>) -> Next {
+        match self.resolve(hint) {
+            Some(leader) if leader != index => {
+                self.pool.set_leader(leader);
+                Next::Redirect(leader)
+            }
+            _ => Next::Retry((index + 1) % self.pool.len()),
+        }
+    }
+
+    fn resolve(&self, hint: Option<&str>) -> Option<usize> {
+        let addr: SocketAddr = hint?.parse().ok()?;
+        self.pool.index_of(addr)
+    }
+
+    fn succeeded<T: LeaderHint>(&self, index: usize, reply: T) -> T {
+        self.served_by.store(index, Ordering::Relaxed);
+        let leader = self.resolve(reply.leader_addr()).unwrap_or(index);
+        self.pool.set_leader(leader);
+        reply
+    }
+}
+
+fn random_client_id() -> u64 {
+    loop {
+        let id: u64 = rand::random();
+        if id != 0 {
+            return id;
+        }
+    }
+}
+
+fn remaining_until(deadline: Instant) -> Option<Duration> {
+    let remaining = deadline.saturating_duration_since(Instant::now());
+    (!remaining.is_zero()).then_some(remaining)
+}
+
+async fn sleep_before(deadline: Instant, delay: Duration) {
+    let remaining = deadline.saturating_duration_since(Instant::now());
+    tokio::time::sleep(delay.min(remaining)).await;
+}
+
+fn no_answer(budget: Duration) -> AttemptError {
+    AttemptError::NoAnswer(format!(
+        "no answer within {}",
+        humantime::format_duration(budget)
+    ))
+}
+
+/// An error and its sources, joined by ": ".
+fn error_chain(error: &dyn StdError) -> String {
+    let mut text = error.to_string();
+    let mut source = error.source();
+    while let Some(cause) = source {
+        text.push_str(": ");
+        text.push_str(&cause.to_string());
+        source = cause.source();
+    }
+    text
+}

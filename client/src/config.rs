@@ -1,0 +1,96 @@
+//! Client configuration.
+
+use paxoskv::DEFAULT_MAX_VALUE_BYTES;
+use std::net::{Ipv4Addr, SocketAddr};
+use std::time::Duration;
+
+/// First port of the default local cluster (`paxoskv-server 15000`).
+pub const DEFAULT_BASE_PORT: u16 = 15000;
+
+/// Replicas in the default local cluster.
+pub const DEFAULT_REPLICA_COUNT: u16 = 5;
+
+/// Default overall deadline of one operation, retries included.
+pub const DEFAULT_TIMEOUT: Duration = Duration::from_secs(5);
+
+/// Default deadline of one RPC attempt.
+pub const DEFAULT_ATTEMPT_TIMEOUT: Duration = Duration::from_secs(1);
+
+/// The default cluster: `127.0.0.1:15000..=15004`.
+pub fn default_servers() -> Vec<SocketAddr> {
+    (0..DEFAULT_REPLICA_COUNT)
+        .map(|i| SocketAddr::from((Ipv4Addr::LOCALHOST, DEFAULT_BASE_PORT + i)))
+        .collect()
+}
+
+/// How a [`crate::Client`] reaches the cluster and how long it keeps trying.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct ClientConfig {
+    /// Every replica's client address, in replica-id order.
+    pub servers: Vec<SocketAddr>,
+    /// Overall deadline of one operation, retries and redirects included.
+    pub timeout: Duration,
+    /// Deadline of one RPC attempt (also bounds dialling); capped by what remains of `timeout`.
+    pub attempt_timeout: Duration,
+    /// Values above this size are refused locally, before any network traffic.
+    pub max_value_bytes: usize,
+}
+
+impl Default for ClientConfig {
+    fn default() -> Self {
+        ClientConfig {
+            servers: default_servers(),
+            timeout: DEFAULT_TIMEOUT,
+            attempt_timeout: DEFAULT_ATTEMPT_TIMEOUT,
+            max_value_bytes: DEFAULT_MAX_VALUE_BYTES,
+        }
+    }
+}
+
+impl ClientConfig {
+    /// The default configuration with these servers.
+    pub fn with_servers(servers: Vec<SocketAddr>) -> Self {
+        ClientConfig {
+            servers,
+            ..ClientConfig::default()
+        }
+    }
+
+    /// Checks the configuration is usable; returns a description of the first problem.
+    pub fn validate(&self) -> Result<(), String> {
+        if self.servers.is_empty() {
+            return Err("no servers configured".to_string());
+        }
+        if self.timeout.is_zero() {
+            return Err("timeout must be positive".to_string());
+        }
+        if self.attempt_timeout.is_zero() {
+            return Err("attempt timeout must be positive".to_string());
+        }
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn default_servers_are_five_consecutive_local_ports() {
+        let servers = default_servers();
+        assert_eq!(servers.len(), 5);
+        assert_eq!(servers[0].to_string(), "127.0.0.1:15000");
+        assert_eq!(servers[4].to_string(), "127.0.0.1:15004");
+    }
+
+    #[test]
+    fn validate_rejects_empty_and_zero() {
+        assert!(ClientConfig::default().validate().is_ok());
+        assert!(ClientConfig::with_servers(vec![]).validate().is_err());
+        let zero = ClientConfig {
+            timeout: Duration::ZERO,
+            ..ClientConfig::default()
+        };
+        assert!(zero.validate().is_err());
+    }
+}

@@ -1,0 +1,271 @@
+#!/usr/bin/env bash
+# End-to-end demo of paxoskv on this machine:
+#   five replica processes with failure injection (-f), the client's checked demo, kill -9 of
+#   the leader, PUT/GET/DELETE through the failover, a new leader, restart of the killed
+#   replica and its catch-up, then the number of injected failures.
+# Environment: PORT=first of five consecutive ports (default: a free block at random),
+#              KEEP_DATA=1 keeps the temporary data/log directory.
+# Exits non-zero if any step fails; leaves no process behind.
+set -euo pipefail
+
+readonly REPLICAS=5
+readonly START_WAIT_S=10
+readonly FAILOVER_WAIT_S=15
+readonly CATCHUP_WAIT_S=30
+
+ROOT=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
+BIN="${CARGO_TARGET_DIR:-$ROOT/target}/release"
+SERVER="$BIN/paxoskv-server"
+CLIENT="$BIN/paxoskv"
+DATA=""
+PEERS=""
+declare -a PID=() LOG=()
+
+say() { printf '\n=== %s\n' "$*"; }
+die() {
+    echo "demo.sh: FAILED: $*" >&2
+    exit 1
+}
+
+alive() { kill -0 "$1" 2>/dev/null; }
+
+# Kills every replica this script started (TERM, then KILL after a short wait) and removes
+# the temporary directory. Runs on every exit.
+cleanup() {
+    local code=$?
+    set +e
+    trap - EXIT INT TERM
+    local pid
+    for pid in "${PID[@]}"; do kill "$pid" 2>/dev/null; done
+    for _ in $(seq 1 30); do
+        local any=0
+        for pid in "${PID[@]}"; do alive "$pid" && any=1; done
+        [[ $any == 0 ]] && break
+        sleep 0.1
+    done
+    for pid in "${PID[@]}"; do alive "$pid" && kill -9 "$pid" 2>/dev/null; done
+    wait 2>/dev/null
+    if [[ -n $DATA && -d $DATA ]]; then
+        if [[ ${KEEP_DATA:-0} == 1 ]]; then
+            echo "demo.sh: data and logs kept in $DATA"
+        else
+            rm -rf "$DATA"
+        fi
+    fi
+    exit "$code"
+}
+trap cleanup EXIT
+trap 'exit 130' INT
+trap 'exit 143' TERM
+
+# True if nothing listens on (and nothing holds) 127.0.0.1:$1.
+port_free() {
+    if command -v python3 >/dev/null; then
+        python3 - "$1" <<'PY' 2>/dev/null
+import socket, sys
+s = socket.socket()
+s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)  # as the server does: TIME_WAIT is fine
+s.bind(("127.0.0.1", int(sys.argv[1])))
+s.close()
+PY
+    elif (exec 3<>"/dev/tcp/127.0.0.1/$1") 2>/dev/null; then
+        return 1 # something accepted a connection
+    fi
+}
+
+block_free() {
+    local i
+    for ((i = 0; i < REPLICAS; i++)); do port_free $(($1 + i)) || return 1; done
+}
+
+# Sets BASE_PORT: $PORT if given, else a free block at a random base in 20000-40000.
+pick_ports() {
+    if [[ -n ${PORT:-} ]]; then
+        [[ $PORT =~ ^[0-9]+$ ]] || die "PORT must be a number, got '$PORT'"
+        block_free "$PORT" || die "ports $PORT..$((PORT + REPLICAS - 1)) are not all free"
+        BASE_PORT=$PORT
+        return
+    fi
+    local try
+    for try in $(seq 1 50); do
+        BASE_PORT=$((20000 + (RANDOM * 32768 + RANDOM) % 20000))
+        block_free "$BASE_PORT" && return
+    done
+    die "no free block of $REPLICAS ports found after $try tries"
+}
+
+kv() { "$CLIENT" --servers "$PEERS" --timeout 10s "$@"; }
+
+# Starts replica $1; its log goes to $DATA/replica-$1.run<N>.log.
+start_replica() {
+    local i=$1 run=1
+    while [[ -e $DATA/replica-$i.run$run.log ]]; do run=$((run + 1)); done
+    LOG[i]="$DATA/replica-$i.run$run.log"
+    local args=(--replica "$i" --peers "$PEERS" -f)
+    if [[ $DATA_DIR_FLAG == 1 ]]; then
+        # The server keeps replica I's state in DIR/replica-I.
+        mkdir -p "$DATA/data"
+        args+=(--data-dir "$DATA/data")
+    fi
+    "$SERVER" "${args[@]}" >"${LOG[i]}" 2>&1 &
+    PID[i]=$!
+}
+
+# Waits until replica $1 logged that it is running.
+wait_running() {
+    local i=$1 deadline=$((SECONDS + START_WAIT_S))
+    until grep -q "Replica $i is running" "${LOG[i]}"; do
+        alive "${PID[i]}" || die "replica $i exited at start; log: $(tail -n 20 "${LOG[i]}")"
+        ((SECONDS < deadline)) || die "replica $i not running after ${START_WAIT_S}s; log: $(tail -n 20 "${LOG[i]}")"
+        sleep 0.1
+    done
+    grep -m1 "Replica $i is running" "${LOG[i]}"
+}
+
+# Value of NAME=VALUE in a status line (values contain no spaces, except the last field).
+field() { sed -n "s/.* $2=\([^ ]*\).*/\1/p" <<<" $1"; }
+
+status_lines() { kv status 2>&1 || true; }
+
+# Id of the replica that reports role=leader and that the most replicas name as leader.
+current_leader() {
+    local lines
+    lines=$(status_lines)
+    local line id
+    while IFS= read -r line; do
+        [[ $line == *" role=leader "* ]] || continue
+        id=$(field "$line" id)
+        [[ -n $id ]] && {
+            echo "$id"
+            return 0
+        }
+    done <<<"$lines"
+    return 1
+}
+
+# Milliseconds since the epoch.
+now_ms() { echo $(($(date +%s%N) / 1000000)); }
+
+# Runs `paxoskv ARGS...` and checks its output and exit status.
+expect() {
+    local want_code=$1 want=$2 out code=0 started
+    shift 2
+    started=$(now_ms)
+    out=$(kv "$@" 2>&1) || code=$?
+    printf '$ paxoskv %s    # %d ms\n%s\n' "$*" $(($(now_ms) - started)) "$out"
+    [[ $code == "$want_code" && $out == "$want" ]] ||
+        die "paxoskv $*: expected '$want' (exit $want_code), got '$out' (exit $code)"
+}
+
+main() {
+    say "building (cargo build --release --workspace)"
+    (cd "$ROOT" && cargo build --release --workspace --quiet)
+    [[ -x $SERVER && -x $CLIENT ]] || die "binaries missing in $BIN"
+
+    DATA_DIR_FLAG=0
+    if "$SERVER" --help 2>&1 | grep -q -- --data-dir; then DATA_DIR_FLAG=1; fi
+
+    pick_ports
+    local i addrs=()
+    for ((i = 0; i < REPLICAS; i++)); do addrs+=("127.0.0.1:$((BASE_PORT + i))"); done
+    PEERS=$(
+        IFS=,
+        echo "${addrs[*]}"
+    )
+    DATA=$(mktemp -d -t paxoskv-demo.XXXXXX)
+
+    say "starting $REPLICAS replicas with failure injection on $PEERS (logs in $DATA)"
+    for ((i = 0; i < REPLICAS; i++)); do start_replica "$i"; done
+    for ((i = 0; i < REPLICAS; i++)); do wait_running "$i"; done
+
+    say "client demo"
+    kv demo || die "client demo failed"
+
+    say "cluster status"
+    kv status || die "status failed"
+    local leader
+    leader=$(current_leader) || die "no leader after the demo"
+    echo "leader is replica $leader (pid ${PID[leader]})"
+
+    say "kill -9 of the leader, replica $leader"
+    kill -9 "${PID[leader]}"
+    wait "${PID[leader]}" 2>/dev/null || true
+    unset "PID[leader]"
+
+    say "operations during the failover"
+    expect 0 "OK" put failover-key "written after the leader died"
+    expect 0 "written after the leader died" get failover-key
+    expect 0 "OK" put failover-key "overwritten after the leader died"
+    expect 0 "overwritten after the leader died" get failover-key
+    expect 0 "OK" delete failover-key
+    expect 1 "(not found)" get failover-key
+    expect 0 "OK (key did not exist)" delete failover-key
+    expect 0 "OK" put survivor "kept for the restarted replica"
+
+    say "waiting for a new leader"
+    local new_leader="" deadline=$((SECONDS + FAILOVER_WAIT_S))
+    while ((SECONDS < deadline)); do
+        new_leader=$(current_leader) || new_leader=""
+        [[ -n $new_leader && $new_leader != "$leader" ]] && break
+        sleep 0.2
+    done
+    [[ -n $new_leader && $new_leader != "$leader" ]] || die "no new leader within ${FAILOVER_WAIT_S}s"
+    kv status || true
+    echo "new leader: replica $new_leader (was $leader)"
+
+    say "restarting replica $leader"
+    start_replica "$leader"
+    wait_running "$leader"
+    wait_caught_up "$leader"
+    wait_converged
+    kv status || die "status failed"
+    expect 0 "kept for the restarted replica" get survivor
+
+    say "injected failures"
+    local dropped=0 line d
+    while IFS= read -r line; do
+        d=$(field "$line" dropped)
+        [[ -n $d ]] && dropped=$((dropped + d))
+    done <<<"$(status_lines)"
+    echo "messages dropped by failure injection (sum over replicas since their last start): $dropped"
+
+    say "stopping"
+    echo "demo.sh: all steps passed"
+}
+
+# Waits until replica $1's applied_through reaches the leader's.
+wait_caught_up() {
+    local i=$1 deadline=$((SECONDS + CATCHUP_WAIT_S)) lines line mine="" theirs=""
+    while ((SECONDS < deadline)); do
+        lines=$(status_lines)
+        mine="" theirs=""
+        while IFS= read -r line; do
+            [[ $(field "$line" id) == "$i" ]] && mine=$(field "$line" applied_through)
+            [[ $line == *" role=leader "* ]] && theirs=$(field "$line" applied_through)
+        done <<<"$lines"
+        if [[ -n $mine && -n $theirs ]] && ((mine >= theirs)); then
+            echo "replica $i caught up: applied_through=$mine (leader: $theirs)"
+            return 0
+        fi
+        sleep 0.2
+    done
+    die "replica $i did not catch up within ${CATCHUP_WAIT_S}s (applied_through=${mine:-?}, leader ${theirs:-?})"
+}
+
+# Waits until every replica answers with the same applied_through and map digest.
+wait_converged() {
+    local deadline=$((SECONDS + CATCHUP_WAIT_S)) states=""
+    while ((SECONDS < deadline)); do
+        states=$(status_lines | grep '^id=' | while IFS= read -r line; do
+            echo "applied_through=$(field "$line" applied_through) digest=$(field "$line" digest)"
+        done | sort | uniq -c)
+        if [[ $(wc -l <<<"$states") == 1 && $states == *" $REPLICAS applied_through="* ]]; then
+            echo "all $REPLICAS replicas agree:${states#*"$REPLICAS"}"
+            return 0
+        fi
+        sleep 0.2
+    done
+    die "replicas did not converge within ${CATCHUP_WAIT_S}s: $states"
+}
+
+main "$@"
