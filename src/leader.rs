@@ -224,7 +224,19 @@ impl Replica {
             value,
             commit,
         }));
-        self.record_accepted(self.cfg.id, slot);
+        // Our own vote counts only once the record is durable: the next `ready()` call
+        // certifies that the Ready carrying it was persisted.
+        self.unsynced_self_acks.push((ballot, slot));
+    }
+
+    /// The previous Ready was persisted: count this replica's own acceptances in it.
+    pub(crate) fn count_synced_self_acks(&mut self) {
+        for (ballot, slot) in std::mem::take(&mut self.synced_self_acks) {
+            let current = matches!(&self.role, Role::Leader(l) if l.ballot == ballot);
+            if current {
+                self.record_accepted(self.cfg.id, slot);
+            }
+        }
     }
 
     /// Packs queued commands into new slots while the pipeline has room, and starts a

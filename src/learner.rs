@@ -125,8 +125,20 @@ impl Replica {
                 self.notify_applied(command.id, reply);
             }
         }
-        self.persist(Record::Chosen { through });
+        // Chosen progress only speeds up recovery (peers can re-teach it), so it rides along
+        // with the next batch that syncs anyway instead of costing a sync of its own.
+        self.unsynced_chosen = Some(through);
         self.complete_reads();
+    }
+
+    /// Adds the pending chosen-progress record if this Ready syncs anyway or `force` is set.
+    pub(crate) fn attach_chosen_record(&mut self, force: bool) {
+        if self.ready.persist.is_empty() && !force {
+            return;
+        }
+        if let Some(through) = self.unsynced_chosen.take() {
+            self.persist(Record::Chosen { through });
+        }
     }
 
     /// The peer to fetch a snapshot from, when the log we need has been compacted away.
@@ -210,6 +222,7 @@ impl Replica {
         let mut replica = Replica::with_state(cfg, promised, log, kv);
         replica.advance_and_apply();
         replica.ready = Default::default(); // Nothing new to persist or send yet.
+        replica.unsynced_chosen = None;
         Ok(replica)
     }
 }

@@ -52,10 +52,11 @@ pub enum ClientReply {
     Failed(ClientError),
 }
 
-/// Work for the runtime, to be performed in field order.
+/// Work for the runtime. Requests in `messages` and `client_replies` may go out before
+/// `persist` is synced; `responses` to peers must wait for it.
 #[derive(Debug, Default)]
 pub struct Ready {
-    /// Make these durable (one fsync for the batch) before anything below happens.
+    /// Make these durable (one fsync for the batch) before sending `responses`.
     pub persist: Vec<Record>,
     /// Requests to send to peers.
     pub messages: Vec<Outbound>,
@@ -122,6 +123,12 @@ pub struct Replica {
     pub(crate) election_deadline_tick: u64,
     pub(crate) fetch: crate::learner::FetchState,
     pub(crate) ready: Ready,
+    /// Slots this leader accepted in the Ready being built (not yet durable).
+    pub(crate) unsynced_self_acks: Vec<(Ballot, Slot)>,
+    /// Slots accepted in the last Ready taken; durable once `ready()` is called again.
+    pub(crate) synced_self_acks: Vec<(Ballot, Slot)>,
+    /// Chosen progress not yet written.
+    pub(crate) unsynced_chosen: Option<Slot>,
 }
 
 impl Replica {
@@ -147,6 +154,9 @@ impl Replica {
             election_deadline_tick: 0,
             fetch: Default::default(),
             ready: Ready::default(),
+            unsynced_self_acks: Vec::new(),
+            synced_self_acks: Vec::new(),
+            unsynced_chosen: None,
         };
         r.reset_election_timer();
         r
@@ -303,6 +313,9 @@ impl Replica {
     /// Advances logical time by one tick.
     pub fn tick(&mut self) {
         self.now_tick += 1;
+        if self.now_tick % self.cfg.heartbeat_ticks == 0 {
+            self.attach_chosen_record(true);
+        }
         match self.role {
             Role::Leader(_) => self.leader_tick(),
             Role::Candidate(_) => self.candidate_tick(),
@@ -312,8 +325,16 @@ impl Replica {
     }
 
     /// Takes the work accumulated since the last call.
+    ///
+    /// Calling it certifies that the previous Ready's records are durable (the runtime
+    /// performs each Ready before asking for the next), which is when this replica's own
+    /// acceptances start to count. Hence [`Ready::client_replies`] never depend on the
+    /// Ready's own `persist`, and may be sent before it is synced; peer `responses` may not.
     pub fn ready(&mut self) -> Ready {
+        self.count_synced_self_acks();
         self.flush_proposals();
+        self.attach_chosen_record(false);
+        self.synced_self_acks = std::mem::take(&mut self.unsynced_self_acks);
         std::mem::take(&mut self.ready)
     }
 

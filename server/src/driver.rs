@@ -285,11 +285,11 @@ impl Driver {
         }
     }
 
-    /// Performs a Ready. Requests to peers leave *before* the local sync: they promise
-    /// nothing on our behalf, and the core counts its own vote only in a later batch, after
-    /// this sync finished. Answers to peers and clients wait for the sync. This overlaps the
-    /// leader's fsync with the followers' (one fsync + one round trip per write instead of
-    /// two fsyncs in a row).
+    /// Performs a Ready. Requests to peers and client replies leave *before* the local sync:
+    /// requests promise nothing on our behalf, and the core counts its own vote only from
+    /// the next `ready()` on, so a client reply never depends on this batch's records.
+    /// Answers to peers wait for the sync. This overlaps the leader's fsync with the
+    /// followers' (one fsync + one round trip per write instead of two fsyncs in a row).
     async fn perform_ready(&mut self) {
         let ready = self.core.ready();
         if ready.is_empty() {
@@ -301,22 +301,23 @@ impl Driver {
             responses,
             client_replies,
         } = ready;
-        if self.failed_reason().is_none() {
-            for out in messages {
-                self.send(out);
-            }
+        if self.failed_reason().is_some() {
+            // Built on state that may not be durable: answer nothing until reloaded.
+            return self.refuse(responses, client_replies, "storage failed");
         }
-        if let Err(reason) = self.persist(persist).await {
-            self.refuse(responses, client_replies, &reason);
-            return;
-        }
-        for (token, response) in responses {
-            self.respond(token, response);
+        for out in messages {
+            self.send(out);
         }
         for (token, reply) in client_replies {
             if let Some(tx) = self.client_waiters.remove(&token.0) {
                 let _ = tx.send(reply);
             }
+        }
+        if let Err(reason) = self.persist(persist).await {
+            return self.refuse(responses, Vec::new(), &reason);
+        }
+        for (token, response) in responses {
+            self.respond(token, response);
         }
         // Requests the core chose not to answer must not leak their waiters.
         self.peer_waiters.retain(|_, (_, tx)| !tx.is_closed());

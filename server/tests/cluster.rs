@@ -8,7 +8,7 @@ use std::time::{Duration, Instant};
 const FAIL_25: FailMode = FailMode::Drop { rate: 0.25 };
 
 async fn cluster(fail_mode: FailMode) -> LocalCluster {
-    LocalCluster::start(5, |o| o.fail_mode = fail_mode)
+    LocalCluster::start(5, move |o| o.fail_mode = fail_mode)
         .await
         .expect("bind loopback listeners")
 }
