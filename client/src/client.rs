@@ -188,6 +188,27 @@ impl Client {
             .collect()
     }
 
+    /// Fault injection for tests: makes server `index` drop all traffic with the replicas in
+    /// `blocked` (empty heals). Servers refuse unless started with `--enable-fault-control`.
+    pub async fn set_partition(&self, index: usize, blocked: Vec<u32>) -> Result<(), ClientError> {
+        let budget = self.config.attempt_timeout.min(self.config.timeout);
+        let result = self
+            .attempt(index, budget, &mut |rpc: KvRpcClient, ctx| {
+                let blocked = blocked.clone();
+                async move { rpc.set_partition(ctx, blocked).await }
+            })
+            .await;
+        result.map_err(|e| match e {
+            AttemptError::Kv(e) => ClientError::Server(e),
+            AttemptError::Aborted(reason)
+            | AttemptError::Transport(reason)
+            | AttemptError::NoAnswer(reason) => ClientError::Unreachable {
+                addr: self.pool.addr(index),
+                reason,
+            },
+        })
+    }
+
     async fn status_of(&self, index: usize) -> Result<ReplicaStatus, ClientError> {
         let budget = self.config.attempt_timeout.min(self.config.timeout);
         let result = self

@@ -4,6 +4,7 @@
 //! snapshots (in the background), pushes snapshots to replicas behind the compacted log,
 //! installs snapshots it receives, and rebuilds the core from disk after a storage failure.
 
+use crate::failure::FailureInjector;
 use crate::peer::PeerLink;
 use crate::store::{ReplicaStore, SnapshotJob, StoreError};
 use paxoskv::message::{Outbound, Request, Response};
@@ -141,6 +142,7 @@ pub struct Driver {
     snapshot_slot: Slot,
     snapshot_task: Option<SnapshotTask>,
     pushing: BTreeSet<ReplicaId>,
+    failure: Arc<FailureInjector>,
 }
 
 impl Driver {
@@ -151,6 +153,7 @@ impl Driver {
         peers: Arc<Vec<Option<Arc<PeerLink>>>>,
         timing: DriverTiming,
         policy: SnapshotPolicy,
+        failure: Arc<FailureInjector>,
     ) -> (Driver, mpsc::Sender<DriverInput>, FailedFlag) {
         let (tx, rx) = mpsc::channel(DRIVER_QUEUE_LEN);
         let failed: FailedFlag = Arc::default();
@@ -172,6 +175,7 @@ impl Driver {
             snapshot_slot,
             snapshot_task: None,
             pushing: BTreeSet::new(),
+            failure,
         };
         (driver, tx, failed)
     }
@@ -531,6 +535,9 @@ impl Driver {
         let Some(Some(peer)) = self.peers.get(out.to as usize) else {
             return;
         };
+        if self.failure.blocks(out.to) {
+            return; // partitioned by fault control
+        }
         let Ok(permit) = self.peer_calls.clone().try_acquire_owned() else {
             tracing::debug!(
                 to = out.to,

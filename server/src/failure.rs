@@ -50,6 +50,10 @@ pub struct FailureInjector {
     down: AtomicBool,
     dropped: AtomicU64,
     passed: AtomicU64,
+    /// Partitions may be set through the client API (test clusters only).
+    control_enabled: AtomicBool,
+    /// Bit i set: drop all traffic to and from replica i.
+    blocked_peers: AtomicU64,
 }
 
 impl FailureInjector {
@@ -60,7 +64,38 @@ impl FailureInjector {
             down: AtomicBool::new(false),
             dropped: AtomicU64::new(0),
             passed: AtomicU64::new(0),
+            control_enabled: AtomicBool::new(false),
+            blocked_peers: AtomicU64::new(0),
         })
+    }
+
+    /// Allows [`FailureInjector::set_partition`] (off unless the server was started with
+    /// `--enable-fault-control`).
+    pub fn enable_control(&self) {
+        self.control_enabled.store(true, Ordering::Relaxed);
+    }
+
+    /// Cuts this replica off from `peers` (both directions); an empty list heals.
+    pub fn set_partition(&self, peers: &[u32]) -> Result<(), String> {
+        if !self.control_enabled.load(Ordering::Relaxed) {
+            return Err(
+                "fault control is disabled (start the server with --enable-fault-control)".into(),
+            );
+        }
+        let mut mask = 0u64;
+        for &p in peers {
+            if p >= 64 {
+                return Err(format!("no replica {p}"));
+            }
+            mask |= 1 << p;
+        }
+        self.blocked_peers.store(mask, Ordering::Relaxed);
+        Ok(())
+    }
+
+    /// True while traffic with `peer` is cut.
+    pub fn blocks(&self, peer: u32) -> bool {
+        peer < 64 && self.blocked_peers.load(Ordering::Relaxed) & (1 << peer) != 0
     }
 
     /// Decides the fate of one incoming Paxos message: true means drop it silently.

@@ -68,6 +68,9 @@ struct Args {
     /// Keep state only in memory: nothing survives a restart (experiments only).
     #[arg(long)]
     in_memory: bool,
+    /// Let clients set partitions through the `set_partition` call (fault tests only).
+    #[arg(long)]
+    enable_fault_control: bool,
     /// Runtime worker threads (0 = one per core). One thread avoids cross-core wake-ups,
     /// which dominate the cost of a replica on a small machine.
     #[arg(long, default_value_t = 1)]
@@ -192,6 +195,7 @@ async fn serve(args: Args) -> Result<()> {
         options.fail_mode = fail_mode;
         options.tick_ms = args.tick_ms;
         options.max_value_bytes = args.max_value_bytes;
+        options.fault_control = args.enable_fault_control;
         options.snapshot_policy.every_slots = args.snapshot_every_slots;
         options.snapshot_policy.log_bytes = args.snapshot_log_bytes;
         let (core, store) = open_state(&args, &options)?;

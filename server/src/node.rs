@@ -43,6 +43,8 @@ pub struct ReplicaOptions {
     pub max_value_bytes: usize,
     /// When to snapshot.
     pub snapshot_policy: SnapshotPolicy,
+    /// Allow partitions to be set through the client API (tests only).
+    pub fault_control: bool,
 }
 
 impl ReplicaOptions {
@@ -57,6 +59,7 @@ impl ReplicaOptions {
             request_timeout_ms: 3_000,
             max_value_bytes: paxoskv::DEFAULT_MAX_VALUE_BYTES,
             snapshot_policy: SnapshotPolicy::default(),
+            fault_control: false,
         }
     }
 
@@ -92,9 +95,22 @@ pub async fn run_replica(
         peer_timeout_ms: options.peer_timeout_ms,
     };
     tracing::info!(replica = id, storage = %store.describe(), "starting replica");
-    let (driver, tx, failed) =
-        Driver::new(core, store, peers.clone(), timing, options.snapshot_policy);
     let failure = FailureInjector::new(options.fail_mode);
+    if options.fault_control {
+        failure.enable_control();
+        tracing::warn!(
+            replica = id,
+            "fault control enabled: clients may partition this replica"
+        );
+    }
+    let (driver, tx, failed) = Driver::new(
+        core,
+        store,
+        peers.clone(),
+        timing,
+        options.snapshot_policy,
+        failure.clone(),
+    );
     let shared = Arc::new(Shared {
         id,
         addrs: options.addrs.clone(),

@@ -160,6 +160,9 @@ pub struct ReplicaServer(pub Arc<Shared>);
 
 impl ReplicaServer {
     async fn deliver(self, from: ReplicaId, request: Request, injectable: bool) -> Response {
+        if self.0.failure.blocks(from) {
+            return std::future::pending().await; // partitioned: as if never received
+        }
         if injectable && self.0.failure.should_drop() {
             // A simulated crash for this message: neither act nor answer. The caller's
             // deadline makes tarpc drop this future.
@@ -205,6 +208,9 @@ impl ReplicaRpc for ReplicaServer {
         from: ReplicaId,
         chunk: SnapshotChunk,
     ) -> Result<u64, String> {
+        if self.0.failure.blocks(from) {
+            return std::future::pending().await;
+        }
         let next = chunk.offset + chunk.data.len() as u64;
         let complete = {
             let mut slot = self.0.snapshot_in.lock().map_err(|e| e.to_string())?;
@@ -384,6 +390,18 @@ impl KvRpc for KvServer {
         forwarded: bool,
     ) -> Result<WriteReply, KvError> {
         self.write(&ctx, command, forwarded).await
+    }
+
+    async fn set_partition(self, _: Context, blocked: Vec<ReplicaId>) -> Result<(), KvError> {
+        tracing::info!(
+            replica = self.0.id,
+            ?blocked,
+            "fault control: partition set"
+        );
+        self.0
+            .failure
+            .set_partition(&blocked)
+            .map_err(KvError::InvalidRequest)
     }
 
     async fn status(self, _: Context) -> ReplicaStatus {

@@ -227,3 +227,47 @@ async fn concurrent_clients_with_failures_converge_and_keep_acked_writes() {
     );
     cluster.shutdown().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn partitioned_leader_is_replaced_and_catches_up_after_heal() {
+    let cluster = LocalCluster::start(5, |o| o.fault_control = true)
+        .await
+        .unwrap();
+    let mut c = client(&cluster, Duration::from_secs(10));
+    c.put("k", b"1".to_vec()).await.unwrap();
+    let old = c.leader().unwrap();
+    let old_id = cluster.addrs.iter().position(|a| *a == old).unwrap();
+    let others: Vec<u32> = (0..5).filter(|&i| i != old_id as u32).collect();
+    c.set_partition(old_id, others.clone()).await.unwrap();
+    for &o in &others {
+        c.set_partition(o as usize, vec![old_id as u32])
+            .await
+            .unwrap();
+    }
+    c.put("k", b"2".to_vec()).await.unwrap();
+    assert_ne!(
+        c.leader(),
+        Some(old),
+        "a new leader serves the majority side"
+    );
+    for id in 0..5 {
+        c.set_partition(id, Vec::new()).await.unwrap();
+    }
+    c.put("k", b"3".to_vec()).await.unwrap();
+    let views = wait_converged(&c, 5, Duration::from_secs(10)).await;
+    assert!(views.windows(2).all(|w| w[0] == w[1]), "{views:?}");
+    assert_eq!(c.get("k").await.unwrap(), Some(b"3".to_vec()));
+    cluster.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn partition_control_is_refused_unless_enabled() {
+    let cluster = cluster(FailMode::Off).await;
+    let c = client(&cluster, Duration::from_secs(5));
+    let err = c.set_partition(0, vec![1]).await.unwrap_err();
+    assert!(
+        err.to_string().contains("fault control is disabled"),
+        "{err}"
+    );
+    cluster.shutdown().await;
+}

@@ -139,4 +139,7 @@ pub trait KvRpc {
     async fn propose(command: Command, forwarded: bool) -> Result<WriteReply, KvError>;
     /// This replica's view of itself and the cluster.
     async fn status() -> ReplicaStatus;
+    /// Fault injection for tests: drop all traffic between this replica and `blocked`
+    /// (empty heals). Refused unless the server runs with `--enable-fault-control`.
+    async fn set_partition(blocked: Vec<ReplicaId>) -> Result<(), KvError>;
 }
