@@ -313,7 +313,7 @@ impl Replica {
     /// Advances logical time by one tick.
     pub fn tick(&mut self) {
         self.now_tick += 1;
-        if self.now_tick % self.cfg.heartbeat_ticks == 0 {
+        if self.now_tick.is_multiple_of(self.cfg.heartbeat_ticks) {
             self.attach_chosen_record(true);
         }
         match self.role {
