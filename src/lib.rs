@@ -16,6 +16,7 @@ mod election;
 pub mod kv;
 mod leader;
 mod learner;
+pub mod linearizability;
 pub mod log;
 pub mod message;
 pub mod persist;
