@@ -338,6 +338,16 @@ impl Replica {
         std::mem::take(&mut self.ready)
     }
 
+    /// While the last Ready is still being synced, takes what may leave anyway: requests to
+    /// peers and client replies (neither depends on unsynced records). Persist records and
+    /// peer responses stay for the next [`Replica::ready`].
+    pub fn take_unsynced_safe(&mut self) -> (Vec<Outbound>, Vec<(ClientToken, ClientReply)>) {
+        (
+            std::mem::take(&mut self.ready.messages),
+            std::mem::take(&mut self.ready.client_replies),
+        )
+    }
+
     pub(crate) fn reply(&mut self, token: ClientToken, reply: ClientReply) {
         self.ready.client_replies.push((token, reply));
     }

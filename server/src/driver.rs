@@ -9,8 +9,8 @@ use crate::peer::PeerLink;
 use crate::store::{ReplicaStore, SnapshotJob, StoreError};
 use paxoskv::message::{Outbound, Request, Response};
 use paxoskv::{
-    ClientReply, ClientToken, Command, CoreStatus, PeerToken, Ready, Record, Replica, ReplicaId,
-    Slot, Snapshot,
+    ClientReply, ClientToken, Command, CoreStatus, PeerToken, Ready, Replica, ReplicaId, Slot,
+    Snapshot,
 };
 use paxoskv_service::{SnapshotChunk, SNAPSHOT_CHUNK_BYTES};
 use std::collections::{BTreeSet, HashMap};
@@ -124,6 +124,22 @@ pub type FailedFlag = Arc<Mutex<Option<String>>>;
 
 type SnapshotTask = (SnapshotJob, JoinHandle<Result<(), StoreError>>);
 
+type StoreResult = (Box<dyn ReplicaStore>, Result<(), StoreError>);
+
+/// A Ready whose records are being synced; its peer responses wait for the sync.
+struct Syncing {
+    task: JoinHandle<StoreResult>,
+    responses: Vec<(PeerToken, Response)>,
+}
+
+/// Resolves when the sync in flight (if any) ends.
+async fn sync_done(syncing: &mut Option<Syncing>) -> Result<StoreResult, tokio::task::JoinError> {
+    match syncing {
+        Some(s) => (&mut s.task).await,
+        None => std::future::pending().await,
+    }
+}
+
 /// The task that owns one replica core.
 pub struct Driver {
     core: Replica,
@@ -143,6 +159,7 @@ pub struct Driver {
     snapshot_task: Option<SnapshotTask>,
     pushing: BTreeSet<ReplicaId>,
     failure: Arc<FailureInjector>,
+    syncing: Option<Syncing>,
 }
 
 impl Driver {
@@ -176,11 +193,14 @@ impl Driver {
             snapshot_task: None,
             pushing: BTreeSet::new(),
             failure,
+            syncing: None,
         };
         (driver, tx, failed)
     }
 
-    /// Runs until `shutdown` becomes true.
+    /// Runs until `shutdown` becomes true. While a batch is being synced the driver keeps
+    /// handling inputs, and sends what may leave before the sync (requests, client replies);
+    /// the next Ready is taken only once the sync ended.
     pub async fn run(mut self, mut shutdown: watch::Receiver<bool>) {
         let mut ticker = tokio::time::interval(Duration::from_millis(self.timing.tick_ms));
         ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
@@ -188,6 +208,9 @@ impl Driver {
             tokio::select! {
                 biased;
                 _ = shutdown.changed() => break,
+                done = sync_done(&mut self.syncing), if self.syncing.is_some() => {
+                    self.finish_sync(done);
+                }
                 input = self.inbox.recv() => {
                     let Some(input) = input else { break };
                     self.handle(input).await;
@@ -195,9 +218,16 @@ impl Driver {
                 }
                 _ = ticker.tick() => self.on_tick().await,
             }
-            self.perform_ready().await;
-            self.maybe_snapshot().await;
+            if self.syncing.is_some() {
+                self.send_unsynced_safe();
+                continue;
+            }
+            self.perform_ready();
+            if self.syncing.is_none() {
+                self.maybe_snapshot().await;
+            }
         }
+        self.wait_for_sync().await;
         if let Some((_, task)) = self.snapshot_task.take() {
             let _ = task.await; // Let a snapshot in progress finish its rename.
         }
@@ -272,6 +302,7 @@ impl Driver {
         &mut self,
         f: impl FnOnce(&mut dyn ReplicaStore) -> Result<T, StoreError> + Send + 'static,
     ) -> Result<T, String> {
+        self.wait_for_sync().await;
         let Some(mut store) = self.store.take() else {
             return Err("storage is gone".into());
         };
@@ -289,12 +320,19 @@ impl Driver {
         }
     }
 
+    async fn wait_for_sync(&mut self) {
+        if self.syncing.is_some() {
+            let done = sync_done(&mut self.syncing).await;
+            self.finish_sync(done);
+        }
+    }
+
     /// Performs a Ready. Requests to peers and client replies leave *before* the local sync:
     /// requests promise nothing on our behalf, and the core counts its own vote only from
     /// the next `ready()` on, so a client reply never depends on this batch's records.
-    /// Answers to peers wait for the sync. This overlaps the leader's fsync with the
-    /// followers' (one fsync + one round trip per write instead of two fsyncs in a row).
-    async fn perform_ready(&mut self) {
+    /// Answers to peers wait for the sync, which runs in the background. This overlaps the
+    /// leader's fsync with the followers' and with handling the next inputs.
+    fn perform_ready(&mut self) {
         let ready = self.core.ready();
         if ready.is_empty() {
             return;
@@ -309,6 +347,55 @@ impl Driver {
             // Built on state that may not be durable: answer nothing until reloaded.
             return self.refuse(responses, client_replies, "storage failed");
         }
+        self.send_all(messages, client_replies);
+        if persist.is_empty() {
+            return self.respond_all(responses);
+        }
+        let Some(mut store) = self.store.take() else {
+            self.mark_failed("storage is gone");
+            return self.refuse(responses, Vec::new(), "storage is gone");
+        };
+        let task = tokio::task::spawn_blocking(move || {
+            let result = store.persist(&persist);
+            (store, result)
+        });
+        self.syncing = Some(Syncing { task, responses });
+    }
+
+    fn finish_sync(&mut self, done: Result<StoreResult, tokio::task::JoinError>) {
+        let Some(Syncing { responses, .. }) = self.syncing.take() else {
+            return;
+        };
+        let result = match done {
+            Ok((store, result)) => {
+                self.store = Some(store);
+                result.map_err(|e| e.to_string())
+            }
+            Err(e) => Err(format!("storage task failed: {e}")),
+        };
+        match result {
+            Ok(()) => self.respond_all(responses),
+            Err(reason) => {
+                self.mark_failed(&reason);
+                self.refuse(responses, Vec::new(), &reason);
+            }
+        }
+    }
+
+    /// During a sync: send the requests and client replies produced meanwhile.
+    fn send_unsynced_safe(&mut self) {
+        let (messages, client_replies) = self.core.take_unsynced_safe();
+        if self.failed_reason().is_some() {
+            return self.refuse(Vec::new(), client_replies, "storage failed");
+        }
+        self.send_all(messages, client_replies);
+    }
+
+    fn send_all(
+        &mut self,
+        messages: Vec<Outbound>,
+        client_replies: Vec<(ClientToken, ClientReply)>,
+    ) {
         for out in messages {
             self.send(out);
         }
@@ -317,9 +404,9 @@ impl Driver {
                 let _ = tx.send(reply);
             }
         }
-        if let Err(reason) = self.persist(persist).await {
-            return self.refuse(responses, Vec::new(), &reason);
-        }
+    }
+
+    fn respond_all(&mut self, responses: Vec<(PeerToken, Response)>) {
         for (token, response) in responses {
             self.respond(token, response);
         }
@@ -335,21 +422,6 @@ impl Driver {
             self.start_push(from);
         }
         let _ = tx.send(response);
-    }
-
-    /// Makes the batch durable; once storage failed, nothing is acknowledged again.
-    async fn persist(&mut self, records: Vec<Record>) -> Result<(), String> {
-        if let Some(reason) = self.failed_reason() {
-            return Err(reason);
-        }
-        if records.is_empty() {
-            return Ok(());
-        }
-        let result = self.with_store(move |s| s.persist(&records)).await;
-        if let Err(reason) = &result {
-            self.mark_failed(reason);
-        }
-        result
     }
 
     fn mark_failed(&mut self, reason: &str) {
