@@ -25,9 +25,11 @@ impl Replica {
             .log
             .chosen_through()
             .max(p.first_unchosen.saturating_sub(1));
+        // Every entry, chosen ones included: a slot this acceptor knows chosen (but not yet
+        // contiguously) may be the only copy of that value in the candidate's quorum.
         let accepted = self
             .log
-            .unchosen_above(after)
+            .entries_above(after)
             .map(|(slot, e)| AcceptedEntry {
                 slot,
                 ballot: e.ballot,
@@ -38,6 +40,7 @@ impl Replica {
             ballot: p.ballot,
             accepted,
             chosen_through: self.log.chosen_through(),
+            probe: false,
         })
     }
 
@@ -50,6 +53,7 @@ impl Replica {
                 ballot: p.ballot,
                 accepted: Vec::new(),
                 chosen_through: self.log.chosen_through(),
+                probe: true,
             })
         } else {
             self.nack(p.ballot, None)
@@ -58,6 +62,9 @@ impl Replica {
 
     pub(crate) fn on_accept(&mut self, from: ReplicaId, a: Accept) -> Response {
         if a.ballot < self.promised {
+            if self.cfg.unsafe_skip_promise_check {
+                return self.accept_below_promise(a);
+            }
             return self.nack(a.ballot, Some(a.slot));
         }
         self.follow(from, a.ballot);
@@ -72,6 +79,27 @@ impl Replica {
             assert_eq!(e.value, a.value, "a chosen value never changes");
         }
         self.learn_commit(a.ballot, a.commit);
+        Response::Accepted(Accepted {
+            ballot: a.ballot,
+            slot: a.slot,
+        })
+    }
+
+    /// TEST ONLY, the deliberately broken acceptor: accepts a value under a ballot below its
+    /// promise, which lets an old leader get a value chosen that the new leader never saw.
+    /// Skips only what would trip the log's own assertions (a higher ballot already there).
+    fn accept_below_promise(&mut self, a: Accept) -> Response {
+        let open = a.slot > self.log.compacted_through() && !self.log.is_chosen(a.slot);
+        let higher_there = self.log.get(a.slot).is_some_and(|e| e.ballot > a.ballot);
+        if !open || higher_there {
+            return self.nack(a.ballot, Some(a.slot));
+        }
+        self.log.accept(a.slot, a.ballot, a.value.clone());
+        self.persist(Record::Accepted {
+            slot: a.slot,
+            ballot: a.ballot,
+            value: a.value,
+        });
         Response::Accepted(Accepted {
             ballot: a.ballot,
             slot: a.slot,

@@ -35,6 +35,10 @@ pub struct Config {
     pub max_sessions: usize,
     /// Seed of the randomized election timeouts.
     pub seed: u64,
+    /// TEST ONLY: accept `accept`s below the promise (a deliberately broken acceptor), so the
+    /// simulator can prove it catches the classic Paxos bug. Never set it anywhere else.
+    #[doc(hidden)]
+    pub unsafe_skip_promise_check: bool,
 }
 
 impl Config {
@@ -61,6 +65,7 @@ impl Config {
             fetch_max_bytes: 8 * 1024 * 1024,
             max_sessions: 100_000,
             seed: u64::from(id) + 1,
+            unsafe_skip_promise_check: false,
         }
     }
 

@@ -123,7 +123,7 @@ impl Replica {
     fn own_promise(&self, ballot: Ballot) -> Promise {
         let accepted = self
             .log
-            .unchosen_above(self.log.chosen_through())
+            .entries_above(self.log.chosen_through())
             .map(|(slot, e)| crate::message::AcceptedEntry {
                 slot,
                 ballot: e.ballot,
@@ -134,6 +134,7 @@ impl Replica {
             ballot,
             accepted,
             chosen_through: self.log.chosen_through(),
+            probe: false,
         }
     }
 
@@ -141,7 +142,10 @@ impl Replica {
         let Role::Candidate(c) = &mut self.role else {
             return;
         };
-        if p.ballot != c.ballot || !c.acks.insert(from) {
+        // A late or duplicated pre-vote answer carries the same ballot as a real promise but
+        // reports no accepted entries; counting it in phase 1 could lose a chosen value.
+        let phase_matches = p.probe == (c.phase == Phase::Probe);
+        if p.ballot != c.ballot || !phase_matches || !c.acks.insert(from) {
             return;
         }
         if c.phase == Phase::Prepare {

@@ -19,6 +19,8 @@ pub(crate) struct FetchState {
     source: Option<ReplicaId>,
     /// When the outstanding fetch was sent.
     sent_tick: Option<u64>,
+    /// The last answer brought nothing new: ask a random peer next, not the same one.
+    ask_elsewhere: bool,
     /// A peer said it compacted past our position: only a snapshot helps.
     snapshot_from: Option<ReplicaId>,
 }
@@ -65,10 +67,12 @@ impl Replica {
         if waiting || self.cfg.replicas == 1 {
             return;
         }
+        let first_try = self.fetch.sent_tick.is_none() && !self.fetch.ask_elsewhere;
         let to = match self.fetch.source.or(self.leader_hint) {
-            Some(p) if p != self.cfg.id && self.fetch.sent_tick.is_none() => p,
+            Some(p) if p != self.cfg.id && first_try => p,
             _ => self.random_peer(),
         };
+        self.fetch.ask_elsewhere = false;
         self.fetch.sent_tick = Some(self.now_tick);
         let request = FetchChosen {
             from_slot: self.log.chosen_through() + 1,
@@ -92,6 +96,12 @@ impl Replica {
         if c.snapshot_needed {
             self.fetch.snapshot_from = Some(from);
             return;
+        }
+        if c.values.is_empty() {
+            // That peer knows no more than we do. Asking it again forever would starve a
+            // learner whose preferred source lags (found by simulator seed 40835).
+            self.fetch.source = None;
+            self.fetch.ask_elsewhere = true;
         }
         for (i, value) in c.values.into_iter().enumerate() {
             let slot = c.from_slot + i as Slot;

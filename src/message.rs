@@ -37,6 +37,9 @@ pub struct Promise {
     pub accepted: Vec<AcceptedEntry>,
     /// Every slot up to this one is chosen and known to the promiser.
     pub chosen_through: Slot,
+    /// Answers a probe (pre-vote): promises nothing and reports no entries, so it must never
+    /// count toward phase 1 even though it carries the same ballot.
+    pub probe: bool,
 }
 
 /// Phase 2a for one slot, plus the leader's commit progress.

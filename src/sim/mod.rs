@@ -1,8 +1,25 @@
-//! A deterministic in-memory network of replica cores, for tests and the simulator.
+//! Deterministic simulation of replica cores.
 //!
-//! Messages sit in one queue; the test (or the seeded simulator) decides what is delivered,
-//! dropped, duplicated or delayed. Each replica has a "disk": the records it persisted, so a
-//! crash keeps exactly what the Ready contract made durable.
+//! Two tools live here. [`Net`] is a simple in-memory network that a test drives by hand:
+//! messages sit in one queue and the test decides what is delivered, dropped, duplicated or
+//! delayed. The seeded simulator ([`run_seed`], [`run_seeds`]) drives whole clusters with
+//! simulated clients through random faults (loss, duplication, reordering, delay,
+//! partitions, pauses, crashes mid-batch, restarts from disk, snapshots), checks safety after
+//! every step, liveness after the faults stop, and linearizability of the client history.
+//! Each replica has a "disk": the records it persisted, so a crash keeps exactly what the
+//! Ready contract made durable. One seed always replays the same run.
+
+pub mod checks;
+pub mod clients;
+pub mod digest;
+pub mod faults;
+pub mod run;
+pub mod wire;
+pub mod world;
+
+pub use checks::Violation;
+pub use faults::{FaultCounts, FaultProfile};
+pub use run::{quiet_panics, run_seed, run_seeds, BatchReport, Failure, SeedReport, SimConfig};
 
 use crate::message::{Request, Response};
 use crate::persist::Record;

@@ -1,0 +1,341 @@
+//! Simulated clients: each is one session (`CommandId { client_id, seq }`, one operation
+//! outstanding) issuing random puts, deletes and linearizable gets on a small key set, and
+//! recording every operation in a linearizability [`History`].
+//!
+//! A client sends to the replica it believes leads, follows `NotLeader` hints, and on
+//! silence retries the SAME operation (same `CommandId`) at the next replica. Any attempt's
+//! answer completes the operation; the history interval runs from the first attempt to it.
+
+use super::checks::Violation;
+use super::digest::mix_seed;
+use super::wire::ClientCall;
+use super::world::{ClientDelivery, World};
+use crate::linearizability::{Completion, History, KvOp, KvResult};
+use crate::replica::{ClientError, ClientReply, ClientToken};
+use crate::types::{Command, CommandId, Op, Outcome, ReplicaId};
+use rand::rngs::StdRng;
+use rand::{Rng, SeedableRng};
+
+/// Bits of a [`ClientToken`] that count attempts; the bits above name the client.
+const ATTEMPT_BITS: u32 = 40;
+/// Wait before retrying after `Busy` or a `NotLeader` without a hint.
+const BACKOFF_STEPS: u64 = 5;
+
+/// The client a reply token belongs to.
+pub fn client_of_token(token: ClientToken) -> usize {
+    (token.0 >> ATTEMPT_BITS) as usize
+}
+
+fn attempt_of_token(token: ClientToken) -> u64 {
+    token.0 & ((1 << ATTEMPT_BITS) - 1)
+}
+
+fn token_for(client: usize, attempt: u64) -> ClientToken {
+    debug_assert!(attempt < 1 << ATTEMPT_BITS);
+    ClientToken(((client as u64) << ATTEMPT_BITS) | attempt)
+}
+
+/// How the simulated clients behave.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct ClientsConfig {
+    /// Number of concurrent sessions.
+    pub clients: usize,
+    /// Keys `k0..k{keys}` they work on.
+    pub keys: usize,
+    /// An attempt unanswered this long is retried at another replica.
+    pub timeout_steps: u64,
+    /// Longest pause between one operation's answer and the next operation.
+    pub think_max_steps: u64,
+}
+
+/// The operation a client has outstanding.
+#[derive(Debug)]
+struct PendingOp {
+    history_id: u64,
+    call: ClientCall,
+    invoke_step: u64,
+    /// Attempts numbered below this belong to earlier operations.
+    first_attempt: u64,
+    /// The newest attempt; only its refusals trigger a retry.
+    attempt: u64,
+    deadline_step: u64,
+    retry_step: Option<u64>,
+}
+
+#[derive(Debug)]
+struct SimClient {
+    client_id: u64,
+    target: ReplicaId,
+    next_seq: u64,
+    next_attempt: u64,
+    op: Option<PendingOp>,
+    idle_until_step: u64,
+}
+
+/// All simulated clients and the history they record.
+pub struct Clients {
+    cfg: ClientsConfig,
+    clients: Vec<SimClient>,
+    keys: Vec<String>,
+    replicas: u32,
+    rng: StdRng,
+    history: History,
+    issuing: bool,
+}
+
+impl Clients {
+    /// Clients of a `replicas`-replica cluster, all randomness drawn from `seed`.
+    pub fn new(cfg: ClientsConfig, replicas: u32, seed: u64) -> Clients {
+        let mut rng = StdRng::seed_from_u64(mix_seed(seed, 2));
+        let clients = (0..cfg.clients)
+            .map(|i| SimClient {
+                client_id: mix_seed(seed, 100 + i as u64),
+                target: rng.gen_range(0..replicas),
+                next_seq: 1,
+                next_attempt: 1,
+                op: None,
+                idle_until_step: rng.gen_range(0..=cfg.think_max_steps),
+            })
+            .collect();
+        Clients {
+            keys: (0..cfg.keys).map(|k| format!("k{k}")).collect(),
+            cfg,
+            clients,
+            replicas,
+            rng,
+            history: History::new(),
+            issuing: true,
+        }
+    }
+
+    /// Stops (or resumes) starting new operations; outstanding ones carry on.
+    pub fn set_issuing(&mut self, issuing: bool) {
+        self.issuing = issuing;
+    }
+
+    /// The history recorded so far.
+    pub fn history(&self) -> &History {
+        &self.history
+    }
+
+    /// The history, for adding final audit reads.
+    pub fn history_mut(&mut self) -> &mut History {
+        &mut self.history
+    }
+
+    /// The keys clients work on.
+    pub fn keys(&self) -> &[String] {
+        &self.keys
+    }
+
+    /// True while some operation is outstanding.
+    pub fn any_pending(&self) -> bool {
+        self.clients.iter().any(|c| c.op.is_some())
+    }
+
+    /// Handles replies delivered this step, then retries, times out and starts operations.
+    pub fn step(&mut self, world: &mut World) -> Result<(), Violation> {
+        let now = world.now_step();
+        for delivery in world.take_client_inbox() {
+            self.on_reply(delivery, now, world)?;
+        }
+        for index in 0..self.clients.len() {
+            self.drive(index, now, world);
+        }
+        Ok(())
+    }
+
+    /// Fails if an operation has waited more than `bound_steps` since `calm_since_step` (the
+    /// end of the fault phase) or since its invocation, whichever is later.
+    pub fn check_liveness(
+        &self,
+        now_step: u64,
+        calm_since_step: u64,
+        bound_steps: u64,
+    ) -> Result<(), Violation> {
+        for (index, c) in self.clients.iter().enumerate() {
+            let Some(op) = &c.op else { continue };
+            let since = op.invoke_step.max(calm_since_step);
+            let waited_steps = now_step.saturating_sub(since);
+            if waited_steps > bound_steps {
+                return Err(Violation::Liveness {
+                    client: index,
+                    op: format!("{:?}", op.call),
+                    invoke_step: op.invoke_step,
+                    waited_steps,
+                });
+            }
+        }
+        Ok(())
+    }
+
+    fn drive(&mut self, index: usize, now: u64, world: &mut World) {
+        let c = &mut self.clients[index];
+        match &mut c.op {
+            Some(op) if op.retry_step.is_some_and(|s| now >= s) => self.send_attempt(index, world),
+            Some(op) if now >= op.deadline_step => {
+                // Silence: the replica may be down or cut off; try the next one.
+                c.target = (c.target + 1) % self.replicas;
+                self.send_attempt(index, world);
+            }
+            Some(_) => {}
+            None if self.issuing && now >= c.idle_until_step => {
+                self.start_op(index, now);
+                self.send_attempt(index, world);
+            }
+            None => {}
+        }
+    }
+
+    fn start_op(&mut self, index: usize, now: u64) {
+        let key = self.keys[self.rng.gen_range(0..self.keys.len())].clone();
+        let roll = self.rng.gen_range(0..100);
+        let c = &mut self.clients[index];
+        let (call, kv_op) = if roll < 45 {
+            (ClientCall::Read(key.clone()), KvOp::Get { key })
+        } else {
+            let id = CommandId {
+                client_id: c.client_id,
+                seq: c.next_seq,
+            };
+            c.next_seq += 1;
+            let (op, kv_op) = if roll < 85 {
+                // Unique per (client, seq), so a read names the write it saw.
+                let value = format!("c{index}.{}", id.seq).into_bytes();
+                let kv = KvOp::Put {
+                    key: key.clone(),
+                    value: value.clone(),
+                };
+                (Op::Put { key, value }, kv)
+            } else {
+                let kv = KvOp::Delete { key: key.clone() };
+                (Op::Delete { key }, kv)
+            };
+            (ClientCall::Write(Command { id, op }), kv_op)
+        };
+        let history_id = self.history.invoke(c.client_id, kv_op, now);
+        c.op = Some(PendingOp {
+            history_id,
+            call,
+            invoke_step: now,
+            first_attempt: c.next_attempt,
+            attempt: c.next_attempt,
+            deadline_step: now,
+            retry_step: None,
+        });
+    }
+
+    fn send_attempt(&mut self, index: usize, world: &mut World) {
+        let now = world.now_step();
+        let timeout = self.cfg.timeout_steps;
+        let c = &mut self.clients[index];
+        let Some(op) = c.op.as_mut() else { return };
+        let attempt = c.next_attempt;
+        c.next_attempt += 1;
+        op.attempt = attempt;
+        op.deadline_step = now + timeout;
+        op.retry_step = None;
+        let (to, call) = (c.target, op.call.clone());
+        world.trace(|| format!("client {index} attempt {attempt} -> r{to}: {call:?}"));
+        world.send_client_request(index, to, token_for(index, attempt), call);
+    }
+
+    fn on_reply(
+        &mut self,
+        d: ClientDelivery,
+        now: u64,
+        world: &mut World,
+    ) -> Result<(), Violation> {
+        let attempt = attempt_of_token(d.token);
+        let c = &mut self.clients[d.client];
+        let Some(op) = c.op.as_mut() else {
+            return Ok(()); // A late answer to an operation already completed.
+        };
+        if attempt < op.first_attempt {
+            return Ok(());
+        }
+        let result = match (&op.call, d.reply) {
+            (ClientCall::Write(c), ClientReply::Applied(outcome))
+                if matches_op(&c.op, &outcome) =>
+            {
+                write_result(outcome)
+            }
+            (ClientCall::Read(_), ClientReply::Read(value)) => KvResult::Get(value),
+            (_, ClientReply::Failed(error)) => {
+                let newest = attempt == op.attempt;
+                return self.on_refusal(d.client, d.from, error, newest, now);
+            }
+            (call, reply) => {
+                return Err(Violation::ClientProtocol {
+                    client: d.client,
+                    detail: format!("r{} answered {call:?} with {reply:?}", d.from),
+                })
+            }
+        };
+        let history_id = op.history_id;
+        c.op = None;
+        c.target = d.from;
+        c.idle_until_step = now + self.rng.gen_range(0..=self.cfg.think_max_steps);
+        world.trace(|| format!("client {} completes with {result:?}", d.client));
+        let digest = world.digest();
+        digest.word(d.client as u64);
+        digest.word(history_id);
+        self.history
+            .complete(history_id, Completion::Ok(result), now);
+        Ok(())
+    }
+
+    fn on_refusal(
+        &mut self,
+        index: usize,
+        from: ReplicaId,
+        error: ClientError,
+        newest: bool,
+        now: u64,
+    ) -> Result<(), Violation> {
+        let replicas = self.replicas;
+        let c = &mut self.clients[index];
+        let Some(op) = c.op.as_mut() else {
+            return Ok(());
+        };
+        match error {
+            // The session has one operation outstanding and never gives up on it, so the
+            // replicated session table can never be past it.
+            ClientError::Stale { last_applied } => Err(Violation::ClientProtocol {
+                client: index,
+                detail: format!(
+                    "r{from} says {:?} is stale (last applied {last_applied})",
+                    op.call
+                ),
+            }),
+            _ if !newest => Ok(()), // An older attempt's refusal; the newest one is pending.
+            ClientError::NotLeader { leader: Some(l) } => {
+                c.target = l;
+                op.retry_step = Some(now + 1);
+                Ok(())
+            }
+            ClientError::NotLeader { leader: None } | ClientError::Busy => {
+                c.target = (from + 1) % replicas;
+                op.retry_step = Some(now + BACKOFF_STEPS);
+                Ok(())
+            }
+        }
+    }
+}
+
+/// A put is answered with a put's outcome, a delete with a delete's.
+fn matches_op(op: &Op, outcome: &Outcome) -> bool {
+    matches!(
+        (op, outcome),
+        (Op::Put { .. }, Outcome::Put { .. }) | (Op::Delete { .. }, Outcome::Delete { .. })
+    )
+}
+
+fn write_result(outcome: Outcome) -> KvResult {
+    match outcome {
+        Outcome::Put { .. } => KvResult::Put,
+        Outcome::Delete { existed } => KvResult::Delete {
+            existed: Some(existed),
+        },
+    }
+}

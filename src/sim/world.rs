@@ -1,0 +1,755 @@
+//! The simulated cluster: replica cores, their disks, the wire and the fault injector, all
+//! driven one step at a time from one seed.
+//!
+//! A step is one tick of logical time: faults are injected, crashed replicas whose downtime
+//! is over restart from their disks, every live replica ticks, and every packet due at this
+//! step is delivered. After each input a replica's `Ready` is performed in contract order:
+//! persist, then send, then reply; a crash may cut a batch anywhere in between.
+
+use super::checks::Violation;
+use super::clients::client_of_token;
+use super::digest::{mix_seed, RunDigest};
+use super::faults::{roll, FaultCounts, FaultProfile, Links};
+use super::wire::{ClientCall, Packet, Wire};
+use super::Envelope;
+use crate::message::Response;
+use crate::persist::{Record, Snapshot};
+use crate::replica::{ClientReply, ClientToken, PeerToken, Replica};
+use crate::types::{Ballot, ReplicaId, Slot};
+use crate::Config;
+use rand::rngs::StdRng;
+use rand::{Rng, SeedableRng};
+use std::collections::{BTreeMap, VecDeque};
+
+/// Packets in flight, at most; more are dropped (and counted as loss).
+const MAX_IN_FLIGHT_PACKETS: usize = 20_000;
+/// A replica waiting for a snapshot asks again after this long.
+const SNAPSHOT_RETRY_STEPS: u64 = 20;
+/// Trace lines kept (the last ones; the end of a run is where a violation shows).
+const MAX_TRACE_LINES: usize = 20_000;
+
+/// What one replica has made durable.
+#[derive(Clone, Debug, Default)]
+pub struct Disk {
+    /// Newest durable snapshot.
+    pub snapshot: Option<Snapshot>,
+    /// Log records written since (replayed after the snapshot on restart).
+    pub records: Vec<Record>,
+}
+
+/// One replica slot of the cluster: the core while it is up, and its disk always.
+pub struct Node {
+    cfg: Config,
+    /// `None` while crashed.
+    pub replica: Option<Replica>,
+    /// What survives a crash.
+    pub disk: Disk,
+    /// Grows by one per restart (checks use it to notice restarts).
+    pub incarnation: u64,
+    /// Log entries up to here exist only in a snapshot.
+    pub compacted_through: Slot,
+    /// Highest ballot this replica told a peer it promised (in a promise or an accepted
+    /// answer). Whatever was said must survive a crash, so its promise may never drop below.
+    pub promise_told: Ballot,
+    restart_step: Option<u64>,
+    paused_until_step: u64,
+    /// The next `Ready` with records to persist is cut short by a crash.
+    crash_armed: bool,
+    /// Peer requests being answered: token -> requester. Responses are produced
+    /// synchronously, so this is emptied by every flush.
+    peer_tokens: BTreeMap<u64, ReplicaId>,
+    snapshot_asked_step: Option<u64>,
+}
+
+impl Node {
+    fn is_paused(&self, now_step: u64) -> bool {
+        now_step < self.paused_until_step
+    }
+}
+
+/// One Ready turned into packets, by when they may leave.
+struct Batch {
+    persist: Vec<Record>,
+    /// Requests and client replies: may leave before `persist` is durable.
+    unsynced_ok: Vec<Packet>,
+    /// Peer responses: only once `persist` is durable.
+    after_sync: Vec<Packet>,
+}
+
+/// A client reply that reached its client this step.
+#[derive(Clone, Debug)]
+pub struct ClientDelivery {
+    /// Client index.
+    pub client: usize,
+    /// The attempt answered.
+    pub token: ClientToken,
+    /// Replica that answered.
+    pub from: ReplicaId,
+    /// The answer.
+    pub reply: ClientReply,
+}
+
+/// The simulated cluster.
+pub struct World {
+    nodes: Vec<Node>,
+    wire: Wire,
+    rng: StdRng,
+    seed: u64,
+    profile: FaultProfile,
+    links: Links,
+    faults_on: bool,
+    counts: FaultCounts,
+    now_step: u64,
+    next_peer_token: u64,
+    digest: RunDigest,
+    client_inbox: Vec<ClientDelivery>,
+    trace: Option<VecDeque<String>>,
+}
+
+/// Core tunables varied per seed, so pipelining, batching and catch-up paging are exercised
+/// at their bounds and not only at the defaults.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct CoreTunables {
+    /// [`Config::max_inflight_slots`].
+    pub max_inflight_slots: usize,
+    /// [`Config::max_batch_commands`].
+    pub max_batch_commands: usize,
+    /// [`Config::fetch_max_entries`].
+    pub fetch_max_entries: u32,
+    /// [`Config::heartbeat_ticks`].
+    pub heartbeat_ticks: u64,
+    /// [`Config::election_timeout_min_ticks`]; the maximum is twice this.
+    pub election_timeout_min_ticks: u64,
+}
+
+impl CoreTunables {
+    /// The defaults of [`Config::new`].
+    pub fn defaults() -> CoreTunables {
+        let cfg = Config::new(0, 1);
+        CoreTunables {
+            max_inflight_slots: cfg.max_inflight_slots,
+            max_batch_commands: cfg.max_batch_commands,
+            fetch_max_entries: cfg.fetch_max_entries,
+            heartbeat_ticks: cfg.heartbeat_ticks,
+            election_timeout_min_ticks: cfg.election_timeout_min_ticks,
+        }
+    }
+
+    /// Defaults half the time, otherwise small random bounds.
+    pub fn random(rng: &mut StdRng) -> CoreTunables {
+        if rng.gen_bool(0.5) {
+            return CoreTunables::defaults();
+        }
+        CoreTunables {
+            max_inflight_slots: rng.gen_range(1..=8),
+            max_batch_commands: rng.gen_range(1..=4),
+            fetch_max_entries: rng.gen_range(1..=8),
+            heartbeat_ticks: rng.gen_range(2..=5),
+            election_timeout_min_ticks: rng.gen_range(12..=25),
+        }
+    }
+
+    fn apply(&self, cfg: &mut Config) {
+        cfg.max_inflight_slots = self.max_inflight_slots;
+        cfg.max_batch_commands = self.max_batch_commands;
+        cfg.fetch_max_entries = self.fetch_max_entries;
+        cfg.heartbeat_ticks = self.heartbeat_ticks;
+        cfg.election_timeout_min_ticks = self.election_timeout_min_ticks;
+        cfg.election_timeout_max_ticks = 2 * self.election_timeout_min_ticks;
+    }
+}
+
+/// Everything a [`World`] is built from.
+#[derive(Clone, Debug)]
+pub struct WorldOptions {
+    /// Cluster size.
+    pub replicas: u32,
+    /// The run's seed.
+    pub seed: u64,
+    /// How hostile the fault phase is.
+    pub profile: FaultProfile,
+    /// Core configuration.
+    pub tunables: CoreTunables,
+    /// Every acceptor skips the promise check.
+    pub broken_acceptor: bool,
+    /// Keep a trace of events.
+    pub trace: bool,
+}
+
+impl World {
+    /// A fresh cluster.
+    pub fn new(options: WorldOptions) -> World {
+        let WorldOptions {
+            replicas,
+            seed,
+            profile,
+            tunables,
+            broken_acceptor,
+            trace,
+        } = options;
+        let nodes = (0..replicas)
+            .map(|id| {
+                let mut cfg = Config::new(id, replicas);
+                tunables.apply(&mut cfg);
+                cfg.seed = mix_seed(seed, u64::from(id) << 32);
+                cfg.unsafe_skip_promise_check = broken_acceptor;
+                Node {
+                    replica: Some(Replica::new(cfg.clone())),
+                    cfg,
+                    disk: Disk::default(),
+                    incarnation: 0,
+                    compacted_through: 0,
+                    promise_told: Ballot::ZERO,
+                    restart_step: None,
+                    paused_until_step: 0,
+                    crash_armed: false,
+                    peer_tokens: BTreeMap::new(),
+                    snapshot_asked_step: None,
+                }
+            })
+            .collect();
+        World {
+            nodes,
+            wire: Wire::new(MAX_IN_FLIGHT_PACKETS),
+            rng: StdRng::seed_from_u64(mix_seed(seed, 1)),
+            seed,
+            profile,
+            links: Links::new(replicas),
+            faults_on: true,
+            counts: FaultCounts::default(),
+            now_step: 0,
+            next_peer_token: 0,
+            digest: RunDigest::default(),
+            client_inbox: Vec::new(),
+            trace: trace.then(VecDeque::new),
+        }
+    }
+
+    /// The current step.
+    pub fn now_step(&self) -> u64 {
+        self.now_step
+    }
+
+    /// Cluster size.
+    pub fn replicas(&self) -> u32 {
+        self.nodes.len() as u32
+    }
+
+    /// Every replica slot.
+    pub fn nodes(&self) -> &[Node] {
+        &self.nodes
+    }
+
+    /// Faults injected so far.
+    pub fn counts(&self) -> &FaultCounts {
+        &self.counts
+    }
+
+    /// Digest of everything delivered so far; callers fold in their own events too.
+    pub fn digest(&mut self) -> &mut RunDigest {
+        &mut self.digest
+    }
+
+    /// The trace kept so far (empty unless tracing).
+    pub fn take_trace(&mut self) -> Vec<String> {
+        self.trace.take().map(Vec::from).unwrap_or_default()
+    }
+
+    /// Appends a trace line; the closure only runs when tracing.
+    pub fn trace(&mut self, line: impl FnOnce() -> String) {
+        let now = self.now_step;
+        if let Some(t) = self.trace.as_mut() {
+            if t.len() >= MAX_TRACE_LINES {
+                t.pop_front();
+            }
+            t.push_back(format!("{now:>6} {}", line()));
+        }
+    }
+
+    /// Advances one step: faults, restarts, ticks, deliveries, snapshot shipping.
+    pub fn step(&mut self) -> Result<(), Violation> {
+        self.now_step += 1;
+        self.links.heal_if_due(self.now_step, false);
+        if self.faults_on {
+            self.inject_faults();
+        }
+        self.restart_due()?;
+        self.tick_all();
+        self.deliver_due();
+        self.ship_snapshots();
+        Ok(())
+    }
+
+    /// Ends the fault phase: heals the network, resumes paused replicas and restarts
+    /// crashed ones. Slow clocks stay slow; packets still get a small random delay.
+    pub fn stop_faults(&mut self) -> Result<(), Violation> {
+        self.faults_on = false;
+        let skew = std::mem::take(&mut self.profile.tick_skip_per_mille);
+        self.profile = FaultProfile::calm(self.replicas());
+        self.profile.tick_skip_per_mille = skew;
+        self.links.heal_if_due(self.now_step, true);
+        self.trace(|| "faults stop: heal, resume, restart".to_string());
+        for id in 0..self.replicas() {
+            let node = &mut self.nodes[id as usize];
+            node.paused_until_step = 0;
+            node.crash_armed = false;
+            if node.replica.is_none() {
+                self.restart(id)?;
+            }
+        }
+        Ok(())
+    }
+
+    /// Sends a client request (subject to loss and delay, never to partitions).
+    pub fn send_client_request(
+        &mut self,
+        client: usize,
+        to: ReplicaId,
+        token: ClientToken,
+        call: ClientCall,
+    ) {
+        self.send(Packet::ToReplica {
+            client,
+            to,
+            token,
+            call,
+        });
+    }
+
+    /// Takes the client replies delivered this step.
+    pub fn take_client_inbox(&mut self) -> Vec<ClientDelivery> {
+        std::mem::take(&mut self.client_inbox)
+    }
+
+    fn inject_faults(&mut self) {
+        let now = self.now_step;
+        let can_split = self.replicas() > 1 && !self.links.is_partitioned();
+        if can_split && roll(&mut self.rng, self.profile.partition_per_mille) {
+            let heal = now + self.partition_steps();
+            let leader = self.leader();
+            if let Some(leader) = leader.filter(|_| self.rng.gen_bool(0.5)) {
+                self.links.isolate_minority(&mut self.rng, leader, heal);
+                self.counts.partitions += 1;
+            } else if self.rng.gen_bool(0.6) {
+                self.links.split(&mut self.rng, heal);
+                self.counts.partitions += 1;
+            } else {
+                self.links.one_way(&mut self.rng, heal);
+                self.counts.one_way += 1;
+            }
+            self.trace(|| format!("partition until {heal}"));
+        }
+        if roll(&mut self.rng, self.profile.crash_per_mille) {
+            if let Some(id) = self.pick_up_node() {
+                if self.rng.gen_bool(0.5) {
+                    self.crash(id, false);
+                } else {
+                    self.nodes[id as usize].crash_armed = true;
+                }
+            }
+        }
+        if roll(&mut self.rng, self.profile.pause_per_mille) {
+            // Half the pauses hit a leader: it wakes up still believing it leads.
+            let leader = self.leader().filter(|_| self.rng.gen_bool(0.5));
+            if let Some(id) = leader.or_else(|| self.pick_up_node()) {
+                let until = now + self.rng.gen_range(1..=self.profile.pause_max_steps);
+                self.nodes[id as usize].paused_until_step = until;
+                self.counts.pauses += 1;
+                self.trace(|| format!("pause r{id} until {until}"));
+            }
+        }
+        if roll(&mut self.rng, self.profile.snapshot_per_mille) {
+            if let Some(id) = self.pick_up_node() {
+                self.take_snapshot(id);
+            }
+        }
+    }
+
+    /// Half the partitions last about one election timeout: long enough for the majority to
+    /// elect a new leader, short enough that the old one still believes it leads when the
+    /// partition heals. Those overlaps are where Paxos bugs live.
+    fn partition_steps(&mut self) -> u64 {
+        if self.rng.gen_bool(0.5) {
+            let lo = self.nodes[0].cfg.election_timeout_min_ticks;
+            let hi = self.nodes[0].cfg.election_timeout_max_ticks;
+            self.rng.gen_range(lo..=hi + lo)
+        } else {
+            self.rng.gen_range(1..=self.profile.partition_max_steps)
+        }
+    }
+
+    /// A live, unpaused replica that believes it leads (the highest ballot, if several do).
+    fn leader(&self) -> Option<ReplicaId> {
+        let now = self.now_step;
+        self.nodes
+            .iter()
+            .filter(|n| !n.is_paused(now))
+            .filter_map(|n| n.replica.as_ref())
+            .filter(|r| r.is_leader())
+            .max_by_key(|r| r.promised())
+            .map(|r| r.id())
+    }
+
+    /// A random replica that is up and not paused.
+    fn pick_up_node(&mut self) -> Option<ReplicaId> {
+        let now = self.now_step;
+        let up: Vec<ReplicaId> = (0..self.replicas())
+            .filter(|&id| {
+                let n = &self.nodes[id as usize];
+                n.replica.is_some() && !n.is_paused(now)
+            })
+            .collect();
+        if up.is_empty() {
+            return None;
+        }
+        Some(up[self.rng.gen_range(0..up.len())])
+    }
+
+    fn crash(&mut self, id: ReplicaId, torn: bool) {
+        let down_steps = self.rng.gen_range(1..=self.profile.down_max_steps.max(1));
+        let node = &mut self.nodes[id as usize];
+        node.replica = None;
+        node.peer_tokens.clear();
+        node.crash_armed = false;
+        node.paused_until_step = 0;
+        node.snapshot_asked_step = None;
+        node.restart_step = Some(self.now_step + down_steps);
+        if torn {
+            self.counts.torn_crashes += 1;
+        } else {
+            self.counts.crashes += 1;
+        }
+        self.trace(|| format!("crash r{id} (torn batch: {torn}) for {down_steps} steps"));
+    }
+
+    fn restart_due(&mut self) -> Result<(), Violation> {
+        for id in 0..self.replicas() {
+            let due = self.nodes[id as usize]
+                .restart_step
+                .is_some_and(|s| s <= self.now_step);
+            if due && self.nodes[id as usize].replica.is_none() {
+                self.restart(id)?;
+            }
+        }
+        Ok(())
+    }
+
+    /// Rebuilds replica `id` from exactly what its disk holds.
+    fn restart(&mut self, id: ReplicaId) -> Result<(), Violation> {
+        let node = &mut self.nodes[id as usize];
+        node.incarnation += 1;
+        let mut cfg = node.cfg.clone();
+        // A restarted process draws new election timeouts, like a real one would.
+        cfg.seed = mix_seed(self.seed, (u64::from(id) << 32) | node.incarnation);
+        let snapshot = node.disk.snapshot.clone();
+        let through = snapshot.as_ref().map_or(0, |s| s.through);
+        let replica = Replica::recover(cfg, snapshot, node.disk.records.iter().cloned())
+            .map_err(|error| Violation::RecoveryFailed { replica: id, error })?;
+        node.replica = Some(replica);
+        node.compacted_through = through;
+        node.restart_step = None;
+        self.counts.restarts += 1;
+        self.trace(|| format!("restart r{id} from disk (snapshot through {through})"));
+        Ok(())
+    }
+
+    fn tick_all(&mut self) {
+        let now = self.now_step;
+        for id in 0..self.replicas() {
+            let node = &self.nodes[id as usize];
+            if node.replica.is_none() || node.is_paused(now) {
+                continue;
+            }
+            if roll(&mut self.rng, self.profile.tick_skip_per_mille[id as usize]) {
+                self.counts.skipped_ticks += 1;
+                continue;
+            }
+            if let Some(r) = self.nodes[id as usize].replica.as_mut() {
+                r.tick();
+            }
+            self.flush(id);
+        }
+    }
+
+    fn deliver_due(&mut self) {
+        while let Some(packet) = self.wire.pop_due(self.now_step) {
+            self.deliver(packet);
+        }
+    }
+
+    fn deliver(&mut self, packet: Packet) {
+        let now = self.now_step;
+        self.digest.word(now);
+        self.digest.word(packet.kind_tag());
+        if let Some((from, to)) = packet.peer_link() {
+            self.digest.word(u64::from(from) << 8 | u64::from(to));
+            if self.links.is_cut(from, to) {
+                self.counts.cut += 1;
+                return;
+            }
+        }
+        if let Some(to) = packet.to_replica() {
+            let node = &self.nodes[to as usize];
+            if node.replica.is_none() {
+                return; // Sent to a crashed process: lost.
+            }
+            if node.is_paused(now) {
+                let resume = node.paused_until_step;
+                self.wire.push(resume, packet);
+                return;
+            }
+        }
+        self.trace(|| format!("deliver {packet:?}"));
+        match packet {
+            Packet::Peer(env) => self.deliver_peer(env),
+            Packet::ToReplica {
+                to, token, call, ..
+            } => self.deliver_client_call(to, token, call),
+            Packet::ToClient {
+                client,
+                from,
+                token,
+                reply,
+            } => self.client_inbox.push(ClientDelivery {
+                client,
+                token,
+                from,
+                reply,
+            }),
+            Packet::Snapshot { to, snapshot, .. } => self.install_snapshot(to, snapshot),
+        }
+    }
+
+    fn deliver_peer(&mut self, env: Envelope) {
+        let to = env.to();
+        let node = &mut self.nodes[to as usize];
+        let Some(r) = node.replica.as_mut() else {
+            return;
+        };
+        match env {
+            Envelope::Request { from, request, .. } => {
+                self.next_peer_token += 1;
+                node.peer_tokens.insert(self.next_peer_token, from);
+                r.handle_request(from, PeerToken(self.next_peer_token), request);
+            }
+            Envelope::Response { from, response, .. } => r.handle_response(from, response),
+        }
+        self.flush(to);
+    }
+
+    fn deliver_client_call(&mut self, to: ReplicaId, token: ClientToken, call: ClientCall) {
+        let Some(r) = self.nodes[to as usize].replica.as_mut() else {
+            return;
+        };
+        match call {
+            ClientCall::Write(command) => r.propose(token, command),
+            ClientCall::Read(key) => r.read(token, key),
+        }
+        self.flush(to);
+    }
+
+    /// Performs replica `id`'s Ready per its contract, or cuts it with an armed crash.
+    fn flush(&mut self, id: ReplicaId) {
+        let node = &mut self.nodes[id as usize];
+        let Some(r) = node.replica.as_mut() else {
+            return;
+        };
+        let ready = r.ready();
+        let tokens = std::mem::take(&mut node.peer_tokens);
+        if ready.is_empty() {
+            return;
+        }
+        let batch = self.packets_of(id, ready, &tokens);
+        // An armed crash waits for a batch that changes durable state: that is where a
+        // crash between fsync and send matters.
+        if self.nodes[id as usize].crash_armed && !batch.persist.is_empty() {
+            self.torn_flush(id, batch);
+            return;
+        }
+        self.nodes[id as usize].disk.records.extend(batch.persist);
+        for packet in batch.unsynced_ok.into_iter().chain(batch.after_sync) {
+            self.send(packet);
+        }
+    }
+
+    /// Splits a Ready into what may leave before its records are durable (requests to peers
+    /// and client replies, per the `Ready` contract) and what must wait (peer responses).
+    fn packets_of(
+        &self,
+        id: ReplicaId,
+        mut ready: crate::Ready,
+        tokens: &BTreeMap<u64, ReplicaId>,
+    ) -> Batch {
+        // The leader fails waiting clients in HashMap order; sort so runs do not depend on it.
+        ready.client_replies.sort_by_key(|(t, _)| *t);
+        let requests = ready.messages.into_iter().map(|out| {
+            Packet::Peer(Envelope::Request {
+                from: id,
+                to: out.to,
+                request: out.request,
+            })
+        });
+        let replies = ready
+            .client_replies
+            .into_iter()
+            .map(|(token, reply)| Packet::ToClient {
+                client: client_of_token(token),
+                from: id,
+                token,
+                reply,
+            });
+        let after_sync = ready
+            .responses
+            .into_iter()
+            .filter_map(|(token, response)| {
+                let to = *tokens.get(&token.0)?;
+                Some(Packet::Peer(Envelope::Response {
+                    from: id,
+                    to,
+                    response,
+                }))
+            })
+            .collect();
+        Batch {
+            persist: ready.persist,
+            unsynced_ok: requests.chain(replies).collect(),
+            after_sync,
+        }
+    }
+
+    /// A crash in the middle of performing a Ready: a prefix of the records reaches the disk
+    /// (a torn write loses the rest), a prefix of what may leave before the sync has left,
+    /// and only if every record is durable, a prefix of the responses too.
+    fn torn_flush(&mut self, id: ReplicaId, mut batch: Batch) {
+        let kept = self.rng.gen_range(0..=batch.persist.len());
+        let all_durable = kept == batch.persist.len();
+        batch.persist.truncate(kept);
+        self.nodes[id as usize].disk.records.extend(batch.persist);
+        let early = self.rng.gen_range(0..=batch.unsynced_ok.len());
+        batch.unsynced_ok.truncate(early);
+        let late = if all_durable {
+            self.rng.gen_range(0..=batch.after_sync.len())
+        } else {
+            0
+        };
+        batch.after_sync.truncate(late);
+        for packet in batch.unsynced_ok.into_iter().chain(batch.after_sync) {
+            self.send(packet);
+        }
+        self.crash(id, true);
+    }
+
+    /// Puts a packet on the wire with this phase's loss, duplication and delay.
+    fn send(&mut self, packet: Packet) {
+        if let Packet::Peer(Envelope::Response { from, response, .. }) = &packet {
+            let told = match response {
+                Response::Promise(p) if !p.probe => Some(p.ballot),
+                Response::Accepted(a) => Some(a.ballot),
+                _ => None,
+            };
+            let node = &mut self.nodes[*from as usize];
+            node.promise_told = node.promise_told.max(told.unwrap_or(Ballot::ZERO));
+        }
+        if roll(&mut self.rng, self.profile.loss_per_mille) {
+            self.counts.dropped += 1;
+            return;
+        }
+        if roll(&mut self.rng, self.profile.dup_per_mille) {
+            self.counts.duplicated += 1;
+            let at = self.now_step + self.delay_steps();
+            self.push(at, packet.clone());
+        }
+        let at = self.now_step + self.delay_steps();
+        self.push(at, packet);
+    }
+
+    fn push(&mut self, at_step: u64, packet: Packet) {
+        if !self.wire.push(at_step, packet) {
+            self.counts.dropped += 1;
+        }
+    }
+
+    fn delay_steps(&mut self) -> u64 {
+        let mut delay = self.rng.gen_range(1..=self.profile.base_delay_max_steps);
+        if roll(&mut self.rng, self.profile.spike_per_mille) {
+            self.counts.delayed += 1;
+            delay += self
+                .rng
+                .gen_range(1..=self.profile.spike_delay_max_steps.max(1));
+        }
+        delay
+    }
+
+    /// Writes a snapshot of the applied state, rewrites the log behind it and compacts, as a
+    /// runtime does: snapshot durable first, then the live records, then drop the log.
+    fn take_snapshot(&mut self, id: ReplicaId) {
+        let node = &mut self.nodes[id as usize];
+        let Some(r) = node.replica.as_mut() else {
+            return;
+        };
+        let snapshot = r.snapshot();
+        let through = snapshot.through;
+        if through <= node.compacted_through {
+            return;
+        }
+        node.disk = Disk {
+            records: r.live_records(through),
+            snapshot: Some(snapshot),
+        };
+        r.compact(through);
+        node.compacted_through = through;
+        self.counts.snapshots += 1;
+        self.trace(|| format!("snapshot r{id} through {through}, log compacted"));
+    }
+
+    /// Replicas told by a peer that only a snapshot helps get that peer's durable snapshot.
+    fn ship_snapshots(&mut self) {
+        let now = self.now_step;
+        for id in 0..self.replicas() {
+            let node = &self.nodes[id as usize];
+            let Some(from) = node.replica.as_ref().and_then(|r| r.snapshot_needed()) else {
+                continue;
+            };
+            if node
+                .snapshot_asked_step
+                .is_some_and(|s| now < s + SNAPSHOT_RETRY_STEPS)
+            {
+                continue;
+            }
+            self.nodes[id as usize].snapshot_asked_step = Some(now);
+            let source = &self.nodes[from as usize];
+            if source.replica.is_none() {
+                continue; // A crashed peer sends nothing; ask again later.
+            }
+            let Some(snapshot) = source.disk.snapshot.clone() else {
+                continue;
+            };
+            self.send(Packet::Snapshot {
+                from,
+                to: id,
+                snapshot,
+            });
+        }
+    }
+
+    /// Makes a shipped snapshot durable, then hands it to the core.
+    fn install_snapshot(&mut self, to: ReplicaId, snapshot: Snapshot) {
+        let node = &mut self.nodes[to as usize];
+        let Some(r) = node.replica.as_mut() else {
+            return;
+        };
+        let through = snapshot.through;
+        let ahead = through > r.chosen_through();
+        if ahead {
+            node.disk.snapshot = Some(snapshot.clone());
+        }
+        r.install_snapshot(snapshot);
+        node.snapshot_asked_step = None;
+        if ahead {
+            node.compacted_through = through;
+            self.counts.installs += 1;
+            self.trace(|| format!("install snapshot through {through} on r{to}"));
+        }
+        self.flush(to);
+    }
+}
