@@ -332,7 +332,7 @@ impl Replica {
             done.extend(l.reads.pop_front());
         }
         for r in done {
-            let value = self.kv.get(&r.key).cloned();
+            let value = self.kv.get(&r.key).map(<[u8]>::to_vec);
             self.reply(r.token, ClientReply::Read(value));
         }
     }

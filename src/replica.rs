@@ -210,7 +210,7 @@ impl Replica {
     }
 
     /// A stale read of the local applied state.
-    pub fn read_local(&self, key: &str) -> Option<&Vec<u8>> {
+    pub fn read_local(&self, key: &str) -> Option<&[u8]> {
         self.kv.get(key)
     }
 

@@ -29,7 +29,8 @@ fn run(net: &mut Net, ticks: u32) {
 }
 
 fn value_at(net: &mut Net, id: u32, key: &str) -> Option<Vec<u8>> {
-    net.replica(id).and_then(|r| r.read_local(key).cloned())
+    net.replica(id)
+        .and_then(|r| r.read_local(key).map(<[u8]>::to_vec))
 }
 
 #[test]
@@ -150,8 +151,8 @@ fn new_leader_recovers_minority_value_and_fills_holes() {
     assert_ne!(new, old);
     run(&mut net, 20);
     let r = net.replica(new).unwrap();
-    assert_eq!(r.read_local("y"), Some(&b"minority".to_vec()));
-    assert_eq!(r.read_local("x"), Some(&b"first".to_vec()));
+    assert_eq!(r.read_local("y"), Some(&b"minority"[..]));
+    assert_eq!(r.read_local("x"), Some(&b"first"[..]));
     assert!(r.chosen_through() >= 3);
     let slot2 = r.chosen_value(2).cloned();
     // Slot 2 was either never accepted (no-op) or ... it reached nobody, so a no-op.
@@ -195,7 +196,7 @@ fn leader_change_with_value_in_flight_applies_retry_once() {
     run(&mut net, 60);
     for i in 0..5 {
         let r = net.replica(i).unwrap();
-        assert_eq!(r.read_local("k"), Some(&b"v1".to_vec()), "replica {i}");
+        assert_eq!(r.read_local("k"), Some(&b"v1"[..]), "replica {i}");
         assert_eq!(r.kv().session(5).map(|s| s.last_seq), Some(1));
     }
 }

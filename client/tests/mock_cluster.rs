@@ -123,6 +123,12 @@ impl KvRpc for Fake {
         Err(KvError::InvalidRequest("not in the fake".into()))
     }
 
+    async fn set_partition(self, _: Context, _: Vec<u32>) -> Result<(), KvError> {
+        Err(KvError::InvalidRequest(
+            "the fake has no fault control".into(),
+        ))
+    }
+
     async fn status(self, _: Context) -> ReplicaStatus {
         let state = self.state.lock().unwrap();
         ReplicaStatus {

@@ -273,7 +273,7 @@ impl Driver {
                 self.core.read(ClientToken(t), key);
             }
             DriverInput::StaleRead { key, reply } => {
-                let _ = reply.send(self.core.read_local(&key).cloned());
+                let _ = reply.send(self.core.read_local(&key).map(<[u8]>::to_vec));
             }
             DriverInput::Status { reply } => {
                 let _ = reply.send(self.core.status());

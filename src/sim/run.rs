@@ -285,7 +285,7 @@ impl<'c> Simulation<'c> {
             .clients
             .keys()
             .iter()
-            .map(|k| (k.clone(), r.read_local(k).cloned()))
+            .map(|k| (k.clone(), r.read_local(k).map(<[u8]>::to_vec)))
             .collect();
         let history = self.clients.history_mut();
         for (key, value) in finals {
