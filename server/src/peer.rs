@@ -45,6 +45,21 @@ pub struct PeerLink {
     last_answer_ms: AtomicU64,
 }
 
+/// The cached connection, or a new one if the back-off allows dialling now.
+async fn cached_or_dial<C: Clone>(
+    slot: &Mutex<Slot<C>>,
+    dial: impl std::future::Future<Output = std::io::Result<C>>,
+) -> Option<C> {
+    let mut slot = slot.lock().await;
+    if slot.client.is_none() && Instant::now() >= slot.next_dial {
+        match tokio::time::timeout(Duration::from_millis(CONNECT_TIMEOUT_MS), dial).await {
+            Ok(Ok(c)) => slot.client = Some(c),
+            _ => slot.next_dial = Instant::now() + Duration::from_millis(REDIAL_BACKOFF_MS),
+        }
+    }
+    slot.client.clone()
+}
+
 fn context_with_timeout(timeout: Duration) -> context::Context {
     // A fresh context: never inherit a client's (possibly 10 s) deadline for fan-out calls.
     let mut ctx = context::current();
@@ -82,33 +97,11 @@ impl PeerLink {
     }
 
     async fn replica_client(&self) -> Option<ReplicaRpcClient> {
-        let mut slot = self.replica.lock().await;
-        if slot.client.is_none() && Instant::now() >= slot.next_dial {
-            let dial = tokio::time::timeout(
-                Duration::from_millis(CONNECT_TIMEOUT_MS),
-                connect_replica(self.addr),
-            );
-            match dial.await {
-                Ok(Ok(c)) => slot.client = Some(c),
-                _ => slot.next_dial = Instant::now() + Duration::from_millis(REDIAL_BACKOFF_MS),
-            }
-        }
-        slot.client.clone()
+        cached_or_dial(&self.replica, connect_replica(self.addr)).await
     }
 
     async fn kv_client(&self) -> Option<KvRpcClient> {
-        let mut slot = self.kv.lock().await;
-        if slot.client.is_none() && Instant::now() >= slot.next_dial {
-            let dial = tokio::time::timeout(
-                Duration::from_millis(CONNECT_TIMEOUT_MS),
-                connect_kv(self.addr),
-            );
-            match dial.await {
-                Ok(Ok(c)) => slot.client = Some(c),
-                _ => slot.next_dial = Instant::now() + Duration::from_millis(REDIAL_BACKOFF_MS),
-            }
-        }
-        slot.client.clone()
+        cached_or_dial(&self.kv, connect_kv(self.addr)).await
     }
 
     /// Sends one Paxos request; `None` if the peer did not answer in time.
