@@ -154,11 +154,17 @@ fn resolve(addr: &str) -> Result<SocketAddr> {
         .with_context(|| format!("{addr} resolves to nothing"))
 }
 
+/// `RUST_LOG` as given (default `info`); tarpc's own per-request error logs (every dropped
+/// or timed-out peer call) stay off unless `RUST_LOG` names tarpc explicitly.
 fn init_tracing() {
-    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
-        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info,tarpc=off"));
+    use std::io::IsTerminal;
+    let mut spec = std::env::var("RUST_LOG").unwrap_or_else(|_| "info".into());
+    if !spec.contains("tarpc") {
+        spec.push_str(",tarpc=off");
+    }
     tracing_subscriber::fmt()
-        .with_env_filter(filter)
+        .with_env_filter(tracing_subscriber::EnvFilter::new(spec))
+        .with_ansi(std::io::stderr().is_terminal())
         .with_writer(std::io::stderr)
         .init();
 }
