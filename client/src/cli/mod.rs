@@ -2,6 +2,7 @@
 
 mod bench;
 mod demo;
+mod failover;
 mod repl;
 mod status;
 
@@ -68,8 +69,10 @@ enum Command {
     Repl,
     /// One line per replica: role, leader, applied slot, keys, digest, failures.
     Status,
-    /// Measure latency and throughput with concurrent sessions.
+    /// Closed-loop load for a fixed time: throughput and latency percentiles per operation kind.
     Bench(bench::BenchArgs),
+    /// Kill the leader with a shell command while writing; time until writes succeed again.
+    BenchFailover(failover::FailoverArgs),
 }
 
 /// Runs the parsed command; returns the exit status.
@@ -90,6 +93,7 @@ pub async fn run(args: Args) -> anyhow::Result<u8> {
         Command::Repl => repl::run(&mut client).await,
         Command::Status => status::run(&client).await,
         Command::Bench(bench_args) => bench::run(&client, bench_args).await,
+        Command::BenchFailover(failover_args) => failover::run(&client, failover_args).await,
     }
 }
 
