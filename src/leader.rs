@@ -256,6 +256,11 @@ impl Replica {
             let batch = l.next_batch(max_bytes, max_cmds);
             self.propose_slot(slot, batch);
         }
+        self.flush_reads();
+    }
+
+    /// Starts one confirmation round for all reads that arrived since the last one.
+    pub(crate) fn flush_reads(&mut self) {
         let Some(l) = self.leader_mut() else { return };
         if l.reads.back().is_some_and(|r| r.round > l.round) {
             self.send_learn_round();

@@ -27,7 +27,9 @@ mod types;
 
 pub use config::Config;
 pub use persist::{Record, RecoveryError, Snapshot};
-pub use replica::{ClientError, ClientReply, ClientToken, CoreStatus, PeerToken, Ready, Replica};
+pub use replica::{
+    ClientError, ClientReply, ClientToken, CoreStatus, PeerToken, Ready, Replica, UnsyncedSafe,
+};
 pub use types::{
     check_key, check_value, Ballot, Command, CommandId, InvalidInput, Op, Outcome, ReplicaId, Slot,
     Value, DEFAULT_MAX_VALUE_BYTES, MAX_KEY_BYTES,

@@ -148,6 +148,15 @@ pub enum Response {
     Nack(Nack),
 }
 
+impl Response {
+    /// True if the answer vouches for state this replica must have made durable first: a
+    /// promise or an acceptance. Heartbeat acks, refusals and chosen values do not (chosen
+    /// values are durable on a majority already), so they may leave before the sync.
+    pub fn needs_sync(&self) -> bool {
+        matches!(self, Response::Promise(_) | Response::Accepted(_))
+    }
+}
+
 /// A request the core wants delivered to a peer.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Outbound {

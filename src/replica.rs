@@ -53,7 +53,7 @@ pub enum ClientReply {
 }
 
 /// Work for the runtime. Requests in `messages` and `client_replies` may go out before
-/// `persist` is synced; `responses` to peers must wait for it.
+/// `persist` is synced; `responses` for which [`Response::needs_sync`] holds must wait for it.
 #[derive(Debug, Default)]
 pub struct Ready {
     /// Make these durable (one fsync for the batch) before sending `responses`.
@@ -74,6 +74,17 @@ impl Ready {
             && self.responses.is_empty()
             && self.client_replies.is_empty()
     }
+}
+
+/// What may leave while a sync is in progress (see [`Replica::take_unsynced_safe`]).
+#[derive(Debug, Default)]
+pub struct UnsyncedSafe {
+    /// Requests to peers.
+    pub messages: Vec<Outbound>,
+    /// Peer responses that need no sync.
+    pub responses: Vec<(PeerToken, Response)>,
+    /// Client replies.
+    pub client_replies: Vec<(ClientToken, ClientReply)>,
 }
 
 /// The replica's current role.
@@ -339,13 +350,21 @@ impl Replica {
     }
 
     /// While the last Ready is still being synced, takes what may leave anyway: requests to
-    /// peers and client replies (neither depends on unsynced records). Persist records and
-    /// peer responses stay for the next [`Replica::ready`].
-    pub fn take_unsynced_safe(&mut self) -> (Vec<Outbound>, Vec<(ClientToken, ClientReply)>) {
-        (
-            std::mem::take(&mut self.ready.messages),
-            std::mem::take(&mut self.ready.client_replies),
-        )
+    /// peers, client replies and the peer responses that need no sync
+    /// ([`Response::needs_sync`]). Persist records and the other responses stay for the next
+    /// [`Replica::ready`].
+    pub fn take_unsynced_safe(&mut self) -> UnsyncedSafe {
+        // Reads need no sync: confirm them now rather than after it.
+        self.flush_reads();
+        let (wait, now): (Vec<_>, Vec<_>) = std::mem::take(&mut self.ready.responses)
+            .into_iter()
+            .partition(|(_, r)| r.needs_sync());
+        self.ready.responses = wait;
+        UnsyncedSafe {
+            messages: std::mem::take(&mut self.ready.messages),
+            responses: now,
+            client_replies: std::mem::take(&mut self.ready.client_replies),
+        }
     }
 
     pub(crate) fn reply(&mut self, token: ClientToken, reply: ClientReply) {

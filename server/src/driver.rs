@@ -351,6 +351,9 @@ impl Driver {
         if persist.is_empty() {
             return self.respond_all(responses);
         }
+        let (responses, now): (Vec<_>, Vec<_>) =
+            responses.into_iter().partition(|(_, r)| r.needs_sync());
+        self.respond_all(now);
         let Some(mut store) = self.store.take() else {
             self.mark_failed("storage is gone");
             return self.refuse(responses, Vec::new(), "storage is gone");
@@ -382,13 +385,14 @@ impl Driver {
         }
     }
 
-    /// During a sync: send the requests and client replies produced meanwhile.
+    /// During a sync: send what was produced meanwhile and needs no sync.
     fn send_unsynced_safe(&mut self) {
-        let (messages, client_replies) = self.core.take_unsynced_safe();
+        let safe = self.core.take_unsynced_safe();
         if self.failed_reason().is_some() {
-            return self.refuse(Vec::new(), client_replies, "storage failed");
+            return self.refuse(safe.responses, safe.client_replies, "storage failed");
         }
-        self.send_all(messages, client_replies);
+        self.send_all(safe.messages, safe.client_replies);
+        self.respond_all(safe.responses);
     }
 
     fn send_all(

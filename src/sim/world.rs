@@ -572,8 +572,9 @@ impl World {
         }
     }
 
-    /// Splits a Ready into what may leave before its records are durable (requests to peers
-    /// and client replies, per the `Ready` contract) and what must wait (peer responses).
+    /// Splits a Ready into what may leave before its records are durable (requests to peers,
+    /// client replies and responses that need no sync, per the `Ready` contract) and what
+    /// must wait (promises and acceptances).
     fn packets_of(
         &self,
         id: ReplicaId,
@@ -598,7 +599,7 @@ impl World {
                 token,
                 reply,
             });
-        let after_sync = ready
+        let (wait, early): (Vec<_>, Vec<_>) = ready
             .responses
             .into_iter()
             .filter_map(|(token, response)| {
@@ -609,11 +610,11 @@ impl World {
                     response,
                 }))
             })
-            .collect();
+            .partition(|p| matches!(p, Packet::Peer(Envelope::Response { response, .. }) if response.needs_sync()));
         Batch {
             persist: ready.persist,
-            unsynced_ok: requests.chain(replies).collect(),
-            after_sync,
+            unsynced_ok: requests.chain(replies).chain(early).collect(),
+            after_sync: wait,
         }
     }
 
