@@ -84,41 +84,8 @@ trap cleanup EXIT
 trap 'exit 130' INT
 trap 'exit 143' TERM
 
-# True if nothing listens on (or holds) 127.0.0.1:$1.
-port_free() {
-    if command -v python3 >/dev/null; then
-        python3 - "$1" <<'PY' 2>/dev/null
-import socket, sys
-s = socket.socket()
-s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)  # as the server does
-s.bind(("127.0.0.1", int(sys.argv[1])))
-s.close()
-PY
-    elif (exec 3<>"/dev/tcp/127.0.0.1/$1") 2>/dev/null; then
-        return 1 # something accepted a connection
-    fi
-}
-
-block_free() {
-    local i
-    for ((i = 0; i < REPLICAS; i++)); do port_free $(($1 + i)) || return 1; done
-}
-
-# Sets BASE_PORT: $PORT if given, else a free block at a random base in 20000-40000.
-pick_ports() {
-    if [[ -n ${PORT:-} ]]; then
-        [[ $PORT =~ ^[0-9]+$ ]] || die "PORT must be a number, got '$PORT'"
-        block_free "$PORT" || die "ports $PORT..$((PORT + REPLICAS - 1)) are not all free"
-        BASE_PORT=$PORT
-        return
-    fi
-    local try
-    for try in $(seq 1 50); do
-        BASE_PORT=$((20000 + (RANDOM * 32768 + RANDOM) % 20000))
-        block_free "$BASE_PORT" && return
-    done
-    die "no free block of $REPLICAS ports found after $try tries"
-}
+# shellcheck source=scripts/ports.sh
+source "$ROOT/scripts/ports.sh"
 
 kv() { "$CLIENT" --servers "$PEERS" "$@"; }
 
