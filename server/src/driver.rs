@@ -122,7 +122,7 @@ impl Default for SnapshotPolicy {
 /// Shared view of a driver that has stopped acknowledging because storage failed.
 pub type FailedFlag = Arc<Mutex<Option<String>>>;
 
-type SnapshotTask = (SnapshotJob, JoinHandle<Result<(), StoreError>>);
+type SnapshotTask = (SnapshotJob, JoinHandle<Result<u64, StoreError>>);
 
 type StoreResult = (Box<dyn ReplicaStore>, Result<(), StoreError>);
 
@@ -157,6 +157,10 @@ pub struct Driver {
     last_reopen: Instant,
     snapshot_slot: Slot,
     snapshot_task: Option<SnapshotTask>,
+    /// Size of the last snapshot written: the log must grow at least as large before the
+    /// next one, so a large map is not rewritten over and over (amortized, as Redis does
+    /// for its append-only file).
+    snapshot_bytes: u64,
     pushing: BTreeSet<ReplicaId>,
     failure: Arc<FailureInjector>,
     syncing: Option<Syncing>,
@@ -191,6 +195,7 @@ impl Driver {
             last_reopen: Instant::now(),
             snapshot_slot,
             snapshot_task: None,
+            snapshot_bytes: 0,
             pushing: BTreeSet::new(),
             failure,
             syncing: None,
@@ -502,6 +507,8 @@ impl Driver {
         let log_bytes = self.store.as_ref().map_or(0, |s| s.log_bytes());
         let due = log_bytes >= self.policy.log_bytes
             || applied >= self.snapshot_slot + self.policy.every_slots;
+        let amortized = log_bytes >= self.snapshot_bytes;
+        let due = due && amortized;
         if due && applied > self.snapshot_slot {
             self.start_snapshot().await;
         }
@@ -529,7 +536,8 @@ impl Driver {
             return;
         };
         match task.await {
-            Ok(Ok(())) => {
+            Ok(Ok(bytes)) => {
+                self.snapshot_bytes = bytes;
                 let done = job.clone();
                 match self.with_store(move |s| s.finish_snapshot(&done)).await {
                     Ok(()) => self.compact(self.snapshot_slot),

@@ -37,10 +37,12 @@ pub struct SnapshotJob {
 }
 
 impl SnapshotJob {
-    /// Writes `snapshot` durably (temp file, fsync, rename, directory fsync).
-    pub fn write(&self, snapshot: &Snapshot) -> Result<(), StoreError> {
+    /// Writes `snapshot` durably (temp file, fsync, rename, directory fsync); returns its size.
+    pub fn write(&self, snapshot: &Snapshot) -> Result<u64, StoreError> {
         write_snapshot(&self.dir, snapshot.through, snapshot, self.segment)?;
-        Ok(())
+        let path = crate::storage::snapshot_path(&self.dir, snapshot.through);
+        let bytes = std::fs::metadata(&path).map_or(0, |m| m.len());
+        Ok(bytes)
     }
 }
 
