@@ -157,14 +157,6 @@ impl Log {
         out
     }
 
-    /// Entries above `after` that are not known chosen.
-    pub fn unchosen_above(&self, after: Slot) -> impl Iterator<Item = (Slot, &Entry)> {
-        self.entries
-            .range(after + 1..)
-            .filter(|(_, e)| !e.chosen)
-            .map(|(s, e)| (*s, e))
-    }
-
     /// All entries above `after` (used to re-log live state after a snapshot).
     pub fn entries_above(&self, after: Slot) -> impl Iterator<Item = (Slot, &Entry)> {
         self.entries.range(after + 1..).map(|(s, e)| (*s, e))

@@ -92,13 +92,7 @@ impl LocalCluster {
     fn launch_memory(&mut self, id: usize, listener: TcpListener) {
         let options = self.options(id);
         let core = Replica::new(options.core_config());
-        self.launch(
-            id,
-            listener,
-            options,
-            core,
-            Box::new(MemoryStore::default()),
-        );
+        self.launch(id, listener, options, core, Box::new(MemoryStore));
     }
 
     fn launch(

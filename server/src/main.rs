@@ -141,7 +141,7 @@ impl Args {
 fn open_state(args: &Args, options: &ReplicaOptions) -> Result<(Replica, Box<dyn ReplicaStore>)> {
     let cfg = options.core_config();
     if args.in_memory {
-        return Ok((Replica::new(cfg), Box::new(MemoryStore::default())));
+        return Ok((Replica::new(cfg), Box::new(MemoryStore)));
     }
     let dir = args.data_dir.join(format!("replica-{}", options.id));
     Ok(open_disk_replica(&dir, cfg, FaultInjector::new())?)
