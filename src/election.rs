@@ -108,15 +108,31 @@ impl Replica {
             return;
         }
         self.raise_promise(ballot);
-        let own = self.own_promise(ballot);
         let now = self.now_tick;
         if let Role::Candidate(c) = &mut self.role {
             c.phase = Phase::Prepare;
-            c.acks = Quorum::of(self.cfg.id);
-            c.promises = vec![(self.cfg.id, own)];
+            c.acks = Quorum::default();
+            c.promises = Vec::new();
             c.sent_tick = now;
         }
+        // Our own promise counts once `Promised(ballot)` is durable (`on_persisted`), and the
+        // prepares are held until then too: a crash before the sync must not leave a ballot
+        // in use that the restarted replica could pick again.
+        self.durability.unbatched_own_promise = Some(ballot);
         self.broadcast(Request::Prepare(self.prepare_message(ballot, false)));
+    }
+
+    /// The batch holding `Promised(ballot)` is durable: count our own promise.
+    pub(crate) fn count_own_promise(&mut self, ballot: Ballot) {
+        let me = self.cfg.id;
+        let own = self.own_promise(ballot);
+        let Role::Candidate(c) = &mut self.role else {
+            return;
+        };
+        if c.ballot != ballot || c.phase != Phase::Prepare || !c.acks.insert(me) {
+            return;
+        }
+        c.promises.push((me, own));
         self.maybe_finish_phase();
     }
 

@@ -224,14 +224,13 @@ impl Replica {
             value,
             commit,
         }));
-        // Our own vote counts only once the record is durable: the next `ready()` call
-        // certifies that the Ready carrying it was persisted.
-        self.unsynced_self_acks.push((ballot, slot));
+        // Our own vote counts only once the record is durable (`on_persisted`).
+        self.durability.unbatched_self_acks.push((ballot, slot));
     }
 
-    /// The previous Ready was persisted: count this replica's own acceptances in it.
-    pub(crate) fn count_synced_self_acks(&mut self) {
-        for (ballot, slot) in std::mem::take(&mut self.synced_self_acks) {
+    /// A batch is durable: count this replica's own acceptances in it.
+    pub(crate) fn count_self_acks(&mut self, acks: Vec<(Ballot, Slot)>) {
+        for (ballot, slot) in acks {
             let current = matches!(&self.role, Role::Leader(l) if l.ballot == ballot);
             if current {
                 self.record_accepted(self.cfg.id, slot);

@@ -143,7 +143,7 @@ impl Replica {
 
     /// Adds the pending chosen-progress record if this Ready syncs anyway or `force` is set.
     pub(crate) fn attach_chosen_record(&mut self, force: bool) {
-        if self.ready.persist.is_empty() && !force {
+        if self.out.persist.is_empty() && !force {
             return;
         }
         if let Some(through) = self.unsynced_chosen.take() {
@@ -231,7 +231,7 @@ impl Replica {
         }
         let mut replica = Replica::with_state(cfg, promised, log, kv);
         replica.advance_and_apply();
-        replica.ready = Default::default(); // Nothing new to persist or send yet.
+        replica.out = Default::default(); // Nothing new to persist or send yet.
         replica.unsynced_chosen = None;
         Ok(replica)
     }

@@ -1,8 +1,10 @@
 //! # paxoskv core
 //!
 //! A sans-IO Multi-Paxos replica: no tokio, no sockets, no clock, no files. The runtime feeds
-//! it peer requests and responses, client commands and ticks, then takes a [`Ready`] and
-//! performs it in order: **persist (fsync) -> send -> reply**.
+//! it peer requests and responses, client commands and ticks, then takes a [`Ready`], sends
+//! what it holds at once, syncs its batch of records and reports the batch durable with
+//! [`Replica::on_persisted`]. Outputs that vouch for records not yet durable stay inside the
+//! core until then (see [`durability`]), so the driver and the simulator share one order.
 //!
 //! Roles live in their own modules: `acceptor` (promise/accept rules), `leader` (phase 2,
 //! batching, pipelining, reads), `election` (ticks, pre-vote, phase 1, recovery), `learner`
@@ -12,6 +14,7 @@
 
 mod acceptor;
 pub mod config;
+pub mod durability;
 mod election;
 pub mod kv;
 mod leader;
@@ -26,10 +29,9 @@ pub mod sim;
 mod types;
 
 pub use config::Config;
+pub use durability::{BatchNumber, Ready};
 pub use persist::{Record, RecoveryError, Snapshot};
-pub use replica::{
-    ClientError, ClientReply, ClientToken, CoreStatus, PeerToken, Ready, Replica, UnsyncedSafe,
-};
+pub use replica::{ClientError, ClientReply, ClientToken, CoreStatus, PeerToken, Replica};
 pub use types::{
     check_key, check_value, Ballot, Command, CommandId, InvalidInput, Op, Outcome, ReplicaId, Slot,
     Value, DEFAULT_MAX_VALUE_BYTES, MAX_KEY_BYTES,

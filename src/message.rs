@@ -133,6 +133,19 @@ pub enum Request {
     FetchChosen(FetchChosen),
 }
 
+impl Request {
+    /// The sender's own ballot this request vouches for: sending it claims a durable promise
+    /// of that ballot. Probes and catch-up fetches claim nothing.
+    pub fn own_ballot(&self) -> Option<Ballot> {
+        match self {
+            Request::Prepare(p) if !p.probe => Some(p.ballot),
+            Request::Accept(a) => Some(a.ballot),
+            Request::Learn(l) => Some(l.ballot),
+            Request::Prepare(_) | Request::FetchChosen(_) => None,
+        }
+    }
+}
+
 /// The answer to a [`Request`].
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub enum Response {
@@ -153,7 +166,11 @@ impl Response {
     /// promise or an acceptance. Heartbeat acks, refusals and chosen values do not (chosen
     /// values are durable on a majority already), so they may leave before the sync.
     pub fn needs_sync(&self) -> bool {
-        matches!(self, Response::Promise(_) | Response::Accepted(_))
+        match self {
+            Response::Promise(p) => !p.probe,
+            Response::Accepted(_) => true,
+            Response::LearnAck(_) | Response::Chosen(_) | Response::Nack(_) => false,
+        }
     }
 }
 

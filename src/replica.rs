@@ -1,11 +1,12 @@
 //! One replica: acceptor, proposer and learner behind a single sans-IO interface.
 //!
 //! The runtime calls [`Replica::handle_request`], [`Replica::handle_response`],
-//! [`Replica::propose`], [`Replica::read`] and [`Replica::tick`], then takes [`Replica::ready`]
-//! and performs it strictly in order: persist (fsync) -> send messages and peer responses ->
-//! reply to clients.
+//! [`Replica::propose`], [`Replica::read`] and [`Replica::tick`], then takes
+//! [`Replica::ready`] and reports synced batches with [`Replica::on_persisted`]; the
+//! `durability` module says what may leave when.
 
 use crate::config::Config;
+use crate::durability::{Durability, Outbox};
 use crate::election::Candidate;
 use crate::kv::KvState;
 use crate::leader::Leader;
@@ -50,41 +51,6 @@ pub enum ClientReply {
     Read(Option<Vec<u8>>),
     /// Refused.
     Failed(ClientError),
-}
-
-/// Work for the runtime. Requests in `messages` and `client_replies` may go out before
-/// `persist` is synced; `responses` for which [`Response::needs_sync`] holds must wait for it.
-#[derive(Debug, Default)]
-pub struct Ready {
-    /// Make these durable (one fsync for the batch) before sending `responses`.
-    pub persist: Vec<Record>,
-    /// Requests to send to peers.
-    pub messages: Vec<Outbound>,
-    /// Answers to peer requests.
-    pub responses: Vec<(PeerToken, Response)>,
-    /// Answers to clients.
-    pub client_replies: Vec<(ClientToken, ClientReply)>,
-}
-
-impl Ready {
-    /// True when there is nothing to do.
-    pub fn is_empty(&self) -> bool {
-        self.persist.is_empty()
-            && self.messages.is_empty()
-            && self.responses.is_empty()
-            && self.client_replies.is_empty()
-    }
-}
-
-/// What may leave while a sync is in progress (see [`Replica::take_unsynced_safe`]).
-#[derive(Debug, Default)]
-pub struct UnsyncedSafe {
-    /// Requests to peers.
-    pub messages: Vec<Outbound>,
-    /// Peer responses that need no sync.
-    pub responses: Vec<(PeerToken, Response)>,
-    /// Client replies.
-    pub client_replies: Vec<(ClientToken, ClientReply)>,
 }
 
 /// The replica's current role.
@@ -133,11 +99,10 @@ pub struct Replica {
     pub(crate) leader_contact_tick: Option<u64>,
     pub(crate) election_deadline_tick: u64,
     pub(crate) fetch: crate::learner::FetchState,
-    pub(crate) ready: Ready,
-    /// Slots this leader accepted in the Ready being built (not yet durable).
-    pub(crate) unsynced_self_acks: Vec<(Ballot, Slot)>,
-    /// Slots accepted in the last Ready taken; durable once `ready()` is called again.
-    pub(crate) synced_self_acks: Vec<(Ballot, Slot)>,
+    /// Outputs and records since the last `ready()`.
+    pub(crate) out: Outbox,
+    /// What is durable, what is being synced, and what waits for it.
+    pub(crate) durability: Durability,
     /// Chosen progress not yet written.
     pub(crate) unsynced_chosen: Option<Slot>,
 }
@@ -164,9 +129,8 @@ impl Replica {
             leader_contact_tick: None,
             election_deadline_tick: 0,
             fetch: Default::default(),
-            ready: Ready::default(),
-            unsynced_self_acks: Vec::new(),
-            synced_self_acks: Vec::new(),
+            out: Outbox::default(),
+            durability: Durability::recovered(promised),
             unsynced_chosen: None,
         };
         r.reset_election_timer();
@@ -257,7 +221,7 @@ impl Replica {
             Request::Learn(l) => self.on_learn(from, l),
             Request::FetchChosen(f) => self.on_fetch_chosen(f),
         };
-        self.ready.responses.push((token, response));
+        self.out.responses.push((token, response));
     }
 
     /// Handles a peer's answer to a request this replica sent.
@@ -286,7 +250,7 @@ impl Replica {
                         .map_or(0, |s| s.last_seq),
                 }),
             };
-            self.ready.client_replies.push((token, reply));
+            self.out.client_replies.push((token, reply));
             return;
         }
         let leader = self.leader();
@@ -335,45 +299,13 @@ impl Replica {
         self.fetch_tick();
     }
 
-    /// Takes the work accumulated since the last call.
-    ///
-    /// Calling it certifies that the previous Ready's records are durable (the runtime
-    /// performs each Ready before asking for the next), which is when this replica's own
-    /// acceptances start to count. Hence [`Ready::client_replies`] never depend on the
-    /// Ready's own `persist`, and may be sent before it is synced; peer `responses` may not.
-    pub fn ready(&mut self) -> Ready {
-        self.count_synced_self_acks();
-        self.flush_proposals();
-        self.attach_chosen_record(false);
-        self.synced_self_acks = std::mem::take(&mut self.unsynced_self_acks);
-        std::mem::take(&mut self.ready)
-    }
-
-    /// While the last Ready is still being synced, takes what may leave anyway: requests to
-    /// peers, client replies and the peer responses that need no sync
-    /// ([`Response::needs_sync`]). Persist records and the other responses stay for the next
-    /// [`Replica::ready`].
-    pub fn take_unsynced_safe(&mut self) -> UnsyncedSafe {
-        // Reads need no sync: confirm them now rather than after it.
-        self.flush_reads();
-        let (wait, now): (Vec<_>, Vec<_>) = std::mem::take(&mut self.ready.responses)
-            .into_iter()
-            .partition(|(_, r)| r.needs_sync());
-        self.ready.responses = wait;
-        UnsyncedSafe {
-            messages: std::mem::take(&mut self.ready.messages),
-            responses: now,
-            client_replies: std::mem::take(&mut self.ready.client_replies),
-        }
-    }
-
     pub(crate) fn reply(&mut self, token: ClientToken, reply: ClientReply) {
-        self.ready.client_replies.push((token, reply));
+        self.out.client_replies.push((token, reply));
     }
 
     pub(crate) fn send(&mut self, to: ReplicaId, request: Request) {
         debug_assert_ne!(to, self.cfg.id);
-        self.ready.messages.push(Outbound { to, request });
+        self.out.messages.push(Outbound { to, request });
     }
 
     pub(crate) fn broadcast(&mut self, request: Request) {
@@ -384,7 +316,7 @@ impl Replica {
     }
 
     pub(crate) fn persist(&mut self, record: Record) {
-        self.ready.persist.push(record);
+        self.out.persist.push(record);
     }
 
     /// Raises the promise; ballots only grow.

@@ -92,11 +92,23 @@ fn acceptor_refuses_lower_ballots_and_promises_only_grow() {
     });
     r.handle_request(2, PeerToken(3), accept);
     let ready = r.ready();
-    assert!(matches!(ready.responses[0].1, Response::Promise(_)));
-    assert!(matches!(ready.responses[1].1, Response::Nack(n) if n.promised == high));
-    assert!(matches!(ready.responses[2].1, Response::Nack(_)));
+    // Refusals vouch for nothing and leave at once; the promise waits for its record.
+    assert_eq!(ready.responses.len(), 2, "{:?}", ready.responses);
+    assert!(matches!(ready.responses[0].1, Response::Nack(n) if n.promised == high));
+    assert!(matches!(ready.responses[1].1, Response::Nack(_)));
     assert_eq!(r.promised(), high);
     assert_eq!(ready.persist, vec![paxoskv::Record::Promised(high)]);
+    let batch = ready.batch.expect("the promise starts a batch");
+    assert!(
+        r.ready().responses.is_empty(),
+        "nothing leaves before the sync"
+    );
+    r.on_persisted(batch);
+    let ready = r.ready();
+    assert!(matches!(
+        ready.responses[..],
+        [(PeerToken(1), Response::Promise(_))]
+    ));
     // A promise reports what was accepted, so a new leader can recover it.
     let accept = Request::Accept(Accept {
         ballot: high,
@@ -112,6 +124,8 @@ fn acceptor_refuses_lower_ballots_and_promises_only_grow() {
         replica: 2,
     };
     r.handle_request(2, PeerToken(5), prepare(higher));
+    let ready = r.ready();
+    r.on_persisted(ready.batch.expect("accepted and promised records"));
     let ready = r.ready();
     let Response::Promise(p) = &ready.responses[1].1 else {
         panic!("expected promise, got {:?}", ready.responses[1].1)

@@ -1,6 +1,8 @@
-//! The replica driver: one task owns the core and performs its Ready strictly in order —
-//! persist (one sync per batch) -> send -> reply. Handlers talk to it through a bounded queue,
-//! so a cancelled handler can never half-apply acceptor state. The driver also takes
+//! The replica driver: one task owns the core and performs the core's durability contract
+//! (`paxoskv::durability`): everything a `Ready` holds is sent at once, its batch of records
+//! is synced in the background (one sync per batch), and `on_persisted` releases what waited
+//! for it. The simulator performs the same contract. Handlers talk to the driver through a
+//! bounded queue, so a cancelled handler can never half-apply acceptor state. The driver also takes
 //! snapshots (in the background), pushes snapshots to replicas behind the compacted log,
 //! installs snapshots it receives, and rebuilds the core from disk after a storage failure.
 
@@ -9,8 +11,8 @@ use crate::peer::PeerLink;
 use crate::store::{ReplicaStore, SnapshotJob, StoreError};
 use paxoskv::message::{Outbound, Request, Response};
 use paxoskv::{
-    ClientReply, ClientToken, Command, CoreStatus, PeerToken, Ready, Replica, ReplicaId, Slot,
-    Snapshot,
+    BatchNumber, ClientReply, ClientToken, Command, CoreStatus, PeerToken, Ready, Replica,
+    ReplicaId, Slot, Snapshot,
 };
 use paxoskv_service::{SnapshotChunk, SNAPSHOT_CHUNK_BYTES};
 use std::collections::{BTreeSet, HashMap};
@@ -89,6 +91,20 @@ pub enum DriverInput {
     },
 }
 
+impl DriverInput {
+    /// True for inputs that make the core produce records or outputs (everything but status,
+    /// stale reads and bookkeeping).
+    fn needs_core_progress(&self) -> bool {
+        matches!(
+            self,
+            DriverInput::PeerRequest { .. }
+                | DriverInput::PeerResponse { .. }
+                | DriverInput::Propose { .. }
+                | DriverInput::Read { .. }
+        )
+    }
+}
+
 /// Timing of one driver.
 #[derive(Clone, Copy, Debug)]
 pub struct DriverTiming {
@@ -126,10 +142,10 @@ type SnapshotTask = (SnapshotJob, JoinHandle<Result<u64, StoreError>>);
 
 type StoreResult = (Box<dyn ReplicaStore>, Result<(), StoreError>);
 
-/// A Ready whose records are being synced; its peer responses wait for the sync.
+/// A batch of records being synced in the background.
 struct Syncing {
     task: JoinHandle<StoreResult>,
-    responses: Vec<(PeerToken, Response)>,
+    batch: BatchNumber,
 }
 
 /// Resolves when the sync in flight (if any) ends.
@@ -204,8 +220,8 @@ impl Driver {
     }
 
     /// Runs until `shutdown` becomes true. While a batch is being synced the driver keeps
-    /// handling inputs, and sends what may leave before the sync (requests, client replies);
-    /// the next Ready is taken only once the sync ended.
+    /// handling inputs and performing Readies (the core holds back what must wait); the next
+    /// batch starts once the sync in flight ended.
     pub async fn run(mut self, mut shutdown: watch::Receiver<bool>) {
         let mut ticker = tokio::time::interval(Duration::from_millis(self.timing.tick_ms));
         ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
@@ -222,10 +238,6 @@ impl Driver {
                     self.drain_inbox().await;
                 }
                 _ = ticker.tick() => self.on_tick().await,
-            }
-            if self.syncing.is_some() {
-                self.send_unsynced_safe();
-                continue;
             }
             self.perform_ready();
             if self.syncing.is_none() {
@@ -254,6 +266,11 @@ impl Driver {
     }
 
     async fn handle(&mut self, input: DriverInput) {
+        if self.failed_reason().is_some() && input.needs_core_progress() {
+            // Fenced: the core's batches are not synced, so feeding it would only pile up
+            // memory until the reload. Peers resend; clients are told by the RPC layer.
+            return;
+        }
         match input {
             DriverInput::PeerRequest {
                 from,
@@ -332,11 +349,10 @@ impl Driver {
         }
     }
 
-    /// Performs a Ready. Requests to peers and client replies leave *before* the local sync:
-    /// requests promise nothing on our behalf, and the core counts its own vote only from
-    /// the next `ready()` on, so a client reply never depends on this batch's records.
-    /// Answers to peers wait for the sync, which runs in the background. This overlaps the
-    /// leader's fsync with the followers' and with handling the next inputs.
+    /// Performs a Ready: everything in it leaves now (the core held back whatever vouches
+    /// for records that are not yet durable), and its batch, if any, is synced in the
+    /// background. This overlaps the leader's fsync with the followers' and with handling
+    /// the next inputs.
     fn perform_ready(&mut self) {
         let ready = self.core.ready();
         if ready.is_empty() {
@@ -344,6 +360,7 @@ impl Driver {
         }
         let Ready {
             persist,
+            batch,
             messages,
             responses,
             client_replies,
@@ -353,25 +370,20 @@ impl Driver {
             return self.refuse(responses, client_replies, "storage failed");
         }
         self.send_all(messages, client_replies);
-        if persist.is_empty() {
-            return self.respond_all(responses);
-        }
-        let (responses, now): (Vec<_>, Vec<_>) =
-            responses.into_iter().partition(|(_, r)| r.needs_sync());
-        self.respond_all(now);
+        self.respond_all(responses);
+        let Some(batch) = batch else { return };
         let Some(mut store) = self.store.take() else {
-            self.mark_failed("storage is gone");
-            return self.refuse(responses, Vec::new(), "storage is gone");
+            return self.mark_failed("storage is gone");
         };
         let task = tokio::task::spawn_blocking(move || {
             let result = store.persist(&persist);
             (store, result)
         });
-        self.syncing = Some(Syncing { task, responses });
+        self.syncing = Some(Syncing { task, batch });
     }
 
     fn finish_sync(&mut self, done: Result<StoreResult, tokio::task::JoinError>) {
-        let Some(Syncing { responses, .. }) = self.syncing.take() else {
+        let Some(Syncing { batch, .. }) = self.syncing.take() else {
             return;
         };
         let result = match done {
@@ -382,22 +394,11 @@ impl Driver {
             Err(e) => Err(format!("storage task failed: {e}")),
         };
         match result {
-            Ok(()) => self.respond_all(responses),
-            Err(reason) => {
-                self.mark_failed(&reason);
-                self.refuse(responses, Vec::new(), &reason);
-            }
+            Ok(()) => self.core.on_persisted(batch),
+            // The core never hears of this batch again: it is rebuilt from disk on reopen,
+            // and until then nothing that waited for the batch leaves.
+            Err(reason) => self.mark_failed(&reason),
         }
-    }
-
-    /// During a sync: send what was produced meanwhile and needs no sync.
-    fn send_unsynced_safe(&mut self) {
-        let safe = self.core.take_unsynced_safe();
-        if self.failed_reason().is_some() {
-            return self.refuse(safe.responses, safe.client_replies, "storage failed");
-        }
-        self.send_all(safe.messages, safe.client_replies);
-        self.respond_all(safe.responses);
     }
 
     fn send_all(

@@ -57,6 +57,23 @@ pub enum Violation {
         /// The promise now.
         after: Ballot,
     },
+    /// Two different values accepted under one ballot for one slot (a ballot was reused, or
+    /// a leader proposed twice).
+    BallotSlotConflict {
+        /// The ballot.
+        ballot: Ballot,
+        /// The slot.
+        slot: Slot,
+    },
+    /// A restarted replica sent under a ballot at or below one an earlier incarnation used.
+    BallotReused {
+        /// The replica.
+        replica: ReplicaId,
+        /// The ballot sent now.
+        ballot: Ballot,
+        /// The highest ballot earlier incarnations used.
+        used_before: Ballot,
+    },
     /// A replica could not be rebuilt from what it persisted.
     RecoveryFailed {
         /// The replica.
@@ -108,6 +125,8 @@ impl Violation {
             Violation::ChosenWentBack { .. } => "chosen-went-back",
             Violation::DivergentState { .. } => "divergent-state",
             Violation::PromiseWentBack { .. } => "promise-went-back",
+            Violation::BallotSlotConflict { .. } => "ballot-slot-conflict",
+            Violation::BallotReused { .. } => "ballot-reused",
             Violation::RecoveryFailed { .. } => "recovery-failed",
             Violation::ClientProtocol { .. } => "client-protocol",
             Violation::NotLinearizable { .. } => "not-linearizable",
@@ -152,6 +171,21 @@ impl fmt::Display for Violation {
                 before,
                 after,
             } => write!(f, "r{replica} promise went back {before} -> {after}"),
+            Violation::BallotSlotConflict { ballot, slot } => {
+                write!(
+                    f,
+                    "two values accepted under ballot {ballot} in slot {slot}"
+                )
+            }
+            Violation::BallotReused {
+                replica,
+                ballot,
+                used_before,
+            } => write!(
+                f,
+                "r{replica} sent under ballot {ballot} after a restart, but an earlier \
+                 incarnation already used {used_before}"
+            ),
             Violation::RecoveryFailed { replica, error } => {
                 write!(f, "r{replica} could not recover from its disk: {error}")
             }
@@ -226,6 +260,9 @@ impl SafetyChecker {
                 // Restarted: recheck everything it rebuilt from its disk.
                 view.incarnation = node.incarnation;
                 view.checked_through = node.compacted_through;
+                // A promise that was never told (nor used under an own ballot) may be lost
+                // with the unsynced batch; one that was told must have survived.
+                view.promise_floor = node.promise_told;
             }
             view.promise_floor = view.promise_floor.max(node.promise_told);
             check_promise(id, view, r.promised())?;

@@ -37,6 +37,11 @@ pub struct FaultProfile {
     pub snapshot_per_mille: u32,
     /// Per replica: ticks skipped per mille (a slow clock).
     pub tick_skip_per_mille: Vec<u32>,
+    /// A batch's sync takes `0..=sync_delay_max_steps` steps; the replica keeps working (and
+    /// sending) meanwhile, as the driver's background sync does.
+    pub sync_delay_max_steps: u64,
+    /// Syncs that fail (the replica fences itself and reloads from disk), per mille.
+    pub sync_fail_per_mille: u32,
 }
 
 impl FaultProfile {
@@ -56,6 +61,8 @@ impl FaultProfile {
             pause_max_steps: 0,
             snapshot_per_mille: 0,
             tick_skip_per_mille: vec![0; replicas as usize],
+            sync_delay_max_steps: 0,
+            sync_fail_per_mille: 0,
         }
     }
 
@@ -78,6 +85,8 @@ impl FaultProfile {
             pause_max_steps: rng.gen_range(5..=80),
             snapshot_per_mille: rng.gen_range(0..=20),
             tick_skip_per_mille: (0..replicas).map(|_| rng.gen_range(0..=300)).collect(),
+            sync_delay_max_steps: rng.gen_range(0..=4),
+            sync_fail_per_mille: rng.gen_range(0..=15),
         }
     }
 }
@@ -102,8 +111,14 @@ pub struct FaultCounts {
     pub partitions: u64,
     /// One-way partitions started.
     pub one_way: u64,
-    /// Crashes between steps.
+    /// Process crashes between steps (`kill -9`: written but unsynced records survive in the
+    /// page cache).
     pub crashes: u64,
+    /// Machine crashes (power loss: unsynced records are lost, the batch being synced may be
+    /// torn).
+    pub machine_crashes: u64,
+    /// Syncs that failed (the replica fenced itself and reloaded from disk).
+    pub sync_failures: u64,
     /// Crashes in the middle of a Ready batch (part persisted, part sent).
     pub torn_crashes: u64,
     /// Restarts from disk.
@@ -129,6 +144,8 @@ impl FaultCounts {
         self.one_way += other.one_way;
         self.crashes += other.crashes;
         self.torn_crashes += other.torn_crashes;
+        self.machine_crashes += other.machine_crashes;
+        self.sync_failures += other.sync_failures;
         self.restarts += other.restarts;
         self.pauses += other.pauses;
         self.snapshots += other.snapshots;
@@ -142,7 +159,8 @@ impl fmt::Display for FaultCounts {
         write!(
             f,
             "loss={} cut={} dup={} delay={} partition={} one-way={} crash={} torn-crash={} \
-             restart={} pause={} snapshot={} install={} skipped-tick={}",
+             machine-crash={} sync-fail={} restart={} pause={} snapshot={} install={} \
+             skipped-tick={}",
             self.dropped,
             self.cut,
             self.duplicated,
@@ -151,6 +169,8 @@ impl fmt::Display for FaultCounts {
             self.one_way,
             self.crashes,
             self.torn_crashes,
+            self.machine_crashes,
+            self.sync_failures,
             self.restarts,
             self.pauses,
             self.snapshots,

@@ -24,7 +24,7 @@ pub use run::{quiet_panics, run_seed, run_seeds, BatchReport, Failure, SeedRepor
 use crate::message::{Request, Response};
 use crate::persist::Record;
 use crate::replica::{ClientReply, ClientToken, PeerToken, Replica};
-use crate::{Config, ReplicaId};
+use crate::{BatchNumber, Config, ReplicaId};
 use std::collections::HashMap;
 
 /// A message on the simulated wire.
@@ -122,13 +122,20 @@ impl Net {
         self.flush(to);
     }
 
-    /// Performs replica `id`'s Ready: persist, then put messages on the wire, then replies.
+    /// Performs replica `id`'s Ready per the durability contract with an instant disk: send
+    /// what it holds, persist its batch, report the batch durable, and repeat for what that
+    /// released. Tests that need a slow disk use [`Net::flush_unsynced`] and [`Net::sync`].
     pub fn flush(&mut self, id: ReplicaId) {
-        let Some(r) = self.replicas[id as usize].as_mut() else {
-            return;
-        };
+        while let Some(batch) = self.flush_unsynced(id) {
+            self.sync(id, batch);
+        }
+    }
+
+    /// Performs replica `id`'s Ready but leaves its batch (returned) unsynced: its records are
+    /// not yet on the disk, and what waits for them stays held.
+    pub fn flush_unsynced(&mut self, id: ReplicaId) -> Option<(BatchNumber, Vec<Record>)> {
+        let r = self.replicas[id as usize].as_mut()?;
         let ready = r.ready();
-        self.disks[id as usize].extend(ready.persist);
         for out in ready.messages {
             self.wire.push(Envelope::Request {
                 from: id,
@@ -148,6 +155,17 @@ impl Net {
         for (token, reply) in ready.client_replies {
             self.replies.push((id, token, reply));
         }
+        ready.batch.map(|n| (n, ready.persist))
+    }
+
+    /// The batch returned by [`Net::flush_unsynced`] reached replica `id`'s disk; what that
+    /// releases is then flushed with an instant disk.
+    pub fn sync(&mut self, id: ReplicaId, (number, records): (BatchNumber, Vec<Record>)) {
+        self.disks[id as usize].extend(records);
+        if let Some(r) = self.replicas[id as usize].as_mut() {
+            r.on_persisted(number);
+        }
+        self.flush(id);
     }
 
     /// Ticks every live replica once.

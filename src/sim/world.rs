@@ -2,9 +2,14 @@
 //! driven one step at a time from one seed.
 //!
 //! A step is one tick of logical time: faults are injected, crashed replicas whose downtime
-//! is over restart from their disks, every live replica ticks, and every packet due at this
-//! step is delivered. After each input a replica's `Ready` is performed in contract order:
-//! persist, then send, then reply; a crash may cut a batch anywhere in between.
+//! is over restart from their disks, syncs that are due complete, every live replica ticks,
+//! and every packet due at this step is delivered. After each input a replica's `Ready` is
+//! performed exactly as the server's driver performs it (the core's `durability` contract):
+//! everything in it is sent at once, its batch is synced in the background over a random
+//! number of steps while the replica keeps working, and `on_persisted` releases what waited.
+//! A process crash keeps what was written (the page cache survives), a machine crash loses
+//! what was not synced and may tear the batch in flight, and a failed sync fences the replica
+//! until it reloads from disk.
 
 use super::checks::Violation;
 use super::clients::client_of_token;
@@ -15,7 +20,8 @@ use super::Envelope;
 use crate::message::Response;
 use crate::persist::{Record, Snapshot};
 use crate::replica::{ClientReply, ClientToken, PeerToken, Replica};
-use crate::types::{Ballot, ReplicaId, Slot};
+use crate::types::{Ballot, ReplicaId, Slot, Value};
+use crate::BatchNumber;
 use crate::Config;
 use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
@@ -55,8 +61,14 @@ pub struct Node {
     paused_until_step: u64,
     /// The next `Ready` with records to persist is cut short by a crash.
     crash_armed: bool,
-    /// Peer requests being answered: token -> requester. Responses are produced
-    /// synchronously, so this is emptied by every flush.
+    /// The batch being synced, if any.
+    syncing: Option<SyncJob>,
+    /// Highest own ballot sent under (prepare, accept, learn) by earlier incarnations, and by
+    /// this one: a later incarnation must never use one of those again.
+    ballot_used_before: Ballot,
+    ballot_used_now: Ballot,
+    /// Peer requests being answered: token -> requester. A promise or an acceptance may be
+    /// held until its batch is durable, so an entry lives until its response leaves.
     peer_tokens: BTreeMap<u64, ReplicaId>,
     snapshot_asked_step: Option<u64>,
 }
@@ -67,13 +79,33 @@ impl Node {
     }
 }
 
-/// One Ready turned into packets, by when they may leave.
+/// One Ready turned into packets, plus its batch of records.
 struct Batch {
-    persist: Vec<Record>,
-    /// Requests and client replies: may leave before `persist` is durable.
-    unsynced_ok: Vec<Packet>,
-    /// Peer responses: only once `persist` is durable.
-    after_sync: Vec<Packet>,
+    /// The batch to sync, if the Ready started one.
+    persist: Option<SyncJob>,
+    /// Everything the Ready holds: it may all leave at once.
+    packets: Vec<Packet>,
+}
+
+/// A batch of records on its way to the disk.
+#[derive(Debug)]
+struct SyncJob {
+    number: BatchNumber,
+    records: Vec<Record>,
+    done_step: u64,
+}
+
+/// How a replica goes down.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum CrashKind {
+    /// `kill -9`: what was written survives in the page cache.
+    Process,
+    /// Power loss: only what was synced survives; the batch in flight may be torn.
+    Machine,
+    /// In the middle of performing a Ready: part of the batch written, part of it sent.
+    Torn,
+    /// A sync failed: the replica fenced itself and reloads from what is on disk.
+    SyncFailed,
 }
 
 /// A client reply that reached its client this step.
@@ -104,6 +136,11 @@ pub struct World {
     digest: RunDigest,
     client_inbox: Vec<ClientDelivery>,
     trace: Option<VecDeque<String>>,
+    /// The value of every (ballot, slot) any replica ever accepted: one ballot proposes one
+    /// value per slot, across incarnations too.
+    accepted_values: BTreeMap<(Ballot, Slot), Value>,
+    /// A violation seen while sending or syncing, reported by the next `step`.
+    violation: Option<Violation>,
 }
 
 /// Core tunables varied per seed, so pipelining, batching and catch-up paging are exercised
@@ -203,6 +240,9 @@ impl World {
                     restart_step: None,
                     paused_until_step: 0,
                     crash_armed: false,
+                    syncing: None,
+                    ballot_used_before: Ballot::ZERO,
+                    ballot_used_now: Ballot::ZERO,
                     peer_tokens: BTreeMap::new(),
                     snapshot_asked_step: None,
                 }
@@ -222,6 +262,8 @@ impl World {
             digest: RunDigest::default(),
             client_inbox: Vec::new(),
             trace: trace.then(VecDeque::new),
+            accepted_values: BTreeMap::new(),
+            violation: None,
         }
     }
 
@@ -274,10 +316,11 @@ impl World {
             self.inject_faults();
         }
         self.restart_due()?;
+        self.complete_due_syncs();
         self.tick_all();
         self.deliver_due();
         self.ship_snapshots();
-        Ok(())
+        self.violation.take().map_or(Ok(()), Err)
     }
 
     /// Ends the fault phase: heals the network, resumes paused replicas and restarts
@@ -285,8 +328,10 @@ impl World {
     pub fn stop_faults(&mut self) -> Result<(), Violation> {
         self.faults_on = false;
         let skew = std::mem::take(&mut self.profile.tick_skip_per_mille);
+        let sync_delay = self.profile.sync_delay_max_steps;
         self.profile = FaultProfile::calm(self.replicas());
         self.profile.tick_skip_per_mille = skew;
+        self.profile.sync_delay_max_steps = sync_delay;
         self.links.heal_if_due(self.now_step, true);
         self.trace(|| "faults stop: heal, resume, restart".to_string());
         for id in 0..self.replicas() {
@@ -341,10 +386,10 @@ impl World {
         }
         if roll(&mut self.rng, self.profile.crash_per_mille) {
             if let Some(id) = self.pick_up_node() {
-                if self.rng.gen_bool(0.5) {
-                    self.crash(id, false);
-                } else {
-                    self.nodes[id as usize].crash_armed = true;
+                match self.rng.gen_range(0..3) {
+                    0 => self.crash(id, CrashKind::Process),
+                    1 => self.crash(id, CrashKind::Machine),
+                    _ => self.nodes[id as usize].crash_armed = true,
                 }
             }
         }
@@ -405,8 +450,18 @@ impl World {
         Some(up[self.rng.gen_range(0..up.len())])
     }
 
-    fn crash(&mut self, id: ReplicaId, torn: bool) {
+    fn crash(&mut self, id: ReplicaId, kind: CrashKind) {
         let down_steps = self.rng.gen_range(1..=self.profile.down_max_steps.max(1));
+        if let Some(job) = self.nodes[id as usize].syncing.take() {
+            // Records still in the core's memory are gone either way; the batch in flight was
+            // written before its sync started, so only a machine crash can lose (or tear) it.
+            let kept = match kind {
+                CrashKind::Process => job.records.len(),
+                _ => self.rng.gen_range(0..=job.records.len()),
+            };
+            let disk = &mut self.nodes[id as usize].disk;
+            disk.records.extend(job.records.into_iter().take(kept));
+        }
         let node = &mut self.nodes[id as usize];
         node.replica = None;
         node.peer_tokens.clear();
@@ -414,12 +469,14 @@ impl World {
         node.paused_until_step = 0;
         node.snapshot_asked_step = None;
         node.restart_step = Some(self.now_step + down_steps);
-        if torn {
-            self.counts.torn_crashes += 1;
-        } else {
-            self.counts.crashes += 1;
+        node.ballot_used_before = node.ballot_used_before.max(node.ballot_used_now);
+        match kind {
+            CrashKind::Process => self.counts.crashes += 1,
+            CrashKind::Machine => self.counts.machine_crashes += 1,
+            CrashKind::Torn => self.counts.torn_crashes += 1,
+            CrashKind::SyncFailed => self.counts.sync_failures += 1,
         }
-        self.trace(|| format!("crash r{id} (torn batch: {torn}) for {down_steps} steps"));
+        self.trace(|| format!("crash r{id} ({kind:?}) for {down_steps} steps"));
     }
 
     fn restart_due(&mut self) -> Result<(), Violation> {
@@ -548,39 +605,35 @@ impl World {
         self.flush(to);
     }
 
-    /// Performs replica `id`'s Ready per its contract, or cuts it with an armed crash.
+    /// Performs replica `id`'s Ready as the driver does, or cuts it with an armed crash:
+    /// everything in it leaves now, and its batch starts syncing in the background.
     fn flush(&mut self, id: ReplicaId) {
         let node = &mut self.nodes[id as usize];
         let Some(r) = node.replica.as_mut() else {
             return;
         };
         let ready = r.ready();
-        let tokens = std::mem::take(&mut node.peer_tokens);
         if ready.is_empty() {
             return;
         }
-        let batch = self.packets_of(id, ready, &tokens);
+        let batch = self.packets_of(id, ready);
         // An armed crash waits for a batch that changes durable state: that is where a
-        // crash between fsync and send matters.
-        if self.nodes[id as usize].crash_armed && !batch.persist.is_empty() {
+        // crash between write, sync and send matters.
+        if self.nodes[id as usize].crash_armed && batch.persist.is_some() {
             self.torn_flush(id, batch);
             return;
         }
-        self.nodes[id as usize].disk.records.extend(batch.persist);
-        for packet in batch.unsynced_ok.into_iter().chain(batch.after_sync) {
+        for packet in batch.packets {
             self.send(packet);
+        }
+        if let Some(job) = batch.persist {
+            self.start_sync(id, job);
         }
     }
 
-    /// Splits a Ready into what may leave before its records are durable (requests to peers,
-    /// client replies and responses that need no sync, per the `Ready` contract) and what
-    /// must wait (promises and acceptances).
-    fn packets_of(
-        &self,
-        id: ReplicaId,
-        mut ready: crate::Ready,
-        tokens: &BTreeMap<u64, ReplicaId>,
-    ) -> Batch {
+    /// Turns a Ready into packets (all of which may leave now) and its batch.
+    fn packets_of(&mut self, id: ReplicaId, mut ready: crate::Ready) -> Batch {
+        let tokens = &mut self.nodes[id as usize].peer_tokens;
         // The leader fails waiting clients in HashMap order; sort so runs do not depend on it.
         ready.client_replies.sort_by_key(|(t, _)| *t);
         let requests = ready.messages.into_iter().map(|out| {
@@ -599,58 +652,134 @@ impl World {
                 token,
                 reply,
             });
-        let (wait, early): (Vec<_>, Vec<_>) = ready
+        let responses: Vec<Packet> = ready
             .responses
             .into_iter()
             .filter_map(|(token, response)| {
-                let to = *tokens.get(&token.0)?;
+                let to = tokens.remove(&token.0)?;
                 Some(Packet::Peer(Envelope::Response {
                     from: id,
                     to,
                     response,
                 }))
             })
-            .partition(|p| matches!(p, Packet::Peer(Envelope::Response { response, .. }) if response.needs_sync()));
-        Batch {
-            persist: ready.persist,
-            unsynced_ok: requests.chain(replies).chain(early).collect(),
-            after_sync: wait,
+            .collect();
+        let packets = requests.chain(replies).chain(responses).collect();
+        let delay = self.rng.gen_range(0..=self.profile.sync_delay_max_steps);
+        let persist = ready.batch.map(|number| SyncJob {
+            number,
+            records: ready.persist,
+            done_step: self.now_step + delay,
+        });
+        if let Some(job) = &persist {
+            self.note_accepted(&job.records);
+        }
+        Batch { persist, packets }
+    }
+
+    /// A crash in the middle of performing a Ready: a prefix of its packets has left and a
+    /// prefix of its batch was written (a torn write loses the rest).
+    fn torn_flush(&mut self, id: ReplicaId, mut batch: Batch) {
+        let sent = self.rng.gen_range(0..=batch.packets.len());
+        batch.packets.truncate(sent);
+        for packet in batch.packets {
+            self.send(packet);
+        }
+        if let Some(mut job) = batch.persist {
+            let kept = self.rng.gen_range(0..=job.records.len());
+            job.records.truncate(kept);
+            self.nodes[id as usize].disk.records.extend(job.records);
+        }
+        self.crash(id, CrashKind::Torn);
+    }
+
+    /// Starts syncing a batch; one that takes no time completes at once.
+    fn start_sync(&mut self, id: ReplicaId, job: SyncJob) {
+        debug_assert!(
+            self.nodes[id as usize].syncing.is_none(),
+            "one batch in flight at a time"
+        );
+        let (n, len, due) = (job.number, job.records.len(), job.done_step);
+        self.trace(|| format!("sync r{id} batch {n} ({len} records) until {due}"));
+        if job.done_step <= self.now_step {
+            self.complete_sync(id, job);
+        } else {
+            self.nodes[id as usize].syncing = Some(job);
         }
     }
 
-    /// A crash in the middle of performing a Ready: a prefix of the records reaches the disk
-    /// (a torn write loses the rest), a prefix of what may leave before the sync has left,
-    /// and only if every record is durable, a prefix of the responses too.
-    fn torn_flush(&mut self, id: ReplicaId, mut batch: Batch) {
-        let kept = self.rng.gen_range(0..=batch.persist.len());
-        let all_durable = kept == batch.persist.len();
-        batch.persist.truncate(kept);
-        self.nodes[id as usize].disk.records.extend(batch.persist);
-        let early = self.rng.gen_range(0..=batch.unsynced_ok.len());
-        batch.unsynced_ok.truncate(early);
-        let late = if all_durable {
-            self.rng.gen_range(0..=batch.after_sync.len())
-        } else {
-            0
-        };
-        batch.after_sync.truncate(late);
-        for packet in batch.unsynced_ok.into_iter().chain(batch.after_sync) {
-            self.send(packet);
+    /// Completes every sync that is due on a replica that is not paused.
+    fn complete_due_syncs(&mut self) {
+        let now = self.now_step;
+        for id in 0..self.replicas() {
+            let node = &mut self.nodes[id as usize];
+            if node.is_paused(now) || node.syncing.as_ref().is_none_or(|j| j.done_step > now) {
+                continue;
+            }
+            if let Some(job) = node.syncing.take() {
+                self.complete_sync(id, job);
+            }
         }
-        self.crash(id, true);
+    }
+
+    /// The batch reached the disk (or the sync failed and the replica fences itself).
+    fn complete_sync(&mut self, id: ReplicaId, job: SyncJob) {
+        if roll(&mut self.rng, self.profile.sync_fail_per_mille) {
+            // After a failed sync any part of the batch may or may not be on disk; the
+            // replica acknowledges nothing more and rebuilds itself from what is there.
+            let kept = self.rng.gen_range(0..=job.records.len());
+            let node = &mut self.nodes[id as usize];
+            node.disk.records.extend(job.records.into_iter().take(kept));
+            self.crash(id, CrashKind::SyncFailed);
+            return;
+        }
+        let node = &mut self.nodes[id as usize];
+        node.disk.records.extend(job.records);
+        if let Some(r) = node.replica.as_mut() {
+            r.on_persisted(job.number);
+        }
+        let n = job.number;
+        self.trace(|| format!("synced r{id} batch {n}"));
+        self.flush(id);
+    }
+
+    /// A replica syncs what is in flight before it touches its disk otherwise (the driver's
+    /// `with_store` does the same).
+    fn finish_sync_now(&mut self, id: ReplicaId) {
+        if let Some(job) = self.nodes[id as usize].syncing.take() {
+            self.complete_sync(id, job);
+        }
+    }
+
+    /// Remembers the value of every (ballot, slot) accepted; a second value is a violation.
+    fn note_accepted(&mut self, records: &[Record]) {
+        for record in records {
+            let Record::Accepted {
+                slot,
+                ballot,
+                value,
+            } = record
+            else {
+                continue;
+            };
+            match self.accepted_values.get(&(*ballot, *slot)) {
+                Some(v) if v != value => {
+                    self.violation.get_or_insert(Violation::BallotSlotConflict {
+                        ballot: *ballot,
+                        slot: *slot,
+                    });
+                }
+                Some(_) => {}
+                None => {
+                    self.accepted_values.insert((*ballot, *slot), value.clone());
+                }
+            }
+        }
     }
 
     /// Puts a packet on the wire with this phase's loss, duplication and delay.
     fn send(&mut self, packet: Packet) {
-        if let Packet::Peer(Envelope::Response { from, response, .. }) = &packet {
-            let told = match response {
-                Response::Promise(p) if !p.probe => Some(p.ballot),
-                Response::Accepted(a) => Some(a.ballot),
-                _ => None,
-            };
-            let node = &mut self.nodes[*from as usize];
-            node.promise_told = node.promise_told.max(told.unwrap_or(Ballot::ZERO));
-        }
+        self.note_told(&packet);
         if roll(&mut self.rng, self.profile.loss_per_mille) {
             self.counts.dropped += 1;
             return;
@@ -662,6 +791,37 @@ impl World {
         }
         let at = self.now_step + self.delay_steps();
         self.push(at, packet);
+    }
+
+    /// What a packet tells its receiver about the sender's durable promise: a promise or an
+    /// acceptance, or a request under the sender's own ballot. That promise must survive any
+    /// crash, and an own ballot must never be used again by a later incarnation.
+    fn note_told(&mut self, packet: &Packet) {
+        let (from, told, own) = match packet {
+            Packet::Peer(Envelope::Response { from, response, .. }) => match response {
+                Response::Promise(p) if !p.probe => (*from, p.ballot, false),
+                Response::Accepted(a) => (*from, a.ballot, false),
+                _ => return,
+            },
+            Packet::Peer(Envelope::Request { from, request, .. }) => match request.own_ballot() {
+                Some(b) if b.replica == *from => (*from, b, true),
+                _ => return,
+            },
+            _ => return,
+        };
+        let node = &mut self.nodes[from as usize];
+        node.promise_told = node.promise_told.max(told);
+        if !own {
+            return;
+        }
+        if told <= node.ballot_used_before {
+            self.violation.get_or_insert(Violation::BallotReused {
+                replica: from,
+                ballot: told,
+                used_before: node.ballot_used_before,
+            });
+        }
+        node.ballot_used_now = node.ballot_used_now.max(told);
     }
 
     fn push(&mut self, at_step: u64, packet: Packet) {
@@ -684,6 +844,9 @@ impl World {
     /// Writes a snapshot of the applied state, rewrites the log behind it and compacts, as a
     /// runtime does: snapshot durable first, then the live records, then drop the log.
     fn take_snapshot(&mut self, id: ReplicaId) {
+        if self.nodes[id as usize].syncing.is_some() {
+            return; // The driver snapshots only between syncs.
+        }
         let node = &mut self.nodes[id as usize];
         let Some(r) = node.replica.as_mut() else {
             return;
@@ -735,6 +898,7 @@ impl World {
 
     /// Makes a shipped snapshot durable, then hands it to the core.
     fn install_snapshot(&mut self, to: ReplicaId, snapshot: Snapshot) {
+        self.finish_sync_now(to);
         let node = &mut self.nodes[to as usize];
         let Some(r) = node.replica.as_mut() else {
             return;
