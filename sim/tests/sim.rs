@@ -9,8 +9,8 @@ use paxoskv_sim::{run_seed, run_seeds, BatchReport, SimConfig};
 
 /// Steps per run: the CI length, so the seeds here are the CI's first seeds.
 const STEPS: u64 = 3000;
-/// Healthy seeds run by `cargo test` (~0.25 s each in debug); the sweep is `.ci/run`'s job.
-const HEALTHY_SEEDS: u64 = if cfg!(debug_assertions) { 12 } else { 100 };
+/// Healthy seeds run by `cargo test` (~0.1 s each in debug); the sweep is `.ci/run`'s job.
+const HEALTHY_SEEDS: u64 = if cfg!(debug_assertions) { 40 } else { 200 };
 /// Seeds searched for a violation with the broken acceptor (the first catch comes early).
 #[cfg(feature = "broken-acceptor")]
 const BROKEN_SEEDS: u64 = 400;
@@ -48,6 +48,27 @@ fn healthy_cluster_survives_faults() {
         ("duplicate", f.duplicated),
     ] {
         assert!(n > 0, "no {kind} faults injected: {f}");
+    }
+}
+
+/// The seeds that once found core bugs (see `found_by_the_simulator`), run whole: the healthy
+/// sweep above no longer reaches them.
+#[test]
+fn seeds_that_found_bugs_stay_healthy() {
+    let cfg = SimConfig::new(STEPS);
+    for seed in [19, 54, 233, 40835] {
+        let report = run_seed(&cfg, seed);
+        assert!(
+            report.failure.is_none(),
+            "seed {seed}: {:?}\nreplay: cargo run --release -p paxoskv-sim -- --seed {seed} \
+             --steps {STEPS}",
+            report.failure
+        );
+        assert!(
+            report.inconclusive.is_none(),
+            "seed {seed}: {:?}",
+            report.inconclusive
+        );
     }
 }
 
