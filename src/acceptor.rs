@@ -62,6 +62,7 @@ impl Replica {
 
     pub(crate) fn on_accept(&mut self, from: ReplicaId, a: Accept) -> Response {
         if a.ballot < self.promised {
+            #[cfg(feature = "broken-acceptor")]
             if self.cfg.unsafe_skip_promise_check {
                 return self.accept_below_promise(a);
             }
@@ -88,6 +89,7 @@ impl Replica {
     /// TEST ONLY, the deliberately broken acceptor: accepts a value under a ballot below its
     /// promise, which lets an old leader get a value chosen that the new leader never saw.
     /// Skips only what would trip the log's own assertions (a higher ballot already there).
+    #[cfg(feature = "broken-acceptor")]
     fn accept_below_promise(&mut self, a: Accept) -> Response {
         let open = a.slot > self.log.compacted_through() && !self.log.is_chosen(a.slot);
         let higher_there = self.log.get(a.slot).is_some_and(|e| e.ballot > a.ballot);

@@ -36,7 +36,9 @@ pub struct Config {
     /// Seed of the randomized election timeouts.
     pub seed: u64,
     /// TEST ONLY: accept `accept`s below the promise (a deliberately broken acceptor), so the
-    /// simulator can prove it catches the classic Paxos bug. Never set it anywhere else.
+    /// simulator can prove it catches the classic Paxos bug. Never set it anywhere else; it
+    /// exists only with the `broken-acceptor` cargo feature.
+    #[cfg(feature = "broken-acceptor")]
     #[doc(hidden)]
     pub unsafe_skip_promise_check: bool,
 }
@@ -65,6 +67,7 @@ impl Config {
             fetch_max_bytes: 8 * 1024 * 1024,
             max_sessions: 100_000,
             seed: u64::from(id) + 1,
+            #[cfg(feature = "broken-acceptor")]
             unsafe_skip_promise_check: false,
         }
     }

@@ -19,13 +19,11 @@ mod election;
 pub mod kv;
 mod leader;
 mod learner;
-pub mod linearizability;
 pub mod log;
 pub mod message;
 pub mod persist;
 pub mod quorum;
 mod replica;
-pub mod sim;
 mod types;
 
 pub use config::Config;

@@ -1,16 +1,18 @@
-//! The deterministic simulator, run as tests: healthy clusters survive a few hundred seeds of
+//! The deterministic simulator, run as tests: healthy clusters survive a sample of seeds of
 //! faults, a deliberately broken acceptor is caught, and a seed replays bit for bit.
 //!
-//! CI runs the full budget in release (`paxoskv-sim --seeds 1..2001 --steps 3000`); these
-//! debug-mode tests use fewer seeds so `cargo test` stays quick.
+//! CI runs the full budget in release (`paxoskv-sim --seeds 1..2001 --steps 3000`, and the
+//! broken-acceptor self-test over the same seeds); these debug-mode tests run a few seeds so
+//! `cargo test` stays quick.
 
-use paxoskv::sim::{run_seed, run_seeds, BatchReport, SimConfig};
+use paxoskv_sim::{run_seed, run_seeds, BatchReport, SimConfig};
 
 /// Steps per run: the CI length, so the seeds here are the CI's first seeds.
 const STEPS: u64 = 3000;
-/// Healthy seeds run by `cargo test`.
-const HEALTHY_SEEDS: u64 = if cfg!(debug_assertions) { 400 } else { 1000 };
-/// Seeds searched for a violation with the broken acceptor.
+/// Healthy seeds run by `cargo test` (~0.1 s each in debug); the sweep is `.ci/run`'s job.
+const HEALTHY_SEEDS: u64 = if cfg!(debug_assertions) { 40 } else { 200 };
+/// Seeds searched for a violation with the broken acceptor (the first catch comes early).
+#[cfg(feature = "broken-acceptor")]
 const BROKEN_SEEDS: u64 = 400;
 
 fn describe(batch: &BatchReport) -> String {
@@ -20,7 +22,7 @@ fn describe(batch: &BatchReport) -> String {
     let f = r.failure.as_ref().expect("failures hold a failure");
     format!(
         "{} failing seeds; seed {} failed at step {}: {}\nreplay: cargo run --release -p \
-         paxoskv --bin paxoskv-sim -- --seed {} --steps {STEPS}",
+         paxoskv-sim -- --seed {} --steps {STEPS}",
         batch.failed_seeds, r.seed, f.step, f.violation, r.seed
     )
 }
@@ -49,6 +51,29 @@ fn healthy_cluster_survives_faults() {
     }
 }
 
+/// The seeds that once found core bugs (see `found_by_the_simulator`), run whole: the healthy
+/// sweep above no longer reaches them.
+#[test]
+fn seeds_that_found_bugs_stay_healthy() {
+    let cfg = SimConfig::new(STEPS);
+    for seed in [19, 54, 233, 40835] {
+        let report = run_seed(&cfg, seed);
+        assert!(
+            report.failure.is_none(),
+            "seed {seed}: {:?}\nreplay: cargo run --release -p paxoskv-sim -- --seed {seed} \
+             --steps {STEPS}",
+            report.failure
+        );
+        assert!(
+            report.inconclusive.is_none(),
+            "seed {seed}: {:?}",
+            report.inconclusive
+        );
+    }
+}
+
+/// Needs the core's test-only acceptor: `cargo test -p paxoskv-sim --features broken-acceptor`.
+#[cfg(feature = "broken-acceptor")]
 #[test]
 fn broken_acceptor_is_caught() {
     let mut cfg = SimConfig::new(STEPS);

@@ -11,7 +11,7 @@ use super::clients::{Clients, ClientsConfig};
 use super::digest::mix_seed;
 use super::faults::{FaultCounts, FaultProfile};
 use super::world::{CoreTunables, World, WorldOptions};
-use crate::linearizability::{self, CheckResult, Completion, KvOp, KvResult};
+use paxoskv_check::{CheckResult, Completion, KvOp, KvResult};
 use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
 use std::cell::RefCell;
@@ -34,6 +34,7 @@ pub struct SimConfig {
     /// Cluster size; `None` alternates 5 (even seeds) and 3 (odd seeds).
     pub replicas: Option<u32>,
     /// Every acceptor skips the promise check (the self-test: violations must be found).
+    /// Needs the `broken-acceptor` feature ([`crate::BROKEN_ACCEPTOR_AVAILABLE`]).
     pub broken_acceptor: bool,
     /// After faults stop, every operation must complete within this many steps.
     pub liveness_bound_steps: u64,
@@ -78,6 +79,14 @@ impl SimConfig {
 
     /// Checks that the phases fit.
     pub fn validate(&self) -> Result<(), String> {
+        if self.broken_acceptor && !crate::BROKEN_ACCEPTOR_AVAILABLE {
+            return Err(
+                "--broken-acceptor needs the test-only acceptor, which this build lacks: \
+                        build with `--features broken-acceptor`, e.g. `cargo run --release -p \
+                        paxoskv-sim --features broken-acceptor -- --broken-acceptor ...`"
+                    .to_string(),
+            );
+        }
         if self.steps < self.min_steps() {
             return Err(format!(
                 "--steps {} is too few: at least {} are needed (faults, then {} steps to \
@@ -89,7 +98,7 @@ impl SimConfig {
             ));
         }
         if let Some(n) = self.replicas {
-            if !(1..=crate::quorum::MAX_REPLICAS).contains(&n) {
+            if !(1..=paxoskv::quorum::MAX_REPLICAS).contains(&n) {
                 return Err(format!("--replicas {n} is out of range"));
             }
         }
@@ -295,7 +304,7 @@ impl<'c> Simulation<'c> {
     }
 
     fn check_history(&mut self) -> Result<(), Violation> {
-        match linearizability::check(self.clients.history()) {
+        match paxoskv_check::check(self.clients.history()) {
             CheckResult::Ok { .. } => Ok(()),
             CheckResult::Err(v) => Err(Violation::NotLinearizable {
                 report: v.to_string(),

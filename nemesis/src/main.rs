@@ -20,7 +20,7 @@ use nemesis::faults::FaultKind;
 use nemesis::load::OpCounts;
 use nemesis::verdict::{check_history, Report};
 use nemesis::Settings;
-use paxoskv::linearizability::History;
+use paxoskv_check::History;
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 use std::time::Duration;
@@ -142,7 +142,7 @@ mod tests {
     use super::*;
     use nemesis::faults::FaultCounts;
     use nemesis::verdict::Linearizability;
-    use paxoskv::linearizability::{Completion, KvOp, KvResult};
+    use paxoskv_check::{Completion, KvOp, KvResult};
 
     fn put(h: &mut History, client: u64, key: &str, value: &str, t0: u64, t1: u64) {
         let op = KvOp::Put {

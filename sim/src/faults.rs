@@ -3,7 +3,7 @@
 //! Every decision draws from the world's seeded RNG, so a seed fixes the whole fault
 //! schedule. Rates are per mille per step (or per packet for network faults).
 
-use crate::types::ReplicaId;
+use paxoskv::ReplicaId;
 use rand::rngs::StdRng;
 use rand::Rng;
 use std::fmt;

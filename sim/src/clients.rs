@@ -10,9 +10,9 @@ use super::checks::Violation;
 use super::digest::mix_seed;
 use super::wire::ClientCall;
 use super::world::{ClientDelivery, World};
-use crate::linearizability::{Completion, History, KvOp, KvResult};
-use crate::replica::{ClientError, ClientReply, ClientToken};
-use crate::types::{Command, CommandId, Op, Outcome, ReplicaId};
+use paxoskv::{ClientError, ClientReply, ClientToken};
+use paxoskv::{Command, CommandId, Op, Outcome, ReplicaId};
+use paxoskv_check::{Completion, History, KvOp, KvResult};
 use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
 

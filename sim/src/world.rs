@@ -17,12 +17,12 @@ use super::digest::{mix_seed, RunDigest};
 use super::faults::{roll, FaultCounts, FaultProfile, Links};
 use super::wire::{ClientCall, Packet, Wire};
 use super::Envelope;
-use crate::message::Response;
-use crate::persist::{Record, Snapshot};
-use crate::replica::{ClientReply, ClientToken, PeerToken, Replica};
-use crate::types::{Ballot, ReplicaId, Slot, Value};
-use crate::BatchNumber;
-use crate::Config;
+use crate::BROKEN_ACCEPTOR_AVAILABLE;
+use paxoskv::message::Response;
+use paxoskv::persist::{Record, Snapshot};
+use paxoskv::Config;
+use paxoskv::{Ballot, BatchNumber, ReplicaId, Slot, Value};
+use paxoskv::{ClientReply, ClientToken, PeerToken, Replica};
 use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
 use std::collections::{BTreeMap, VecDeque};
@@ -224,12 +224,21 @@ impl World {
             broken_acceptor,
             trace,
         } = options;
+        // Outside `run_seed`'s catch_unwind, so misuse surfaces as a panic, not as a "violation"
+        // that a self-test would happily count as caught.
+        assert!(
+            !broken_acceptor || BROKEN_ACCEPTOR_AVAILABLE,
+            "broken_acceptor needs paxoskv-sim built with the `broken-acceptor` feature"
+        );
         let nodes = (0..replicas)
             .map(|id| {
                 let mut cfg = Config::new(id, replicas);
                 tunables.apply(&mut cfg);
                 cfg.seed = mix_seed(seed, u64::from(id) << 32);
-                cfg.unsafe_skip_promise_check = broken_acceptor;
+                #[cfg(feature = "broken-acceptor")]
+                {
+                    cfg.unsafe_skip_promise_check = broken_acceptor;
+                }
                 Node {
                     replica: Some(Replica::new(cfg.clone())),
                     cfg,
@@ -632,7 +641,7 @@ impl World {
     }
 
     /// Turns a Ready into packets (all of which may leave now) and its batch.
-    fn packets_of(&mut self, id: ReplicaId, mut ready: crate::Ready) -> Batch {
+    fn packets_of(&mut self, id: ReplicaId, mut ready: paxoskv::Ready) -> Batch {
         let tokens = &mut self.nodes[id as usize].peer_tokens;
         // The leader fails waiting clients in HashMap order; sort so runs do not depend on it.
         ready.client_replies.sort_by_key(|(t, _)| *t);

@@ -3,17 +3,17 @@
 //! deterministic.
 
 use super::Envelope;
-use crate::persist::Snapshot;
-use crate::replica::{ClientReply, ClientToken};
-use crate::types::{Command, ReplicaId};
+use paxoskv::persist::Snapshot;
+use paxoskv::{ClientReply, ClientToken};
+use paxoskv::{Command, ReplicaId};
 use std::collections::BTreeMap;
 
 /// What a simulated client asks a replica.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum ClientCall {
-    /// A put or delete, proposed with [`crate::Replica::propose`].
+    /// A put or delete, proposed with [`paxoskv::Replica::propose`].
     Write(Command),
-    /// A linearizable read via [`crate::Replica::read`].
+    /// A linearizable read via [`paxoskv::Replica::read`].
     Read(String),
 }
 
@@ -76,7 +76,7 @@ impl Packet {
 
     /// A small number naming the kind, for traces and the run digest.
     pub fn kind_tag(&self) -> u64 {
-        use crate::message::{Request, Response};
+        use paxoskv::message::{Request, Response};
         match self {
             Packet::Peer(Envelope::Request { request, .. }) => match request {
                 Request::Prepare(_) => 1,
@@ -149,7 +149,7 @@ impl Wire {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::replica::ClientToken;
+    use paxoskv::ClientToken;
 
     fn call(n: u64) -> Packet {
         Packet::ToReplica {

@@ -3,21 +3,54 @@
 //! exactly that seed, and exits non-zero.
 //!
 //! ```text
-//! paxoskv-sim --seeds 1..2000 --steps 3000 [--replicas 5] [--broken-acceptor]
+//! paxoskv-sim --seeds 1..2000 --steps 3000 [--replicas 5]
 //! paxoskv-sim --seed 17 --steps 3000 --trace     # replay one seed, print its last events
-//! paxoskv-sim --seeds 1..2001 --broken-acceptor --expect-violation   # self-test, exits 0
+//! # self-test, exits 0; needs `cargo run -p paxoskv-sim --features broken-acceptor`:
+//! paxoskv-sim --seeds 1..2001 --broken-acceptor --expect-violation
 //! ```
 
-use paxoskv::sim::{quiet_panics, run_seed, run_seeds, BatchReport, SeedReport, SimConfig};
+use clap::Parser;
+use paxoskv_sim::{quiet_panics, run_seed, run_seeds, BatchReport, SeedReport, SimConfig};
 use std::ops::Range;
 use std::process::ExitCode;
 use std::time::Instant;
 
-const USAGE: &str = "usage: paxoskv-sim [--seeds A..B | --seeds A..=B | --seed N] [--steps N] \
-[--replicas N] [--broken-acceptor] [--expect-violation] [--threads N] [--liveness-bound-steps N] \
-[--trace]";
+/// Deterministic simulation of paxoskv cores under faults, checked for safety, liveness and
+/// linearizability. Exits 0 when the outcome is the expected one, 1 when not, 2 on bad usage.
+#[derive(Parser, Debug)]
+#[command(version)]
+struct Cli {
+    /// Seeds to run: `A..B` (B excluded) or `A..=B` (B included).
+    #[arg(long, value_name = "A..B", default_value = "1..2001", value_parser = parse_range)]
+    seeds: Range<u64>,
+    /// Run this one seed only (same as `--seeds N..=N`); overrides --seeds.
+    #[arg(long, value_name = "N")]
+    seed: Option<u64>,
+    /// Steps (ticks) per run.
+    #[arg(long, value_name = "N", default_value_t = 3000)]
+    steps: u64,
+    /// Cluster size (default: 5 for even seeds, 3 for odd seeds).
+    #[arg(long, value_name = "N")]
+    replicas: Option<u32>,
+    /// Every acceptor skips the promise check, so violations must be found (the self-test).
+    /// Needs a build with `--features broken-acceptor`.
+    #[arg(long)]
+    broken_acceptor: bool,
+    /// Succeed only if a violation IS found (the self-test with --broken-acceptor).
+    #[arg(long)]
+    expect_violation: bool,
+    /// Seeds run in parallel (default: the number of CPUs).
+    #[arg(long, value_name = "N")]
+    threads: Option<usize>,
+    /// After faults stop, every operation must complete within this many steps.
+    #[arg(long, value_name = "N")]
+    liveness_bound_steps: Option<u64>,
+    /// Replay one seed (use --seed N) with tracing on and print its last events.
+    #[arg(long)]
+    trace: bool,
+}
 
-/// Parsed command line.
+/// Parsed and validated command line.
 struct Args {
     seeds: Range<u64>,
     cfg: SimConfig,
@@ -27,10 +60,10 @@ struct Args {
 }
 
 fn main() -> ExitCode {
-    let args = match parse_args(std::env::args().skip(1).collect()) {
+    let args = match Args::from_cli(Cli::parse()) {
         Ok(a) => a,
         Err(e) => {
-            eprintln!("paxoskv-sim: {e}\n{USAGE}");
+            eprintln!("paxoskv-sim: {e}");
             return ExitCode::from(2);
         }
     };
@@ -152,8 +185,13 @@ fn print_failure(cfg: &SimConfig, r: &SeedReport) {
         "FAILED seed {} ({} replicas) at step {}: {}",
         r.seed, r.replicas, f.step, f.violation
     );
+    let features = if cfg.broken_acceptor {
+        " --features broken-acceptor"
+    } else {
+        ""
+    };
     let mut replay = format!(
-        "cargo run --release -p paxoskv --bin paxoskv-sim -- --seed {} --steps {}",
+        "cargo run --release -p paxoskv-sim{features} -- --seed {} --steps {}",
         r.seed, cfg.steps
     );
     if let Some(n) = cfg.replicas {
@@ -172,43 +210,34 @@ fn print_failure(cfg: &SimConfig, r: &SeedReport) {
     println!("trace:  {replay} --trace");
 }
 
-fn parse_args(argv: Vec<String>) -> Result<Args, String> {
-    let mut seeds = 1..2001;
-    let mut cfg = SimConfig::new(3000);
-    let mut threads = std::thread::available_parallelism().map_or(1, |n| n.get());
-    let mut expect_violation = false;
-    let mut it = argv.into_iter();
-    while let Some(flag) = it.next() {
-        let mut value = || it.next().ok_or_else(|| format!("{flag} needs a value"));
-        match flag.as_str() {
-            "--seeds" => seeds = parse_range(&value()?)?,
-            "--seed" => {
-                let n = parse_u64("--seed", &value()?)?;
-                seeds = n..n + 1;
-            }
-            "--steps" => cfg.steps = parse_u64("--steps", &value()?)?,
-            "--replicas" => cfg.replicas = Some(parse_u64("--replicas", &value()?)? as u32),
-            "--threads" => threads = parse_u64("--threads", &value()?)?.max(1) as usize,
-            "--liveness-bound-steps" => {
-                cfg.liveness_bound_steps = parse_u64("--liveness-bound-steps", &value()?)?
-            }
-            "--broken-acceptor" => cfg.broken_acceptor = true,
-            "--expect-violation" => expect_violation = true,
-            "--trace" => cfg.trace = true,
-            "-h" | "--help" => return Err("help".to_string()),
-            other => return Err(format!("unknown argument {other:?}")),
+impl Args {
+    fn from_cli(cli: Cli) -> Result<Args, String> {
+        let seeds = match cli.seed {
+            Some(n) => n..n.checked_add(1).ok_or("--seed is too large")?,
+            None => cli.seeds,
+        };
+        let mut cfg = SimConfig::new(cli.steps);
+        cfg.replicas = cli.replicas;
+        cfg.broken_acceptor = cli.broken_acceptor;
+        cfg.trace = cli.trace;
+        if let Some(n) = cli.liveness_bound_steps {
+            cfg.liveness_bound_steps = n;
         }
+        cfg.validate()?;
+        if seeds.is_empty() {
+            return Err(format!("empty seed range {}..{}", seeds.start, seeds.end));
+        }
+        let threads = cli
+            .threads
+            .unwrap_or_else(|| std::thread::available_parallelism().map_or(1, |n| n.get()))
+            .max(1);
+        Ok(Args {
+            seeds,
+            cfg,
+            threads,
+            expect_violation: cli.expect_violation,
+        })
     }
-    cfg.validate()?;
-    if seeds.is_empty() {
-        return Err(format!("empty seed range {}..{}", seeds.start, seeds.end));
-    }
-    Ok(Args {
-        seeds,
-        cfg,
-        threads,
-        expect_violation,
-    })
 }
 
 /// `A..B` (B excluded) or `A..=B` (B included).
@@ -218,7 +247,9 @@ fn parse_range(text: &str) -> Result<Range<u64>, String> {
         .ok_or_else(|| format!("--seeds wants A..B, got {text:?}"))?;
     let start = parse_u64("--seeds", start)?;
     let end = match end.strip_prefix('=') {
-        Some(inclusive) => parse_u64("--seeds", inclusive)? + 1,
+        Some(inclusive) => parse_u64("--seeds", inclusive)?
+            .checked_add(1)
+            .ok_or_else(|| format!("--seeds {text:?} is too large"))?,
         None => parse_u64("--seeds", end)?,
     };
     Ok(start..end)

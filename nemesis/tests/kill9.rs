@@ -1,6 +1,8 @@
 //! kill -9 of every server process during a write load: every write acknowledged before the
 //! kill is readable after a restart, and the replicas agree.
 
+mod support;
+
 use paxoskv_client::{Client, ClientConfig};
 use std::io::{BufRead, BufReader};
 use std::net::{SocketAddr, TcpListener};
@@ -19,7 +21,7 @@ fn free_addrs(n: usize) -> Vec<SocketAddr> {
 /// Starts replica `id` as its own process and waits (bounded) until it listens.
 fn spawn_replica(id: usize, addrs: &[SocketAddr], data: &Path) -> Child {
     let peers: Vec<String> = addrs.iter().map(|a| a.to_string()).collect();
-    let mut child = Command::new(env!("CARGO_BIN_EXE_paxoskv-server"))
+    let mut child = Command::new(support::server_bin())
         .args(["--replica", &id.to_string(), "--peers", &peers.join(",")])
         .arg("--data-dir")
         .arg(data)

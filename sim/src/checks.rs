@@ -6,8 +6,8 @@
 
 use super::digest::RunDigest;
 use super::world::World;
-use crate::persist::RecoveryError;
-use crate::types::{Ballot, ReplicaId, Slot, Value};
+use paxoskv::persist::RecoveryError;
+use paxoskv::{Ballot, ReplicaId, Slot, Value};
 use std::collections::BTreeMap;
 use std::fmt;
 

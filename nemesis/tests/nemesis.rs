@@ -1,7 +1,9 @@
 //! The `paxoskv-nemesis` fault test end to end: a short run against real server processes
 //! passes, and the same verdict code fails a history with a stale read.
 
-use paxoskv::linearizability::{Completion, History, KvOp, KvResult};
+mod support;
+
+use paxoskv_check::{Completion, History, KvOp, KvResult};
 use std::io::Read;
 use std::process::{Command, ExitStatus, Stdio};
 use std::time::{Duration, Instant};
@@ -48,7 +50,10 @@ fn run_bounded(cmd: &mut Command, limit: Duration) -> (ExitStatus, String, Strin
 fn short_fault_run_passes() {
     let started = Instant::now();
     let (status, stdout, stderr) = run_bounded(
-        Command::new(NEMESIS).args(["--duration", "15s", "--clients", "3"]),
+        Command::new(NEMESIS)
+            .args(["--duration", "15s", "--clients", "3"])
+            .arg("--server-bin")
+            .arg(support::server_bin()),
         Duration::from_secs(120),
     );
     let summary = stdout

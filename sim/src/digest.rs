@@ -2,7 +2,7 @@
 //! compared bit for bit. Hand-written (FNV-1a over 64-bit words) because `std`'s hasher makes
 //! no promise of stability across releases.
 
-use crate::types::{Command, Op, Value};
+use paxoskv::{Command, Op, Value};
 
 /// Running FNV-1a style digest.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]

@@ -29,6 +29,8 @@
 //! handful of repeated values to one key, where a read says little about which put it saw;
 //! such histories may come out inconclusive, so give every put a unique value when you can.
 
+#![warn(missing_docs)]
+
 use serde::{Deserialize, Serialize};
 use std::collections::{BTreeMap, HashMap};
 use std::fmt;

@@ -1,11 +1,11 @@
 //! Five replica cores wired by an in-memory network that the test drives by hand.
 
 use paxoskv::message::{Accept, Prepare, Request, Response};
-use paxoskv::sim::{Envelope, Net};
 use paxoskv::{
     Ballot, ClientReply, ClientToken, Command, CommandId, Config, Op, Outcome, PeerToken, Replica,
     Value,
 };
+use paxoskv_sim::{Envelope, Net};
 
 fn net(n: u32) -> Net {
     Net::new(n, |id| Config::new(id, n))

@@ -3,7 +3,7 @@
 
 use super::faults::FaultCounts;
 use super::load::OpCounts;
-use paxoskv::linearizability::{check, CheckResult, History};
+use paxoskv_check::{check, CheckResult, History};
 
 /// What the checker said about the history.
 #[derive(Clone, Debug, PartialEq, Eq)]

@@ -9,6 +9,8 @@
 //! Each replica has a "disk": the records it persisted, so a crash keeps exactly what the
 //! Ready contract made durable. One seed always replays the same run.
 
+#![warn(missing_docs)]
+
 pub mod checks;
 pub mod clients;
 pub mod digest;
@@ -21,10 +23,14 @@ pub use checks::Violation;
 pub use faults::{FaultCounts, FaultProfile};
 pub use run::{quiet_panics, run_seed, run_seeds, BatchReport, Failure, SeedReport, SimConfig};
 
-use crate::message::{Request, Response};
-use crate::persist::Record;
-use crate::replica::{ClientReply, ClientToken, PeerToken, Replica};
-use crate::{BatchNumber, Config, ReplicaId};
+/// Whether this build has the core's test-only broken acceptor (the `broken-acceptor`
+/// feature), which [`SimConfig::broken_acceptor`] needs.
+pub const BROKEN_ACCEPTOR_AVAILABLE: bool = cfg!(feature = "broken-acceptor");
+
+use paxoskv::message::{Request, Response};
+use paxoskv::persist::Record;
+use paxoskv::{BatchNumber, Config, ReplicaId};
+use paxoskv::{ClientReply, ClientToken, PeerToken, Replica};
 use std::collections::HashMap;
 
 /// A message on the simulated wire.
@@ -195,7 +201,7 @@ impl Net {
     }
 
     /// Restarts replica `id` from its disk.
-    pub fn restart(&mut self, id: ReplicaId) -> Result<(), crate::RecoveryError> {
+    pub fn restart(&mut self, id: ReplicaId) -> Result<(), paxoskv::RecoveryError> {
         let cfg = self.configs[id as usize].clone();
         let records = self.disks[id as usize].clone();
         self.replicas[id as usize] = Some(Replica::recover(cfg, None, records)?);

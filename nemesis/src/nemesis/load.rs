@@ -1,7 +1,7 @@
 //! The client load: concurrent sessions doing random puts, gets and deletes on a small key
 //! set, every operation recorded with its invoke and complete times in a [`History`].
 
-use paxoskv::linearizability::{Completion, History, KvOp, KvResult};
+use paxoskv_check::{Completion, History, KvOp, KvResult};
 use paxoskv_client::{Client, ClientError, KvError, Outcome};
 use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
