@@ -156,6 +156,9 @@ mod found_by_the_simulator {
         };
         r.handle_response(1, Response::Promise(yes(true, vec![])));
         assert!(!r.is_leader(), "the probe round only opens phase 1");
+        // Our own promise counts once `Promised(ballot)` is durable.
+        let batch = r.ready().batch.expect("the own promise is persisted");
+        r.on_persisted(batch);
         // Replica 2's pre-vote answer arrives late, after phase 1 began.
         r.handle_response(2, Response::Promise(yes(true, vec![])));
         assert!(
@@ -216,6 +219,8 @@ mod found_by_the_simulator {
             probe: false,
         };
         r.handle_request(2, PeerToken(3), Request::Prepare(prepare));
+        let batch = r.ready().batch.expect("accepted and promised records");
+        r.on_persisted(batch);
         let ready = r.ready();
         let promise = promise_of(&ready.responses.last().expect("an answer").1);
         let reported: Vec<_> = promise
