@@ -30,6 +30,9 @@ pub enum Applied {
         /// The session's last applied sequence number.
         last_applied: u64,
     },
+    /// A write from a session the table does not hold (never registered, or evicted): not
+    /// applied, because it may be the retry of a write applied before the eviction.
+    Expired,
 }
 
 impl Applied {
@@ -37,7 +40,7 @@ impl Applied {
     pub fn outcome(&self) -> Option<&Outcome> {
         match self {
             Applied::Fresh(o) | Applied::Duplicate(o) => Some(o),
-            Applied::Stale { .. } => None,
+            Applied::Stale { .. } | Applied::Expired => None,
         }
     }
 }
@@ -53,6 +56,9 @@ pub struct KvState {
     session_age: BTreeSet<(Slot, u64)>,
     max_sessions: usize,
     digest: u64,
+    /// XOR of every session's hash, so replicas that disagree only on the session table
+    /// (which decides what a retry does) show different digests too.
+    session_digest: u64,
 }
 
 impl KvState {
@@ -80,9 +86,15 @@ impl KvState {
         self.map.is_empty()
     }
 
-    /// Order-independent digest of the map, kept up to date incrementally.
+    /// Order-independent digest of the map and the session table, kept up to date
+    /// incrementally.
     pub fn digest(&self) -> u64 {
-        self.digest
+        self.digest ^ self.session_digest.rotate_left(17)
+    }
+
+    /// Sessions held.
+    pub fn sessions_len(&self) -> usize {
+        self.sessions.len()
     }
 
     /// Iterates over all entries (unordered).
@@ -114,6 +126,10 @@ impl KvState {
         if let Some(done) = self.already_applied(command.id) {
             return done;
         }
+        let registers = matches!(command.op, Op::Register);
+        if !registers && !self.sessions.contains_key(&command.id.client_id) {
+            return Applied::Expired;
+        }
         let outcome = self.apply_op(&command.op);
         self.remember(slot, command.id, outcome.clone());
         Applied::Fresh(outcome)
@@ -142,27 +158,29 @@ impl KvState {
                     existed: old.is_some(),
                 }
             }
+            Op::Register => Outcome::Registered,
         }
     }
 
     fn remember(&mut self, slot: Slot, id: CommandId, outcome: Outcome) {
-        if let Some(old) = self.sessions.get(&id.client_id) {
+        let session = Session {
+            last_seq: id.seq,
+            outcome,
+            last_slot: slot,
+        };
+        self.session_digest ^= session_hash(id.client_id, &session);
+        if let Some(old) = self.sessions.insert(id.client_id, session) {
             self.session_age.remove(&(old.last_slot, id.client_id));
+            self.session_digest ^= session_hash(id.client_id, &old);
         }
-        self.sessions.insert(
-            id.client_id,
-            Session {
-                last_seq: id.seq,
-                outcome,
-                last_slot: slot,
-            },
-        );
         self.session_age.insert((slot, id.client_id));
         while self.sessions.len() > self.max_sessions {
-            let Some(oldest) = self.session_age.pop_first() else {
+            let Some((_, client_id)) = self.session_age.pop_first() else {
                 break;
             };
-            self.sessions.remove(&oldest.1);
+            if let Some(old) = self.sessions.remove(&client_id) {
+                self.session_digest ^= session_hash(client_id, &old);
+            }
         }
         debug_assert_eq!(self.sessions.len(), self.session_age.len());
     }
@@ -211,21 +229,27 @@ mod bytes_map {
     }
 }
 
+fn session_hash(client_id: u64, session: &Session) -> u64 {
+    let mut bytes = [0u8; 24];
+    bytes[..8].copy_from_slice(&client_id.to_le_bytes());
+    bytes[8..16].copy_from_slice(&session.last_seq.to_le_bytes());
+    bytes[16..].copy_from_slice(&session.last_slot.to_le_bytes());
+    fnv_bytes(&[&bytes])
+}
+
 /// FNV-1a over key and value; XOR of these over all entries is order-independent.
 fn entry_hash(key: &str, value: &[u8]) -> u64 {
+    fnv_bytes(&[key.as_bytes(), &[0xff], value])
+}
+
+/// FNV-1a over the parts in order, finalized so that similar inputs spread over all bits
+/// before XOR-ing.
+fn fnv_bytes(parts: &[&[u8]]) -> u64 {
     let mut h: u64 = 0xcbf2_9ce4_8422_2325;
-    let mut feed = |b: u8| {
+    for &b in parts.iter().flat_map(|p| p.iter()) {
         h ^= u64::from(b);
         h = h.wrapping_mul(0x0100_0000_01b3);
-    };
-    for &b in key.as_bytes() {
-        feed(b);
     }
-    feed(0xff);
-    for &b in value {
-        feed(b);
-    }
-    // Finalize so that similar entries spread over all bits before XOR-ing.
     h ^= h >> 33;
     h = h.wrapping_mul(0xff51_afd7_ed55_8ccd);
     h ^ (h >> 33)
@@ -245,41 +269,57 @@ mod tests {
         }
     }
 
+    fn register(client_id: u64) -> Command {
+        Command {
+            id: CommandId { client_id, seq: 1 },
+            op: Op::Register,
+        }
+    }
+
     #[test]
     fn duplicate_command_id_is_not_applied_twice() {
         let mut kv = KvState::new(10);
+        kv.apply(1, &register(7));
+        kv.apply(1, &register(8));
         assert_eq!(
-            kv.apply(1, &put(7, 1, "k", "a")),
+            kv.apply(1, &put(7, 2, "k", "a")),
             Applied::Fresh(Outcome::Put { replaced: false })
         );
         // Another client overwrites; then client 7 retries its first put.
-        kv.apply(2, &put(8, 1, "k", "b"));
-        let retry = kv.apply(3, &put(7, 1, "k", "a"));
+        kv.apply(2, &put(8, 2, "k", "b"));
+        let retry = kv.apply(3, &put(7, 2, "k", "a"));
         assert_eq!(retry, Applied::Duplicate(Outcome::Put { replaced: false }));
         assert_eq!(kv.get("k"), Some(&b"b"[..]), "retry must not re-apply");
         assert_eq!(
-            kv.apply(4, &put(7, 0, "k", "z")),
-            Applied::Stale { last_applied: 1 }
+            kv.apply(4, &put(7, 1, "k", "z")),
+            Applied::Stale { last_applied: 2 }
         );
     }
 
     #[test]
-    fn digest_is_order_independent_and_tracks_deletes() {
+    fn digest_is_order_independent_and_covers_sessions() {
         let mut a = KvState::new(10);
         let mut b = KvState::new(10);
-        a.apply(1, &put(1, 1, "x", "1"));
-        a.apply(2, &put(1, 2, "y", "2"));
-        b.apply(1, &put(2, 1, "y", "2"));
-        b.apply(2, &put(2, 2, "x", "1"));
+        a.apply(1, &register(1));
+        a.apply(2, &put(1, 2, "x", "1"));
+        a.apply(3, &put(1, 3, "y", "2"));
+        b.apply(1, &register(1));
+        b.apply(2, &put(1, 2, "y", "2"));
+        b.apply(3, &put(1, 3, "x", "1"));
         assert_eq!(a.digest(), b.digest());
+        // Same map, different session table: a retry would behave differently.
+        let mut c = a.clone();
+        c.apply(4, &register(2));
+        assert_eq!(c.len(), a.len());
+        assert_ne!(c.digest(), a.digest());
         let del = Command {
             id: CommandId {
                 client_id: 1,
-                seq: 3,
+                seq: 4,
             },
             op: Op::Delete { key: "y".into() },
         };
-        a.apply(3, &del);
+        a.apply(4, &del);
         assert_ne!(a.digest(), b.digest());
         assert_eq!(a.len(), 1);
     }
@@ -287,10 +327,35 @@ mod tests {
     #[test]
     fn sessions_are_bounded_oldest_first() {
         let mut kv = KvState::new(2);
-        kv.apply(1, &put(1, 1, "a", "1"));
-        kv.apply(2, &put(2, 1, "a", "2"));
-        kv.apply(3, &put(3, 1, "a", "3"));
+        for client in 1..=3 {
+            kv.apply(client, &register(client));
+        }
         assert!(kv.session(1).is_none());
         assert!(kv.session(2).is_some() && kv.session(3).is_some());
+    }
+
+    /// The hole this closes: a write applied, its session evicted, then the write retried.
+    /// Without registration the retry looked like a new session and applied again.
+    #[test]
+    fn a_retry_from_an_evicted_session_is_expired_not_applied_again() {
+        let mut kv = KvState::new(1);
+        kv.apply(1, &register(7));
+        assert!(matches!(
+            kv.apply(2, &put(7, 2, "k", "a")),
+            Applied::Fresh(_)
+        ));
+        kv.apply(3, &register(8)); // evicts 7
+        kv.apply(4, &put(8, 2, "k", "b"));
+        assert_eq!(kv.apply(5, &put(7, 2, "k", "a")), Applied::Expired);
+        assert_eq!(
+            kv.get("k"),
+            Some(&b"b"[..]),
+            "the retry must not apply again"
+        );
+        // A write from a session that never registered is refused the same way.
+        assert_eq!(kv.apply(6, &put(9, 2, "k", "c")), Applied::Expired);
+        // Registering again is harmless: it touches no key.
+        kv.apply(7, &register(7));
+        assert_eq!(kv.get("k"), Some(&b"b"[..]));
     }
 }

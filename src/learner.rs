@@ -131,6 +131,7 @@ impl Replica {
                     Applied::Stale { last_applied } => {
                         ClientReply::Failed(ClientError::Stale { last_applied })
                     }
+                    Applied::Expired => ClientReply::Failed(ClientError::SessionExpired),
                 };
                 self.notify_applied(command.id, reply);
             }

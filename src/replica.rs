@@ -40,6 +40,9 @@ pub enum ClientError {
         /// The session's last applied sequence number.
         last_applied: u64,
     },
+    /// The session is not (or no longer) in the table: the request was not applied now, and
+    /// whether an earlier attempt was is unknown. Open a new session.
+    SessionExpired,
 }
 
 /// The answer to a client request.

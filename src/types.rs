@@ -75,13 +75,20 @@ pub enum Op {
         /// The key.
         key: String,
     },
+    /// Opens the session `CommandId::client_id` (with a sequence number below the session's
+    /// first write; the client library uses 1). Sessions are
+    /// registered through the log so every replica agrees which exist: a write from a
+    /// session the table no longer holds is refused as expired instead of being applied a
+    /// second time (Ongaro's thesis §6.3). Touches no key.
+    Register,
 }
 
 impl Op {
-    /// The key this operation touches.
-    pub fn key(&self) -> &str {
+    /// The key this operation touches (none for a registration).
+    pub fn key(&self) -> Option<&str> {
         match self {
-            Op::Put { key, .. } | Op::Delete { key } => key,
+            Op::Put { key, .. } | Op::Delete { key } => Some(key),
+            Op::Register => None,
         }
     }
 
@@ -91,6 +98,7 @@ impl Op {
         match self {
             Op::Put { key, value } => HEADER_BYTES + key.len() + value.len(),
             Op::Delete { key } => HEADER_BYTES + key.len(),
+            Op::Register => HEADER_BYTES,
         }
     }
 }
@@ -141,6 +149,8 @@ pub enum Outcome {
         /// The key existed before this delete.
         existed: bool,
     },
+    /// A session was opened.
+    Registered,
 }
 
 /// Validates a key: not empty, at most [`MAX_KEY_BYTES`].

@@ -125,27 +125,27 @@ impl Client {
     pub async fn put(&mut self, key: &str, value: Vec<u8>) -> Result<Outcome, ClientError> {
         check_key(key)?;
         check_value(&value, self.config.max_value_bytes)?;
-        let id = self.next_id();
+        let id = self.next_write_id().await?;
         let reply = self
             .run(|rpc, ctx| {
                 let (key, value) = (key.to_string(), value.clone());
                 async move { rpc.put(ctx, id, key, value).await }
             })
-            .await?;
-        Ok(reply.outcome)
+            .await;
+        Ok(self.end_session_if_expired(reply)?.outcome)
     }
 
     /// Removes `key`, exactly once even across retries.
     pub async fn delete(&mut self, key: &str) -> Result<Outcome, ClientError> {
         check_key(key)?;
-        let id = self.next_id();
+        let id = self.next_write_id().await?;
         let reply = self
             .run(|rpc, ctx| {
                 let key = key.to_string();
                 async move { rpc.delete(ctx, id, key).await }
             })
-            .await?;
-        Ok(reply.outcome)
+            .await;
+        Ok(self.end_session_if_expired(reply)?.outcome)
     }
 
     /// Linearizable read of `key`; `None` if it does not exist.
@@ -230,12 +230,35 @@ impl Client {
         })
     }
 
-    fn next_id(&mut self) -> CommandId {
+    /// The id of this session's next write, opening the session through the log first if
+    /// it is new (the replicas refuse writes of sessions they do not hold).
+    async fn next_write_id(&mut self) -> Result<CommandId, ClientError> {
+        if self.seq == 0 {
+            let id = CommandId {
+                client_id: self.client_id,
+                seq: 1,
+            };
+            self.run(|rpc, ctx| async move { rpc.register_session(ctx, id).await })
+                .await?;
+            self.seq = 1;
+        }
         self.seq += 1;
-        CommandId {
+        Ok(CommandId {
             client_id: self.client_id,
             seq: self.seq,
+        })
+    }
+
+    /// After `SessionExpired` the next write opens a new session under a new client id.
+    fn end_session_if_expired<T>(
+        &mut self,
+        reply: Result<T, ClientError>,
+    ) -> Result<T, ClientError> {
+        if matches!(&reply, Err(ClientError::Server(KvError::SessionExpired))) {
+            self.client_id = random_client_id();
+            self.seq = 0;
         }
+        reply
     }
 
     /// Sends `call` to the leader (or a guess), following hints and retrying until it

@@ -119,6 +119,15 @@ impl KvRpc for Fake {
         self.write(id, key, None)
     }
 
+    async fn register_session(self, _: Context, _: CommandId) -> Result<WriteReply, KvError> {
+        let state = self.state.lock().unwrap();
+        self.check_leader(&state)?;
+        Ok(WriteReply {
+            outcome: Outcome::Registered,
+            leader_addr: Some(state.addrs[state.leader].to_string()),
+        })
+    }
+
     async fn propose(self, _: Context, _: Command, _: bool) -> Result<WriteReply, KvError> {
         Err(KvError::InvalidRequest("not in the fake".into()))
     }

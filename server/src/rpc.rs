@@ -241,7 +241,9 @@ pub struct KvServer(pub Arc<Shared>);
 
 impl KvServer {
     fn validate(&self, op: &Op) -> Result<(), KvError> {
-        check_key(op.key())?;
+        if let Some(key) = op.key() {
+            check_key(key)?;
+        }
         if let Op::Put { value, .. } = op {
             check_value(value, self.0.max_value_bytes)?;
         }
@@ -321,6 +323,7 @@ fn map_failure(reply: ClientReply, seq: u64) -> KvError {
             leader,
             leader_addr: None,
         },
+        ClientReply::Failed(ClientError::SessionExpired) => KvError::SessionExpired,
         other => KvError::InvalidRequest(format!("unexpected reply {other:?}")),
     }
 }
@@ -371,6 +374,14 @@ impl KvRpc for KvServer {
         let command = Command {
             id,
             op: Op::Put { key, value },
+        };
+        self.write(&ctx, command, false).await
+    }
+
+    async fn register_session(self, ctx: Context, id: CommandId) -> Result<WriteReply, KvError> {
+        let command = Command {
+            id,
+            op: Op::Register,
         };
         self.write(&ctx, command, false).await
     }

@@ -42,6 +42,11 @@ pub enum KvError {
     /// The replica's queues are full; back off and retry.
     #[error("server busy: {0}")]
     Busy(String),
+    /// The session is not in the replicas' table (evicted, or never registered): the request
+    /// was not applied now, and whether an earlier attempt of it was is unknown. Open a new
+    /// session (the client library does) and read before writing again if it matters.
+    #[error("session expired: the request was not applied now; an earlier attempt may have been")]
+    SessionExpired,
     /// A request of this session older than the last applied one: its result is gone.
     #[error("stale request: sequence {seq} is older than the last applied {last_applied}")]
     StaleRequest {

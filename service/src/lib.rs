@@ -130,6 +130,9 @@ pub trait ReplicaRpc {
 pub trait KvRpc {
     /// Read a key.
     async fn get(key: String, mode: ReadMode) -> Result<GetReply, KvError>;
+    /// Open the session `id.client_id` (with `id.seq == 1`) through the log; writes of a
+    /// session the replicas do not hold fail with `SessionExpired`.
+    async fn register_session(id: CommandId) -> Result<WriteReply, KvError>;
     /// Set a key. `id` makes retries exactly-once.
     async fn put(id: CommandId, key: String, value: Vec<u8>) -> Result<WriteReply, KvError>;
     /// Remove a key. `id` makes retries exactly-once.

@@ -2,6 +2,11 @@
 //! outstanding) issuing random puts, deletes and linearizable gets on a small key set, and
 //! recording every operation in a linearizability [`History`].
 //!
+//! A session opens itself through the log (`Op::Register`) before its first write; when the
+//! replicas evicted it (a small session table), a write answered `SessionExpired` stays
+//! unknown in the history (it may have been applied before the eviction, never twice) and
+//! the client opens a new session.
+//!
 //! A client sends to the replica it believes leads, follows `NotLeader` hints, and on
 //! silence retries the SAME operation (same `CommandId`) at the next replica. Any attempt's
 //! answer completes the operation; the history interval runs from the first attempt to it.
@@ -51,7 +56,8 @@ pub struct ClientsConfig {
 /// The operation a client has outstanding.
 #[derive(Debug)]
 struct PendingOp {
-    history_id: u64,
+    /// `None` for a session registration, which the history does not record.
+    history_id: Option<u64>,
     call: ClientCall,
     invoke_step: u64,
     /// Attempts numbered below this belong to earlier operations.
@@ -65,6 +71,9 @@ struct PendingOp {
 #[derive(Debug)]
 struct SimClient {
     client_id: u64,
+    /// Sessions opened so far (each gets a fresh client id).
+    sessions: u64,
+    registered: bool,
     target: ReplicaId,
     next_seq: u64,
     next_attempt: u64,
@@ -90,6 +99,8 @@ impl Clients {
         let clients = (0..cfg.clients)
             .map(|i| SimClient {
                 client_id: mix_seed(seed, 100 + i as u64),
+                sessions: 1,
+                registered: false,
                 target: rng.gen_range(0..replicas),
                 next_seq: 1,
                 next_attempt: 1,
@@ -191,6 +202,19 @@ impl Clients {
         let key = self.keys[self.rng.gen_range(0..self.keys.len())].clone();
         let roll = self.rng.gen_range(0..100);
         let c = &mut self.clients[index];
+        if roll >= 45 && !c.registered {
+            let id = CommandId {
+                client_id: c.client_id,
+                seq: 1,
+            };
+            c.next_seq = 2;
+            let call = ClientCall::Write(Command {
+                id,
+                op: Op::Register,
+            });
+            c.op = Some(PendingOp::new(None, call, now, c.next_attempt));
+            return;
+        }
         let (call, kv_op) = if roll < 45 {
             (ClientCall::Read(key.clone()), KvOp::Get { key })
         } else {
@@ -214,15 +238,7 @@ impl Clients {
             (ClientCall::Write(Command { id, op }), kv_op)
         };
         let history_id = self.history.invoke(c.client_id, kv_op, now);
-        c.op = Some(PendingOp {
-            history_id,
-            call,
-            invoke_step: now,
-            first_attempt: c.next_attempt,
-            attempt: c.next_attempt,
-            deadline_step: now,
-            retry_step: None,
-        });
+        c.op = Some(PendingOp::new(Some(history_id), call, now, c.next_attempt));
     }
 
     fn send_attempt(&mut self, index: usize, world: &mut World) {
@@ -255,6 +271,11 @@ impl Clients {
             return Ok(());
         }
         let result = match (&op.call, d.reply) {
+            (ClientCall::Write(c), ClientReply::Applied(Outcome::Registered))
+                if c.op == Op::Register =>
+            {
+                KvResult::Put // Not recorded: registrations touch no key.
+            }
             (ClientCall::Write(c), ClientReply::Applied(outcome))
                 if matches_op(&c.op, &outcome) =>
             {
@@ -277,6 +298,10 @@ impl Clients {
         c.target = d.from;
         c.idle_until_step = now + self.rng.gen_range(0..=self.cfg.think_max_steps);
         world.trace(|| format!("client {} completes with {result:?}", d.client));
+        let Some(history_id) = history_id else {
+            c.registered = true;
+            return Ok(());
+        };
         let digest = world.digest();
         digest.word(d.client as u64);
         digest.word(history_id);
@@ -308,6 +333,16 @@ impl Clients {
                     op.call
                 ),
             }),
+            ClientError::SessionExpired => {
+                // Evicted: this write stays unknown in the history (it was never completed)
+                // and the client carries on with a new session.
+                c.op = None;
+                c.sessions += 1;
+                c.client_id = mix_seed(c.client_id, c.sessions);
+                c.registered = false;
+                c.idle_until_step = now;
+                Ok(())
+            }
             _ if !newest => Ok(()), // An older attempt's refusal; the newest one is pending.
             ClientError::NotLeader { leader: Some(l) } => {
                 c.target = l;
@@ -319,6 +354,20 @@ impl Clients {
                 op.retry_step = Some(now + BACKOFF_STEPS);
                 Ok(())
             }
+        }
+    }
+}
+
+impl PendingOp {
+    fn new(history_id: Option<u64>, call: ClientCall, now: u64, attempt: u64) -> PendingOp {
+        PendingOp {
+            history_id,
+            call,
+            invoke_step: now,
+            first_attempt: attempt,
+            attempt,
+            deadline_step: now,
+            retry_step: None,
         }
     }
 }
@@ -337,5 +386,6 @@ fn write_result(outcome: Outcome) -> KvResult {
         Outcome::Delete { existed } => KvResult::Delete {
             existed: Some(existed),
         },
+        Outcome::Registered => KvResult::Put, // never recorded; see `on_reply`
     }
 }

@@ -53,6 +53,7 @@ impl RunDigest {
                 self.word(2);
                 self.bytes(key.as_bytes());
             }
+            Op::Register => self.word(3),
         }
     }
 

@@ -157,6 +157,8 @@ pub struct CoreTunables {
     pub heartbeat_ticks: u64,
     /// [`Config::election_timeout_min_ticks`]; the maximum is twice this.
     pub election_timeout_min_ticks: u64,
+    /// [`Config::max_sessions`]: small tables make clients' sessions expire mid-run.
+    pub max_sessions: usize,
 }
 
 impl CoreTunables {
@@ -169,6 +171,7 @@ impl CoreTunables {
             fetch_max_entries: cfg.fetch_max_entries,
             heartbeat_ticks: cfg.heartbeat_ticks,
             election_timeout_min_ticks: cfg.election_timeout_min_ticks,
+            max_sessions: cfg.max_sessions,
         }
     }
 
@@ -183,6 +186,7 @@ impl CoreTunables {
             fetch_max_entries: rng.gen_range(1..=8),
             heartbeat_ticks: rng.gen_range(2..=5),
             election_timeout_min_ticks: rng.gen_range(12..=25),
+            max_sessions: rng.gen_range(2..=6),
         }
     }
 
@@ -193,6 +197,7 @@ impl CoreTunables {
         cfg.heartbeat_ticks = self.heartbeat_ticks;
         cfg.election_timeout_min_ticks = self.election_timeout_min_ticks;
         cfg.election_timeout_max_ticks = 2 * self.election_timeout_min_ticks;
+        cfg.max_sessions = self.max_sessions;
     }
 }
 

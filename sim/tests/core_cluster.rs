@@ -21,6 +21,24 @@ fn put(client_id: u64, seq: u64, key: &str, value: &str) -> Command {
     }
 }
 
+/// Opens the clients' sessions through the log (sequence number 0, below their first write).
+fn open_sessions(net: &mut Net, leader: u32, clients: &[u64]) {
+    for &client_id in clients {
+        let register = Command {
+            id: CommandId { client_id, seq: 0 },
+            op: Op::Register,
+        };
+        let token = ClientToken(1_000_000 + client_id);
+        net.replica(leader).unwrap().propose(token, register);
+        net.flush(leader);
+        net.deliver_all(10_000);
+        assert_eq!(
+            net.take_reply(token),
+            Some(ClientReply::Applied(Outcome::Registered))
+        );
+    }
+}
+
 fn run(net: &mut Net, ticks: u32) {
     for _ in 0..ticks {
         net.tick_all();
@@ -37,6 +55,7 @@ fn value_at(net: &mut Net, id: u32, key: &str) -> Option<Vec<u8>> {
 fn elects_one_leader_and_replicates_in_order() {
     let mut net = net(5);
     let leader = net.elect(200).expect("a leader within 200 ticks");
+    open_sessions(&mut net, leader, &[9]);
     let r = net.replica(leader).unwrap();
     r.propose(ClientToken(1), put(9, 1, "a", "1"));
     r.propose(ClientToken(2), put(9, 2, "a", "2"));
@@ -140,12 +159,13 @@ fn acceptor_refuses_lower_ballots_and_promises_only_grow() {
 fn new_leader_recovers_minority_value_and_fills_holes() {
     let mut net = net(5);
     let old = net.elect(200).unwrap();
+    open_sessions(&mut net, old, &[1, 2]);
     let r = net.replica(old).unwrap();
     r.propose(ClientToken(1), put(1, 1, "x", "first"));
     net.flush(old);
     net.deliver_all(10_000);
     assert!(net.take_reply(ClientToken(1)).is_some());
-    // Slot 2 reaches nobody; slot 3 reaches exactly one follower.
+    // The next slot reaches nobody; the one after it exactly one follower.
     let r = net.replica(old).unwrap();
     r.propose(ClientToken(2), put(1, 2, "x", "lost"));
     net.flush(old);
@@ -167,10 +187,11 @@ fn new_leader_recovers_minority_value_and_fills_holes() {
     let r = net.replica(new).unwrap();
     assert_eq!(r.read_local("y"), Some(&b"minority"[..]));
     assert_eq!(r.read_local("x"), Some(&b"first"[..]));
-    assert!(r.chosen_through() >= 3);
-    let slot2 = r.chosen_value(2).cloned();
-    // Slot 2 was either never accepted (no-op) or ... it reached nobody, so a no-op.
-    assert_eq!(slot2, Some(Value::noop()));
+    // Slots 1 and 2 opened the sessions; "first" is slot 3, "lost" 4, "minority" 5.
+    assert!(r.chosen_through() >= 5);
+    let lost = r.chosen_value(4).cloned();
+    // The "lost" slot reached nobody, so the new leader fills it with a no-op.
+    assert_eq!(lost, Some(Value::noop()));
 }
 
 /// A leader change while a value is in flight: the value is either chosen everywhere or
@@ -179,6 +200,7 @@ fn new_leader_recovers_minority_value_and_fills_holes() {
 fn leader_change_with_value_in_flight_applies_retry_once() {
     let mut net = net(5);
     let old = net.elect(200).unwrap();
+    open_sessions(&mut net, old, &[5]);
     let cmd = put(5, 1, "k", "v1");
     net.replica(old)
         .unwrap()
@@ -219,6 +241,7 @@ fn leader_change_with_value_in_flight_applies_retry_once() {
 fn linearizable_read_waits_for_majority_confirmation() {
     let mut net = net(3);
     let leader = net.elect(200).unwrap();
+    open_sessions(&mut net, leader, &[1]);
     net.replica(leader)
         .unwrap()
         .propose(ClientToken(1), put(1, 1, "r", "x"));
@@ -250,6 +273,7 @@ fn linearizable_read_waits_for_majority_confirmation() {
 fn restarted_replica_recovers_from_disk_and_catches_up() {
     let mut net = net(5);
     let leader = net.elect(200).unwrap();
+    open_sessions(&mut net, leader, &[1]);
     for seq in 1..=20 {
         net.replica(leader)
             .unwrap()
