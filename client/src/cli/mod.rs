@@ -12,7 +12,7 @@ use anyhow::Context as _;
 use clap::{CommandFactory, Parser, Subcommand};
 use codec::Encoding;
 use indicatif::{ProgressBar, ProgressDrawTarget, ProgressStyle};
-use output::{Format, FormatArgs};
+use output::Format;
 use paxoskv_client::{Client, ClientConfig, ReadMode};
 use std::ffi::OsString;
 use std::io::IsTerminal;
@@ -75,6 +75,10 @@ pub struct Args {
     /// KEY and VALUE arguments are base64; get prints values in base64.
     #[arg(long, global = true)]
     base64: bool,
+    /// Output of get, put, delete and status: simple (bare answer; default, status: table),
+    /// table (columns with a header) or json.
+    #[arg(short = 'w', long = "write-out", global = true, value_enum)]
+    write_out: Option<Format>,
     #[command(subcommand)]
     command: Option<Command>,
 }
@@ -91,8 +95,6 @@ enum Command {
         /// Read the value from this file, byte for byte.
         #[arg(long, value_name = "FILE")]
         file: Option<PathBuf>,
-        #[command(flatten)]
-        format: FormatArgs,
     },
     /// Print KEY's value as raw bytes; "not found" goes to stderr with exit status 1.
     Get {
@@ -101,15 +103,11 @@ enum Command {
         /// Read the contacted replica's local state (may be stale).
         #[arg(long)]
         stale: bool,
-        #[command(flatten)]
-        format: FormatArgs,
     },
     /// Remove KEY; prints OK or "OK (key did not exist)".
     Delete {
         /// The key.
         key: String,
-        #[command(flatten)]
-        format: FormatArgs,
     },
     /// Write key1..keyN = value1..valueN (a progress bar on a terminal).
     Prepopulate {
@@ -127,11 +125,7 @@ enum Command {
     Repl,
     /// One row per replica: id, address, role, leader, ballot, applied slot, lag, digest,
     /// failures; exit status 2 when no majority is reachable.
-    Status {
-        /// Output format: table (default), simple (key=value lines) or json.
-        #[arg(short = 'w', long = "write-out", value_enum, default_value_t = Format::Table)]
-        write_out: Format,
-    },
+    Status,
     /// Closed-loop load for a fixed time: throughput and latency percentiles per operation kind.
     Bench(bench::BenchArgs),
     /// Kill the leader with a shell command while writing; time until writes succeed again.
@@ -148,6 +142,7 @@ enum Command {
 pub async fn run(args: Args) -> anyhow::Result<u8> {
     let encoding = Encoding::from_flags(args.hex, args.base64);
     let command = args.command.unwrap_or(Command::Repl);
+    let format = args.write_out.unwrap_or_default();
     if let Command::Completions { shell } = command {
         print_completions(shell);
         return Ok(0);
@@ -162,28 +157,23 @@ pub async fn run(args: Args) -> anyhow::Result<u8> {
     };
     let mut client = Client::connect(config)?;
     match command {
-        Command::Put {
-            key,
-            value,
-            file,
-            format,
-        } => {
+        Command::Put { key, value, file } => {
             let key = encoding.decode_key(&key)?;
             let value = put_value(&client, encoding, value, file)?;
-            cmd_put(&mut client, &key, value, format.write_out).await
+            cmd_put(&mut client, &key, value, format).await
         }
-        Command::Get { key, stale, format } => {
+        Command::Get { key, stale } => {
             let key = encoding.decode_key(&key)?;
-            cmd_get(&client, &key, stale, format.write_out, encoding).await
+            cmd_get(&client, &key, stale, format, encoding).await
         }
-        Command::Delete { key, format } => {
+        Command::Delete { key } => {
             let key = encoding.decode_key(&key)?;
-            cmd_delete(&mut client, &key, format.write_out).await
+            cmd_delete(&mut client, &key, format).await
         }
         Command::Prepopulate { count } => cmd_prepopulate(&mut client, count).await,
         Command::Demo { count } => demo::run(&mut client, count).await,
         Command::Repl => repl::run(&mut client).await,
-        Command::Status { write_out } => status::run(&client, write_out).await,
+        Command::Status => status::run(&client, args.write_out.unwrap_or(Format::Table)).await,
         Command::Bench(bench_args) => bench::run(&client, bench_args).await,
         Command::BenchFailover(failover_args) => failover::run(&client, failover_args).await,
         Command::Completions { .. } => unreachable!("handled before connecting"),

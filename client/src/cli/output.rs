@@ -17,14 +17,6 @@ pub(crate) enum Format {
     Json,
 }
 
-/// The `-w` switch.
-#[derive(Clone, Copy, Debug, Default, clap::Args)]
-pub(crate) struct FormatArgs {
-    /// Output format: simple (bare answer), table (columns with a header) or json.
-    #[arg(short = 'w', long = "write-out", value_enum, default_value_t)]
-    pub(crate) write_out: Format,
-}
-
 /// Prints a found value. In simple format the bytes go out unchanged, with a newline only
 /// when stdout is a terminal (so `paxoskv get k > file` stores exactly the value).
 pub(crate) fn print_value(
