@@ -144,7 +144,7 @@ pub async fn run(args: Args) -> anyhow::Result<u8> {
     let command = args.command.unwrap_or(Command::Repl);
     let format = args.write_out.unwrap_or_default();
     if let Command::Completions { shell } = command {
-        print_completions(shell);
+        print_completions(shell)?;
         return Ok(0);
     }
     let config = ClientConfig {
@@ -180,9 +180,17 @@ pub async fn run(args: Args) -> anyhow::Result<u8> {
     }
 }
 
-fn print_completions(shell: clap_complete::Shell) {
-    let mut command = Args::command();
-    clap_complete::generate(shell, &mut command, "paxoskv", &mut std::io::stdout());
+/// Prints the completion script. Generated into memory first: clap_complete panics on a
+/// write error, and `paxoskv completions bash | head` closes the pipe early.
+fn print_completions(shell: clap_complete::Shell) -> anyhow::Result<()> {
+    let mut script = Vec::new();
+    clap_complete::generate(shell, &mut Args::command(), "paxoskv", &mut script);
+    match std::io::Write::write_all(&mut std::io::stdout().lock(), &script) {
+        Err(e) if e.kind() != std::io::ErrorKind::BrokenPipe => {
+            Err(e).context("cannot write the completion script")
+        }
+        _ => Ok(()),
+    }
 }
 
 /// The value of a put: from --file, from stdin for "-", else the (decoded) argument.
