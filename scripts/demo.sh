@@ -92,7 +92,7 @@ wait_running() {
 # Value of NAME=VALUE in a status line (values contain no spaces, except the last field).
 field() { sed -n "s/.* $2=\([^ ]*\).*/\1/p" <<<" $1"; }
 
-status_lines() { kv status 2>&1 || true; }
+status_lines() { kv status -w simple 2>&1 || true; }
 
 # Id of the replica that reports role=leader and that the most replicas name as leader.
 current_leader() {
@@ -125,8 +125,9 @@ expect() {
 }
 
 main() {
-    say "building (cargo build --release --workspace)"
-    (cd "$ROOT" && cargo build --release --workspace --quiet)
+    say "building in release mode, first time ~3 min (cargo build --release --workspace)"
+    # Not --quiet: cargo's "Compiling ..." lines are the sign of life during a cold build.
+    (cd "$ROOT" && cargo build --release --workspace)
     [[ -x $SERVER && -x $CLIENT ]] || die "binaries missing in $BIN"
 
     DATA_DIR_FLAG=0
@@ -165,7 +166,7 @@ main() {
     expect 0 "OK" put failover-key "overwritten after the leader died"
     expect 0 "overwritten after the leader died" get failover-key
     expect 0 "OK" delete failover-key
-    expect 1 "(not found)" get failover-key
+    expect 1 "not found: failover-key" get failover-key
     expect 0 "OK (key did not exist)" delete failover-key
     expect 0 "OK" put survivor "kept for the restarted replica"
 

@@ -43,6 +43,8 @@ enum AttemptError {
     Kv(KvError),
     /// The replica answered but aborted the request.
     Aborted(String),
+    /// Nothing listens at the address (connection refused).
+    Refused(String),
     /// Dial or connection failure; the connection was dropped.
     Transport(String),
     /// No answer before the attempt deadline.
@@ -175,15 +177,17 @@ impl Client {
     /// Asks every server for its status, concurrently, each bounded by the attempt timeout.
     /// Results are in the configured server order.
     pub async fn status_all(&self) -> Vec<(SocketAddr, Result<ReplicaStatus, ClientError>)> {
-        let calls = (0..self.pool.len()).map(|i| self.status_of(i));
+        let configured = self.pool.configured_len();
+        let calls = (0..configured).map(|i| self.status_of(i));
         let results = futures::future::join_all(calls).await;
         for (i, result) in results.iter().enumerate() {
             if matches!(result, Ok(s) if s.role == "leader") {
                 self.pool.set_leader(i);
             }
         }
-        (0..self.pool.len())
-            .map(|i| self.pool.addr(i))
+        self.pool
+            .configured_addrs()
+            .into_iter()
             .zip(results)
             .collect()
     }
@@ -201,6 +205,7 @@ impl Client {
         result.map_err(|e| match e {
             AttemptError::Kv(e) => ClientError::Server(e),
             AttemptError::Aborted(reason)
+            | AttemptError::Refused(reason)
             | AttemptError::Transport(reason)
             | AttemptError::NoAnswer(reason) => ClientError::Unreachable {
                 addr: self.pool.addr(index),
@@ -220,6 +225,7 @@ impl Client {
             let reason = match e {
                 AttemptError::Kv(e) => e.to_string(),
                 AttemptError::Aborted(s)
+                | AttemptError::Refused(s)
                 | AttemptError::Transport(s)
                 | AttemptError::NoAnswer(s) => s,
             };
@@ -270,7 +276,7 @@ impl Client {
         Fut: Future<Output = Result<Result<T, KvError>, RpcError>>,
     {
         let deadline = Instant::now() + self.config.timeout;
-        let mut tracker = Tracker::new(self.pool.len());
+        let mut tracker = Tracker::new(self.pool.configured_len());
         let mut backoff = Backoff::new();
         let mut target = self.pool.leader().unwrap_or(0);
         let mut free_hops = 0;
@@ -309,11 +315,13 @@ impl Client {
         Fut: Future<Output = Result<Result<T, KvError>, RpcError>>,
     {
         let deadline = Instant::now() + budget;
-        let conn = self
-            .pool
-            .get(index, deadline)
-            .await
-            .map_err(AttemptError::Transport)?;
+        let conn = self.pool.get(index, deadline).await.map_err(|e| {
+            if e.refused {
+                AttemptError::Refused(e.text)
+            } else {
+                AttemptError::Transport(e.text)
+            }
+        })?;
         let Some(remaining) = remaining_until(deadline) else {
             return Err(AttemptError::NoAnswer(
                 "deadline passed while connecting".into(),
@@ -364,6 +372,13 @@ impl Client {
                 tracker.answered_badly(index, what);
                 return Ok(Next::Retry(next));
             }
+            AttemptError::Refused(what) => {
+                tracker.refused(index, format!("{}: {what}", self.pool.addr(index)));
+                if self.config.fail_fast_when_refused && tracker.all_refused() {
+                    return Err(self.no_server(tracker));
+                }
+                return Ok(Next::Retry(next));
+            }
             AttemptError::Transport(what) | AttemptError::NoAnswer(what) => {
                 tracker.silent(format!("{}: {what}", self.pool.addr(index)));
                 return Ok(Next::Retry(next));
@@ -379,6 +394,21 @@ impl Client {
         }
     }
 
+    fn no_server(&self, tracker: &Tracker) -> ClientError {
+        let reason = tracker
+            .last_error()
+            .and_then(|e| e.rsplit(": ").next())
+            .unwrap_or("connection refused")
+            .to_string();
+        ClientError::NoServer {
+            tried: self.pool.configured_addrs(),
+            reason,
+        }
+    }
+
+    /// Goes to the replica a `NotLeader` names. A leader outside the configured list is
+    /// added to the pool: a client given only a follower's address can still read, as
+    /// writes can (the follower forwards those itself).
     fn follow_hint(&self, index: usize, hint: Option<&str>) -> Next {
         match self.resolve(hint) {
             Some(leader) if leader != index => {
@@ -391,7 +421,7 @@ impl Client {
 
     fn resolve(&self, hint: Option<&str>) -> Option<usize> {
         let addr: SocketAddr = hint?.parse().ok()?;
-        self.pool.index_of(addr)
+        self.pool.index_of_or_learn(addr)
     }
 
     fn succeeded<T: LeaderHint>(&self, index: usize, reply: T) -> T {

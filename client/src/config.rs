@@ -34,6 +34,11 @@ pub struct ClientConfig {
     pub attempt_timeout: Duration,
     /// Values above this size are refused locally, before any network traffic.
     pub max_value_bytes: usize,
+    /// Give up after one round of tries when every configured replica refuses the
+    /// connection (nothing listens: no server is running) instead of retrying until the
+    /// deadline. Off by default, so that a long-running program rides out a restart of the
+    /// whole cluster; the `paxoskv` tool turns it on.
+    pub fail_fast_when_refused: bool,
 }
 
 impl Default for ClientConfig {
@@ -43,6 +48,7 @@ impl Default for ClientConfig {
             timeout: DEFAULT_TIMEOUT,
             attempt_timeout: DEFAULT_ATTEMPT_TIMEOUT,
             max_value_bytes: DEFAULT_MAX_VALUE_BYTES,
+            fail_fast_when_refused: false,
         }
     }
 }

@@ -9,8 +9,9 @@ use std::net::SocketAddr;
 #[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
 pub enum ClientError {
     /// The key or value was refused locally; nothing was sent.
+    // Not a `#[source]`: the message already includes it, and `{:#}` would repeat it.
     #[error("invalid input: {0}")]
-    InvalidInput(#[from] InvalidInput),
+    InvalidInput(InvalidInput),
     /// The configuration cannot work (for example, no servers).
     #[error("invalid configuration: {0}")]
     Config(String),
@@ -29,6 +30,18 @@ pub enum ClientError {
     /// A replica refused the request for a reason that retrying does not fix.
     #[error("{0}")]
     Server(KvError),
+    /// Every replica refused the connection: nothing listens at any address, so the request
+    /// was certainly not applied. Only with [`crate::ClientConfig::fail_fast_when_refused`].
+    #[error(
+        "cannot connect to any replica ({reason}); is the server running? tried {}",
+        format_addrs(tried)
+    )]
+    NoServer {
+        /// The addresses tried.
+        tried: Vec<SocketAddr>,
+        /// The last dial error.
+        reason: String,
+    },
     /// One replica could not be reached (only from per-replica calls such as status).
     #[error("{addr}: {reason}")]
     Unreachable {
@@ -37,6 +50,37 @@ pub enum ClientError {
         /// Why: dial error, transport error or no answer in time.
         reason: String,
     },
+}
+
+impl From<InvalidInput> for ClientError {
+    fn from(e: InvalidInput) -> Self {
+        ClientError::InvalidInput(e)
+    }
+}
+
+/// Addresses as a short list: consecutive ports of one host become `host:first..last`.
+pub fn format_addrs(addrs: &[SocketAddr]) -> String {
+    let mut parts: Vec<String> = Vec::new();
+    let mut i = 0;
+    while i < addrs.len() {
+        let mut j = i;
+        while j + 1 < addrs.len()
+            && addrs[j + 1].ip() == addrs[i].ip()
+            && u32::from(addrs[j + 1].port()) == u32::from(addrs[j].port()) + 1
+        {
+            j += 1;
+        }
+        parts.push(if j > i + 1 {
+            format!("{}..{}", addrs[i], addrs[j].port())
+        } else {
+            (i..=j)
+                .map(|k| addrs[k].to_string())
+                .collect::<Vec<_>>()
+                .join(", ")
+        });
+        i = j + 1;
+    }
+    parts.join(", ")
 }
 
 impl ClientError {
@@ -82,6 +126,34 @@ impl fmt::Display for UnavailableDisplay<'_> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    fn addrs(list: &[&str]) -> Vec<SocketAddr> {
+        list.iter().map(|a| a.parse().unwrap()).collect()
+    }
+
+    #[test]
+    fn address_lists_collapse_port_runs() {
+        let five = addrs(&[
+            "127.0.0.1:15000",
+            "127.0.0.1:15001",
+            "127.0.0.1:15002",
+            "127.0.0.1:15003",
+            "127.0.0.1:15004",
+        ]);
+        assert_eq!(format_addrs(&five), "127.0.0.1:15000..15004");
+        let mixed = addrs(&["127.0.0.1:1", "127.0.0.1:2", "10.0.0.1:3", "127.0.0.1:9"]);
+        assert_eq!(
+            format_addrs(&mixed),
+            "127.0.0.1:1, 127.0.0.1:2, 10.0.0.1:3, 127.0.0.1:9"
+        );
+    }
+
+    #[test]
+    fn invalid_input_is_said_once() {
+        let e = ClientError::from(InvalidInput::EmptyKey);
+        assert_eq!(e.to_string(), "invalid input: empty key");
+        assert!(std::error::Error::source(&e).is_none());
+    }
 
     #[test]
     fn unavailable_names_the_counts() {

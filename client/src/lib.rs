@@ -26,6 +26,6 @@ pub use config::{
     default_servers, ClientConfig, DEFAULT_ATTEMPT_TIMEOUT, DEFAULT_BASE_PORT,
     DEFAULT_REPLICA_COUNT, DEFAULT_TIMEOUT,
 };
-pub use error::ClientError;
+pub use error::{format_addrs, ClientError};
 pub use paxoskv::{InvalidInput, Outcome};
 pub use paxoskv_service::{GetReply, KvError, ReadMode, ReplicaStatus};

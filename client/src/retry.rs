@@ -38,6 +38,10 @@ pub(crate) struct Tracker {
     answered: BTreeSet<usize>,
     server_figures: Option<(u32, u32)>,
     last_error: Option<String>,
+    /// Configured servers whose every attempt so far was a refused connection.
+    refused: BTreeSet<usize>,
+    /// Some attempt ended in anything but a refused connection (so a request may be out).
+    other_outcome: bool,
 }
 
 impl Tracker {
@@ -47,12 +51,15 @@ impl Tracker {
             answered: BTreeSet::new(),
             server_figures: None,
             last_error: None,
+            refused: BTreeSet::new(),
+            other_outcome: false,
         }
     }
 
     /// Server `index` answered with an error.
     pub(crate) fn answered_with(&mut self, index: usize, error: &KvError) {
         self.answered.insert(index);
+        self.other_outcome = true;
         if let KvError::Unavailable { answered, total } = error {
             self.server_figures = Some((*answered, *total));
         }
@@ -62,12 +69,35 @@ impl Tracker {
     /// Server `index` answered, but not with a usable reply (for example, it aborted).
     pub(crate) fn answered_badly(&mut self, index: usize, what: String) {
         self.answered.insert(index);
+        self.other_outcome = true;
         self.last_error = Some(what);
     }
 
     /// Server `index` did not answer.
     pub(crate) fn silent(&mut self, what: String) {
+        self.other_outcome = true;
         self.last_error = Some(what);
+    }
+
+    /// Server `index` refused the connection: nothing listens there.
+    pub(crate) fn refused(&mut self, index: usize, what: String) {
+        if index < self.total {
+            self.refused.insert(index);
+        } else {
+            self.other_outcome = true;
+        }
+        self.last_error = Some(what);
+    }
+
+    /// True once every configured server refused the connection and nothing else happened:
+    /// no request was ever sent, so giving up is safe and waiting is pointless.
+    pub(crate) fn all_refused(&self) -> bool {
+        !self.other_outcome && self.refused.len() == self.total
+    }
+
+    /// The last error seen, if any.
+    pub(crate) fn last_error(&self) -> Option<&str> {
+        self.last_error.as_deref()
     }
 
     /// The error to return when the deadline passed.
@@ -108,6 +138,20 @@ mod tests {
         t.answered_with(3, &e);
         t.silent("no answer".into());
         assert_eq!(t.give_up().unavailable_counts(), Some((2, 5)));
+    }
+
+    #[test]
+    fn all_refused_needs_every_server_and_nothing_else() {
+        let mut t = Tracker::new(2);
+        t.refused(0, "refused".into());
+        assert!(!t.all_refused());
+        t.refused(1, "refused".into());
+        assert!(t.all_refused());
+        let mut t = Tracker::new(2);
+        t.refused(0, "refused".into());
+        t.silent("no answer".into());
+        t.refused(1, "refused".into());
+        assert!(!t.all_refused(), "a request may be out after a timeout");
     }
 
     #[test]

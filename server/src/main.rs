@@ -4,12 +4,13 @@
 use anyhow::{bail, Context, Result};
 use clap::{Parser, ValueEnum};
 use paxoskv::Replica;
-use paxoskv_server::node::open_disk_replica;
+use paxoskv_server::node::{open_disk_replica, OpenError};
 use paxoskv_server::storage::FaultInjector;
-use paxoskv_server::store::{MemoryStore, ReplicaStore};
+use paxoskv_server::store::{MemoryStore, ReplicaStore, StoreError};
 use paxoskv_server::{run_replica, FailMode, ReplicaOptions};
 use std::net::{SocketAddr, ToSocketAddrs};
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
+use std::process::ExitCode;
 use tokio::net::TcpListener;
 use tokio::sync::watch;
 use tokio::task::JoinSet;
@@ -38,9 +39,9 @@ struct Args {
     /// Failure probability per Paxos message (drop mode) or per second (down mode); implies -f.
     #[arg(long, value_parser = parse_rate)]
     fail_rate: Option<f64>,
-    /// How acceptors fail.
-    #[arg(long, value_enum, default_value_t = FailKind::Drop)]
-    fail_mode: FailKind,
+    /// How acceptors fail (default drop); giving it implies -f.
+    #[arg(long, value_enum)]
+    fail_mode: Option<FailKind>,
     /// Shortest silence in down mode.
     #[arg(long, default_value_t = 500)]
     down_min_ms: u64,
@@ -94,11 +95,11 @@ fn parse_rate(s: &str) -> Result<f64, String> {
 
 impl Args {
     fn fail_mode(&self) -> FailMode {
-        if !self.fail && self.fail_rate.is_none() {
+        if !self.fail && self.fail_rate.is_none() && self.fail_mode.is_none() {
             return FailMode::Off;
         }
         let rate = self.fail_rate.unwrap_or(0.25);
-        match self.fail_mode {
+        match self.fail_mode.unwrap_or(FailKind::Drop) {
             FailKind::Drop => FailMode::Drop { rate },
             FailKind::Down => FailMode::Down {
                 rate,
@@ -144,7 +145,19 @@ fn open_state(args: &Args, options: &ReplicaOptions) -> Result<(Replica, Box<dyn
         return Ok((Replica::new(cfg), Box::new(MemoryStore)));
     }
     let dir = args.data_dir.join(format!("replica-{}", options.id));
-    Ok(open_disk_replica(&dir, cfg, FaultInjector::new())?)
+    open_disk_replica(&dir, cfg, FaultInjector::new()).map_err(without_repeated_dir)
+}
+
+/// Storage errors already name the directory; the `replica directory DIR:` prefix of
+/// [`OpenError`] would say it twice.
+fn without_repeated_dir(error: OpenError) -> anyhow::Error {
+    match error {
+        OpenError::Store {
+            source: StoreError::Storage(e),
+            ..
+        } => e.into(),
+        other => other.into(),
+    }
 }
 
 fn resolve(addr: &str) -> Result<SocketAddr> {
@@ -169,9 +182,37 @@ fn init_tracing() {
         .init();
 }
 
-fn main() -> Result<()> {
+fn main() -> ExitCode {
     let args = Args::parse();
     init_tracing();
+    // User errors (busy port, locked directory, bad flags) are one line, never a backtrace.
+    match run(args) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("error: {}", report(&e));
+            ExitCode::FAILURE
+        }
+    }
+}
+
+/// The error and its causes joined by ": ", each said once: a cause whose text the message
+/// already contains is skipped (the storage errors print their source in their message).
+fn report(error: &anyhow::Error) -> String {
+    let mut text = String::new();
+    for cause in error.chain() {
+        let part = cause.to_string();
+        if text.contains(&part) {
+            continue;
+        }
+        if !text.is_empty() {
+            text.push_str(": ");
+        }
+        text.push_str(&part);
+    }
+    text
+}
+
+fn run(args: Args) -> Result<()> {
     let runtime = if args.threads == 1 {
         tokio::runtime::Builder::new_current_thread()
             .enable_all()
@@ -187,26 +228,102 @@ fn main() -> Result<()> {
     runtime.block_on(serve(args))
 }
 
-async fn serve(args: Args) -> Result<()> {
-    let (addrs, ids) = args.layout()?;
-    let fail_mode = args.fail_mode();
-    let (stop_tx, stop_rx) = watch::channel(false);
-    let mut replicas = JoinSet::new();
-    for id in ids {
+/// Replicas bound and opened, not yet running.
+type Prepared = Vec<(TcpListener, ReplicaOptions, Replica, Box<dyn ReplicaStore>)>;
+
+/// Binds every port first, then opens every replica's state, and only then starts any: a
+/// busy port or a locked directory stops start-up before anything runs or is printed.
+async fn prepare(args: &Args, addrs: &[SocketAddr], ids: &[u32]) -> Result<Prepared> {
+    let mut listeners = Vec::new();
+    for &id in ids {
         let addr = addrs[id as usize];
         let listener = TcpListener::bind(addr)
             .await
             .with_context(|| format!("replica {id} cannot listen on {addr}"))?;
-        let mut options = ReplicaOptions::new(id, addrs.clone());
-        options.fail_mode = fail_mode;
-        options.tick_ms = args.tick_ms;
-        options.max_value_bytes = args.max_value_bytes;
-        options.fault_control = args.enable_fault_control;
-        options.snapshot_policy.every_slots = args.snapshot_every_slots;
-        options.snapshot_policy.log_bytes = args.snapshot_log_bytes;
-        let (core, store) = open_state(&args, &options)?;
+        listeners.push(listener);
+    }
+    let created = DirCleanup::new(args, ids);
+    let mut prepared = Vec::new();
+    for (&id, listener) in ids.iter().zip(listeners) {
+        let options = replica_options(args, id, addrs);
+        let (core, store) = open_state(args, &options)?;
+        prepared.push((listener, options, core, store));
+    }
+    created.keep();
+    Ok(prepared)
+}
+
+fn replica_options(args: &Args, id: u32, addrs: &[SocketAddr]) -> ReplicaOptions {
+    let mut options = ReplicaOptions::new(id, addrs.to_vec());
+    options.fail_mode = args.fail_mode();
+    options.tick_ms = args.tick_ms;
+    options.max_value_bytes = args.max_value_bytes;
+    options.fault_control = args.enable_fault_control;
+    options.snapshot_policy.every_slots = args.snapshot_every_slots;
+    options.snapshot_policy.log_bytes = args.snapshot_log_bytes;
+    options
+}
+
+/// Removes the data directories that this start-up created if it fails half-way, so a
+/// failed start leaves the disk as it found it. Directories that existed are never touched.
+struct DirCleanup {
+    created: Vec<PathBuf>,
+    armed: bool,
+}
+
+impl DirCleanup {
+    fn new(args: &Args, ids: &[u32]) -> DirCleanup {
+        let mut created = Vec::new();
+        if !args.in_memory {
+            created.extend(
+                ids.iter()
+                    .map(|id| args.data_dir.join(format!("replica-{id}")))
+                    .filter(|dir| !dir.exists()),
+            );
+            if !args.data_dir.exists() {
+                created.push(args.data_dir.clone());
+            }
+        }
+        DirCleanup {
+            created,
+            armed: true,
+        }
+    }
+
+    fn keep(mut self) {
+        self.armed = false;
+    }
+}
+
+impl Drop for DirCleanup {
+    fn drop(&mut self) {
+        if !self.armed {
+            return;
+        }
+        for dir in &self.created {
+            remove_created(dir);
+        }
+    }
+}
+
+fn remove_created(dir: &Path) {
+    if dir.exists() {
+        if let Err(e) = std::fs::remove_dir_all(dir) {
+            eprintln!("warning: cannot remove {}: {e}", dir.display());
+        }
+    }
+}
+
+async fn serve(args: Args) -> Result<()> {
+    let (addrs, ids) = args.layout()?;
+    let fail_mode = args.fail_mode();
+    let prepared = prepare(&args, &addrs, &ids).await?;
+    let (stop_tx, stop_rx) = watch::channel(false);
+    let mut replicas = JoinSet::new();
+    for (listener, options, core, store) in prepared {
+        let (id, port) = (options.id, addrs[options.id as usize].port());
         replicas.spawn(run_replica(listener, options, core, store, stop_rx.clone()));
-        println!("Replica {id} is running at port {}", addr.port());
+        println!("Replica {id} is running at port {port}");
     }
     if args.in_memory {
         println!("In-memory mode: nothing is persisted; a restarted replica starts empty");

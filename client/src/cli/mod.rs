@@ -1,30 +1,63 @@
 //! Argument parsing and the commands of the `paxoskv` tool.
 
 mod bench;
+mod codec;
 mod demo;
 mod failover;
+mod output;
 mod repl;
 mod status;
 
 use anyhow::Context as _;
-use clap::{Parser, Subcommand};
-use paxoskv_client::{Client, ClientConfig, Outcome, ReadMode};
+use clap::{CommandFactory, Parser, Subcommand};
+use codec::Encoding;
+use indicatif::{ProgressBar, ProgressDrawTarget, ProgressStyle};
+use output::Format;
+use paxoskv_client::{Client, ClientConfig, ReadMode};
+use std::ffi::OsString;
+use std::io::IsTerminal;
 use std::net::{SocketAddr, ToSocketAddrs};
+use std::path::PathBuf;
 use std::time::Duration;
+
+pub(crate) use output::describe_outcome;
 
 /// Exit status of a GET that found nothing.
 pub const EXIT_NOT_FOUND: u8 = 1;
 /// Exit status of any error.
 pub const EXIT_ERROR: u8 = 2;
 
+const LONG_ABOUT: &str = "\
+Command-line client of paxoskv, a key-value store replicated on five servers with Multi-Paxos.
+
+Every write is agreed by a majority of the replicas; reads are linearizable unless --stale is
+given. Any replica can be contacted: the client follows the leader's address on its own.
+With no command, paxoskv opens an interactive shell (the repl).";
+
+const EXAMPLES: &str = "\
+Examples:
+  paxoskv put color blue                 store a value given as an argument
+  paxoskv put photo --file cat.jpg       store a file's bytes
+  echo -n 'multi word' | paxoskv put k - store standard input
+  paxoskv get color                      print the value's bytes (exit 1 if not found)
+  paxoskv --hex put 6b6579 00ff          binary key and value in hex
+  paxoskv -w json get color              {\"key\":\"color\",\"found\":true,...}
+  paxoskv status                         one row per replica; exit 2 without a majority
+  PAXOSKV_SERVERS=h1:15000,h2:15000 paxoskv get k
+
+Exit status: 0 success, 1 key not found, 2 any error.";
+
 /// Command-line client of the paxoskv replicated key-value store.
 #[derive(Debug, Parser)]
-#[command(name = "paxoskv", version, about)]
+#[command(name = "paxoskv", version, about, long_about = LONG_ABOUT, after_help = EXAMPLES)]
 pub struct Args {
-    /// Replica addresses, comma separated, in replica-id order.
+    /// Replica addresses, comma separated, in replica-id order. One reachable replica is
+    /// enough for get, put and delete; status judges the majority against this list.
     #[arg(
         long,
+        visible_alias = "endpoints",
         global = true,
+        env = "PAXOSKV_SERVERS",
         value_delimiter = ',',
         value_parser = parse_server,
         default_value = "127.0.0.1:15000,127.0.0.1:15001,127.0.0.1:15002,127.0.0.1:15003,127.0.0.1:15004"
@@ -36,24 +69,47 @@ pub struct Args {
     /// Deadline of one RPC attempt, capped by what remains of --timeout.
     #[arg(long, global = true, value_parser = parse_duration, default_value = "1s")]
     attempt_timeout: Duration,
+    /// KEY and VALUE arguments are hex; get prints values in hex.
+    #[arg(long, global = true, conflicts_with = "base64")]
+    hex: bool,
+    /// KEY and VALUE arguments are base64; get prints values in base64.
+    #[arg(long, global = true)]
+    base64: bool,
+    /// Output of get, put, delete and status: simple (bare answer; default, status: table),
+    /// table (columns with a header) or json.
+    #[arg(short = 'w', long = "write-out", global = true, value_enum)]
+    write_out: Option<Format>,
     #[command(subcommand)]
-    command: Command,
+    command: Option<Command>,
 }
 
 #[derive(Debug, Subcommand)]
 enum Command {
-    /// Set KEY to VALUE; prints OK.
-    Put { key: String, value: String },
-    /// Print KEY's value, or "(not found)" with exit status 1.
+    /// Set KEY to VALUE (an argument, "-" for stdin, or --file); prints OK.
+    Put {
+        /// The key (UTF-8, at most 1024 bytes).
+        key: String,
+        /// The value (at most 1 MiB); "-" reads it from standard input.
+        #[arg(required_unless_present = "file", conflicts_with = "file")]
+        value: Option<OsString>,
+        /// Read the value from this file, byte for byte.
+        #[arg(long, value_name = "FILE")]
+        file: Option<PathBuf>,
+    },
+    /// Print KEY's value as raw bytes; "not found" goes to stderr with exit status 1.
     Get {
+        /// The key.
         key: String,
         /// Read the contacted replica's local state (may be stale).
         #[arg(long)]
         stale: bool,
     },
     /// Remove KEY; prints OK or "OK (key did not exist)".
-    Delete { key: String },
-    /// Write key1..keyN = value1..valueN.
+    Delete {
+        /// The key.
+        key: String,
+    },
+    /// Write key1..keyN = value1..valueN (a progress bar on a terminal).
     Prepopulate {
         /// How many keys.
         #[arg(long, default_value_t = 10)]
@@ -65,45 +121,116 @@ enum Command {
         #[arg(long, default_value_t = 10)]
         count: u32,
     },
-    /// Read PUT/GET/DELETE/EXIT commands from stdin.
+    /// Interactive shell: PUT/GET/DELETE/STATUS/EXIT, with history; reads a script from a pipe.
     Repl,
-    /// One line per replica: role, leader, applied slot, keys, digest, failures.
+    /// One row per replica: id, address, role, leader, ballot, applied slot, lag, digest,
+    /// failures; exit status 2 when no majority is reachable.
     Status,
     /// Closed-loop load for a fixed time: throughput and latency percentiles per operation kind.
     Bench(bench::BenchArgs),
     /// Kill the leader with a shell command while writing; time until writes succeed again.
     BenchFailover(failover::FailoverArgs),
+    /// Print a shell completion script, e.g. `paxoskv completions bash > /etc/bash_completion.d/paxoskv`.
+    Completions {
+        /// The shell.
+        #[arg(value_enum)]
+        shell: clap_complete::Shell,
+    },
 }
 
 /// Runs the parsed command; returns the exit status.
 pub async fn run(args: Args) -> anyhow::Result<u8> {
+    let encoding = Encoding::from_flags(args.hex, args.base64);
+    let command = args.command.unwrap_or(Command::Repl);
+    let format = args.write_out.unwrap_or_default();
+    if let Command::Completions { shell } = command {
+        print_completions(shell)?;
+        return Ok(0);
+    }
     let config = ClientConfig {
         servers: args.servers,
         timeout: args.timeout,
         attempt_timeout: args.attempt_timeout,
+        // A person at a prompt wants "no server" at once, not after the whole deadline.
+        fail_fast_when_refused: true,
         ..ClientConfig::default()
     };
     let mut client = Client::connect(config)?;
-    match args.command {
-        Command::Put { key, value } => cmd_put(&mut client, &key, value).await,
-        Command::Get { key, stale } => cmd_get(&client, &key, stale).await,
-        Command::Delete { key } => cmd_delete(&mut client, &key).await,
+    match command {
+        Command::Put { key, value, file } => {
+            let key = encoding.decode_key(&key)?;
+            let value = put_value(&client, encoding, value, file)?;
+            cmd_put(&mut client, &key, value, format).await
+        }
+        Command::Get { key, stale } => {
+            let key = encoding.decode_key(&key)?;
+            cmd_get(&client, &key, stale, format, encoding).await
+        }
+        Command::Delete { key } => {
+            let key = encoding.decode_key(&key)?;
+            cmd_delete(&mut client, &key, format).await
+        }
         Command::Prepopulate { count } => cmd_prepopulate(&mut client, count).await,
         Command::Demo { count } => demo::run(&mut client, count).await,
         Command::Repl => repl::run(&mut client).await,
-        Command::Status => status::run(&client).await,
+        Command::Status => status::run(&client, args.write_out.unwrap_or(Format::Table)).await,
         Command::Bench(bench_args) => bench::run(&client, bench_args).await,
         Command::BenchFailover(failover_args) => failover::run(&client, failover_args).await,
+        Command::Completions { .. } => unreachable!("handled before connecting"),
     }
 }
 
-async fn cmd_put(client: &mut Client, key: &str, value: String) -> anyhow::Result<u8> {
-    client.put(key, value.into_bytes()).await?;
-    println!("OK");
+/// Prints the completion script. Generated into memory first: clap_complete panics on a
+/// write error, and `paxoskv completions bash | head` closes the pipe early.
+fn print_completions(shell: clap_complete::Shell) -> anyhow::Result<()> {
+    let mut script = Vec::new();
+    clap_complete::generate(shell, &mut Args::command(), "paxoskv", &mut script);
+    match std::io::Write::write_all(&mut std::io::stdout().lock(), &script) {
+        Err(e) if e.kind() != std::io::ErrorKind::BrokenPipe => {
+            Err(e).context("cannot write the completion script")
+        }
+        _ => Ok(()),
+    }
+}
+
+/// The value of a put: from --file, from stdin for "-", else the (decoded) argument.
+fn put_value(
+    client: &Client,
+    encoding: Encoding,
+    value: Option<OsString>,
+    file: Option<PathBuf>,
+) -> anyhow::Result<Vec<u8>> {
+    let limit = client.config().max_value_bytes;
+    if let Some(path) = file {
+        return codec::read_file(&path, limit);
+    }
+    let value = value.context("give a VALUE, \"-\" for stdin, or --file")?;
+    if value == "-" {
+        return codec::read_stdin(limit);
+    }
+    encoding
+        .decode(value.as_encoded_bytes())
+        .context("the VALUE argument")
+}
+
+async fn cmd_put(
+    client: &mut Client,
+    key: &str,
+    value: Vec<u8>,
+    format: Format,
+) -> anyhow::Result<u8> {
+    let outcome = client.put(key, value).await?;
+    output::print_outcome(format, key, &outcome);
     Ok(0)
 }
 
-async fn cmd_get(client: &Client, key: &str, stale: bool) -> anyhow::Result<u8> {
+async fn cmd_get(
+    client: &Client,
+    key: &str,
+    stale: bool,
+    format: Format,
+    encoding: Encoding,
+) -> anyhow::Result<u8> {
     let mode = if stale {
         ReadMode::Stale
     } else {
@@ -111,19 +238,19 @@ async fn cmd_get(client: &Client, key: &str, stale: bool) -> anyhow::Result<u8> 
     };
     match client.get_with(key, mode).await? {
         Some(value) => {
-            println!("{}", String::from_utf8_lossy(&value));
+            output::print_value(format, encoding, key, &value).context("cannot write to stdout")?;
             Ok(0)
         }
         None => {
-            println!("(not found)");
+            output::print_not_found(format, key);
             Ok(EXIT_NOT_FOUND)
         }
     }
 }
 
-async fn cmd_delete(client: &mut Client, key: &str) -> anyhow::Result<u8> {
+async fn cmd_delete(client: &mut Client, key: &str, format: Format) -> anyhow::Result<u8> {
     let outcome = client.delete(key).await?;
-    println!("{}", describe_outcome(&outcome));
+    output::print_outcome(format, key, &outcome);
     Ok(0)
 }
 
@@ -137,24 +264,32 @@ async fn cmd_prepopulate(client: &mut Client, count: u32) -> anyhow::Result<u8> 
     Ok(0)
 }
 
-/// Writes key1..keyN = value1..valueN.
+/// Writes key1..keyN = value1..valueN, with a progress bar when stderr is a terminal.
 pub(crate) async fn prepopulate(client: &mut Client, count: u32) -> anyhow::Result<()> {
+    let progress = progress_bar(u64::from(count));
     for i in 1..=count {
         let key = format!("key{i}");
         client
             .put(&key, format!("value{i}").into_bytes())
             .await
             .with_context(|| format!("prepopulate: PUT {key}"))?;
+        progress.inc(1);
     }
+    progress.finish_and_clear();
     Ok(())
 }
 
-/// The line printed for a write's outcome.
-pub(crate) fn describe_outcome(outcome: &Outcome) -> &'static str {
-    match outcome {
-        Outcome::Delete { existed: false } => "OK (key did not exist)",
-        _ => "OK",
+fn progress_bar(len: u64) -> ProgressBar {
+    if !std::io::stderr().is_terminal() {
+        return ProgressBar::hidden();
     }
+    let bar = ProgressBar::with_draw_target(Some(len), ProgressDrawTarget::stderr());
+    if let Ok(style) =
+        ProgressStyle::with_template("{bar:40} {pos}/{len} keys, {per_sec}, eta {eta}")
+    {
+        bar.set_style(style);
+    }
+    bar
 }
 
 /// Parses a duration such as `5s`, `500ms` or `1m 30s`; must be positive.
@@ -186,7 +321,6 @@ pub(crate) fn timestamp() -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use clap::CommandFactory;
 
     #[test]
     fn durations_parse_with_units() {
@@ -209,6 +343,45 @@ mod tests {
         assert_eq!(defaults.servers, paxoskv_client::default_servers());
         assert!(Args::try_parse_from(["paxoskv", "--servers", "nonsense", "status"]).is_err());
         assert!(Args::try_parse_from(["paxoskv", "--bogus", "status"]).is_err());
+        let alias =
+            Args::try_parse_from(["paxoskv", "--endpoints", "127.0.0.1:7", "status"]).unwrap();
+        assert_eq!(alias.servers[0].port(), 7);
+    }
+
+    #[test]
+    fn no_command_means_the_repl() {
+        let args = Args::try_parse_from(["paxoskv"]).unwrap();
+        assert!(args.command.is_none());
+    }
+
+    #[test]
+    fn put_needs_a_value_or_a_file_but_not_both() {
+        assert!(Args::try_parse_from(["paxoskv", "put", "k"]).is_err());
+        assert!(Args::try_parse_from(["paxoskv", "put", "k", "--file", "f"]).is_ok());
+        assert!(Args::try_parse_from(["paxoskv", "put", "k", "v", "--file", "f"]).is_err());
+        assert!(Args::try_parse_from(["paxoskv", "--hex", "--base64", "get", "k"]).is_err());
+    }
+
+    #[test]
+    fn every_argument_has_help() {
+        fn check(command: &clap::Command, path: &str) {
+            for arg in command.get_arguments() {
+                let id = arg.get_id().as_str();
+                if id == "help" || id == "version" {
+                    continue;
+                }
+                assert!(arg.get_help().is_some(), "{path} {id} has no help");
+            }
+            for sub in command.get_subcommands() {
+                assert!(
+                    sub.get_about().is_some(),
+                    "{path} {} has no about",
+                    sub.get_name()
+                );
+                check(sub, &format!("{path} {}", sub.get_name()));
+            }
+        }
+        check(&Args::command(), "paxoskv");
     }
 
     #[test]
