@@ -88,6 +88,7 @@ fn outcome_word(outcome: &Outcome) -> &'static str {
         Outcome::Put { replaced: false } => "created",
         Outcome::Delete { existed: true } => "deleted",
         Outcome::Delete { existed: false } => "did not exist",
+        Outcome::Registered => "session opened",
     }
 }
 
@@ -95,6 +96,7 @@ fn outcome_json(key: &str, outcome: &Outcome) -> serde_json::Value {
     match outcome {
         Outcome::Put { replaced } => json!({"key": key, "ok": true, "replaced": replaced}),
         Outcome::Delete { existed } => json!({"key": key, "ok": true, "existed": existed}),
+        Outcome::Registered => json!({"key": key, "ok": true, "session": "opened"}),
     }
 }
 
