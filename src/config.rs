@@ -41,6 +41,12 @@ pub struct Config {
     #[cfg(feature = "broken-acceptor")]
     #[doc(hidden)]
     pub unsafe_skip_promise_check: bool,
+    /// TEST ONLY: the own-promise bug of issue 9 put back: requests under the replica's own
+    /// ballot leave before `Promised(b)` is durable, and a candidate counts its own promise
+    /// at once. The simulator must catch it. Exists only with the `broken-acceptor` feature.
+    #[cfg(feature = "broken-acceptor")]
+    #[doc(hidden)]
+    pub unsafe_send_before_durable: bool,
 }
 
 impl Config {
@@ -69,6 +75,8 @@ impl Config {
             seed: u64::from(id) + 1,
             #[cfg(feature = "broken-acceptor")]
             unsafe_skip_promise_check: false,
+            #[cfg(feature = "broken-acceptor")]
+            unsafe_send_before_durable: false,
         }
     }
 

@@ -164,13 +164,14 @@ impl Replica {
         let out = std::mem::take(&mut self.out);
         self.durability.unbatched.extend(out.persist);
         let wait_for = self.durability.newest_undurable();
+        let durable_promise = self.durable_promise_claimable();
         let mut ready = Ready {
             client_replies: out.client_replies,
             ..Ready::default()
         };
         for message in out.messages {
             match wait_for {
-                Some(n) if vouches_undurable(&message.request, self.durability.durable_promise) => {
+                Some(n) if vouches_undurable(&message.request, durable_promise) => {
                     self.durability.held.push((n, Held::Message(message)))
                 }
                 _ => ready.messages.push(message),
@@ -213,6 +214,18 @@ impl Replica {
             self.count_own_promise(ballot);
         }
         self.count_self_acks(batch.self_acks);
+    }
+
+    /// The promise that requests may claim without waiting for a sync.
+    fn durable_promise_claimable(&self) -> Ballot {
+        #[cfg(feature = "broken-acceptor")]
+        if self.cfg.unsafe_send_before_durable {
+            return Ballot {
+                round: u64::MAX,
+                replica: u32::MAX,
+            };
+        }
+        self.durability.durable_promise
     }
 
     /// Batch in flight, if any (the runtime's own bookkeeping must agree).

@@ -120,6 +120,11 @@ impl Replica {
         // in use that the restarted replica could pick again.
         self.durability.unbatched_own_promise = Some(ballot);
         self.broadcast(Request::Prepare(self.prepare_message(ballot, false)));
+        #[cfg(feature = "broken-acceptor")]
+        if self.cfg.unsafe_send_before_durable {
+            self.durability.unbatched_own_promise = None;
+            self.count_own_promise(ballot);
+        }
     }
 
     /// The batch holding `Promised(ballot)` is durable: count our own promise.

@@ -36,6 +36,11 @@ struct Cli {
     /// Needs a build with `--features broken-acceptor`.
     #[arg(long)]
     broken_acceptor: bool,
+    /// Replicas send under their own ballot before its promise is durable and count their
+    /// own promise at once (the own-promise bug), so violations must be found. Needs a build
+    /// with `--features broken-acceptor`.
+    #[arg(long)]
+    broken_durability: bool,
     /// Succeed only if a violation IS found (the self-test with --broken-acceptor).
     #[arg(long)]
     expect_violation: bool,
@@ -112,6 +117,14 @@ fn trace_one(args: &Args) -> ExitCode {
     }
 }
 
+fn on_off(on: bool) -> &'static str {
+    if on {
+        "ON"
+    } else {
+        "off"
+    }
+}
+
 fn summary_line(args: &Args, batch: &BatchReport, elapsed_s: f64) -> String {
     let replicas = match args.cfg.replicas {
         Some(n) => n.to_string(),
@@ -119,18 +132,15 @@ fn summary_line(args: &Args, batch: &BatchReport, elapsed_s: f64) -> String {
     };
     format!(
         "paxoskv-sim: {} seeds ({}..{}) x {} steps, replicas {}, broken-acceptor {}, \
-         faults [{}], client ops checked {}, slots chosen {}, inconclusive {}, violations {}{}, \
+         broken-durability {}, faults [{}], client ops checked {}, slots chosen {}, inconclusive {}, violations {}{}, \
          digest {:016x}, {:.1}s",
         batch.seeds_run,
         args.seeds.start,
         args.seeds.end,
         args.cfg.steps,
         replicas,
-        if args.cfg.broken_acceptor {
-            "ON"
-        } else {
-            "off"
-        },
+        on_off(args.cfg.broken_acceptor),
+        on_off(args.cfg.broken_durability),
         batch.faults,
         batch.ops_checked,
         batch.chosen_slots,
@@ -185,7 +195,7 @@ fn print_failure(cfg: &SimConfig, r: &SeedReport) {
         "FAILED seed {} ({} replicas) at step {}: {}",
         r.seed, r.replicas, f.step, f.violation
     );
-    let features = if cfg.broken_acceptor {
+    let features = if cfg.broken_acceptor || cfg.broken_durability {
         " --features broken-acceptor"
     } else {
         ""
@@ -199,6 +209,9 @@ fn print_failure(cfg: &SimConfig, r: &SeedReport) {
     }
     if cfg.broken_acceptor {
         replay.push_str(" --broken-acceptor");
+    }
+    if cfg.broken_durability {
+        replay.push_str(" --broken-durability");
     }
     if cfg.liveness_bound_steps != SimConfig::new(cfg.steps).liveness_bound_steps {
         replay.push_str(&format!(
@@ -219,6 +232,7 @@ impl Args {
         let mut cfg = SimConfig::new(cli.steps);
         cfg.replicas = cli.replicas;
         cfg.broken_acceptor = cli.broken_acceptor;
+        cfg.broken_durability = cli.broken_durability;
         cfg.trace = cli.trace;
         if let Some(n) = cli.liveness_bound_steps {
             cfg.liveness_bound_steps = n;

@@ -36,6 +36,8 @@ pub struct SimConfig {
     /// Every acceptor skips the promise check (the self-test: violations must be found).
     /// Needs the `broken-acceptor` feature ([`crate::BROKEN_ACCEPTOR_AVAILABLE`]).
     pub broken_acceptor: bool,
+    /// Replicas run with the own-promise bug put back (same feature).
+    pub broken_durability: bool,
     /// After faults stop, every operation must complete within this many steps.
     pub liveness_bound_steps: u64,
     /// Steps the replicas get to converge after the last operation could complete.
@@ -51,6 +53,7 @@ impl SimConfig {
             steps,
             replicas: None,
             broken_acceptor: false,
+            broken_durability: false,
             liveness_bound_steps: 150,
             converge_steps: 100,
             trace: false,
@@ -79,7 +82,8 @@ impl SimConfig {
 
     /// Checks that the phases fit.
     pub fn validate(&self) -> Result<(), String> {
-        if self.broken_acceptor && !crate::BROKEN_ACCEPTOR_AVAILABLE {
+        let broken = self.broken_acceptor || self.broken_durability;
+        if broken && !crate::BROKEN_ACCEPTOR_AVAILABLE {
             return Err(
                 "--broken-acceptor needs the test-only acceptor, which this build lacks: \
                         build with `--features broken-acceptor`, e.g. `cargo run --release -p \
@@ -250,6 +254,7 @@ impl<'c> Simulation<'c> {
             profile,
             tunables: CoreTunables::random(&mut rng),
             broken_acceptor: cfg.broken_acceptor,
+            broken_durability: cfg.broken_durability,
             trace: cfg.trace,
         });
         Simulation {

@@ -214,6 +214,8 @@ pub struct WorldOptions {
     pub tunables: CoreTunables,
     /// Every acceptor skips the promise check.
     pub broken_acceptor: bool,
+    /// Every replica sends before its own promise is durable (the own-promise bug).
+    pub broken_durability: bool,
     /// Keep a trace of events.
     pub trace: bool,
 }
@@ -227,12 +229,13 @@ impl World {
             profile,
             tunables,
             broken_acceptor,
+            broken_durability,
             trace,
         } = options;
         // Outside `run_seed`'s catch_unwind, so misuse surfaces as a panic, not as a "violation"
         // that a self-test would happily count as caught.
         assert!(
-            !broken_acceptor || BROKEN_ACCEPTOR_AVAILABLE,
+            !(broken_acceptor || broken_durability) || BROKEN_ACCEPTOR_AVAILABLE,
             "broken_acceptor needs paxoskv-sim built with the `broken-acceptor` feature"
         );
         let nodes = (0..replicas)
@@ -243,6 +246,7 @@ impl World {
                 #[cfg(feature = "broken-acceptor")]
                 {
                     cfg.unsafe_skip_promise_check = broken_acceptor;
+                    cfg.unsafe_send_before_durable = broken_durability;
                 }
                 Node {
                     replica: Some(Replica::new(cfg.clone())),
