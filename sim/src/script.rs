@@ -172,7 +172,19 @@ pub fn run_script(file: &str, text: &str, options: Options) -> Result<String, Sc
         }
         h.out.push(format!("> {line}"));
         let words: Vec<&str> = line.split_whitespace().collect();
-        let result = h.command(&words).and_then(|()| h.check_history());
+        // A core assertion (e.g. "a chosen value never changes") is a finding, not a crash
+        // of the test run: report it at the line that triggered it.
+        let result = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+            h.command(&words).and_then(|()| h.check_history())
+        }))
+        .unwrap_or_else(|panic| {
+            let text = panic
+                .downcast_ref::<String>()
+                .cloned()
+                .or_else(|| panic.downcast_ref::<&str>().map(|s| s.to_string()))
+                .unwrap_or_else(|| "unknown panic".into());
+            Err(usage(format!("panicked: {text}")))
+        });
         if let Err(e) = result {
             h.out.push(format!("FAILED: {}", e.message));
             failures.push(Failure {
