@@ -391,6 +391,8 @@ struct Harness {
     sent_before_restart: Vec<Option<Ballot>>,
     /// Every value ever seen chosen per slot, with the replica that first knew it.
     ever_chosen: BTreeMap<Slot, (ReplicaId, Value)>,
+    /// Slots already reported chosen twice (keep-going reports each once).
+    reported_conflicts: BTreeSet<Slot>,
     out: Vec<String>,
 }
 
@@ -631,7 +633,12 @@ impl Harness {
             for slot in 1..=last {
                 let Some(v) = r.chosen_value(slot) else { continue };
                 match self.ever_chosen.get(&slot) {
-                    Some((who, seen)) if seen != v && conflict.is_none() => {
+                    Some((who, seen))
+                        if seen != v
+                            && conflict.is_none()
+                            && !self.reported_conflicts.contains(&slot) =>
+                    {
+                        self.reported_conflicts.insert(slot);
                         conflict = Some(format!(
                             "slot {slot} chosen twice: {} (first known by {who}) and {} (on {})",
                             render_value(seen),
