@@ -80,8 +80,8 @@
 use crate::{Envelope, Net, SnapshotOutcome};
 use paxoskv::message::{Request, Response};
 use paxoskv::{
-    Ballot, ClientError, ClientReply, ClientToken, Command, CommandId, Config, Op, Outcome,
-    Record, ReplicaId, Slot, Value,
+    Ballot, ClientError, ClientReply, ClientToken, Command, CommandId, Config, Op, Outcome, Record,
+    ReplicaId, Slot, Value,
 };
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::fmt;
@@ -138,7 +138,11 @@ pub struct ScriptError {
 impl fmt::Display for ScriptError {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         for x in &self.failures {
-            writeln!(f, "{}:{}: `{}`: {}", self.file, x.line, x.command, x.message)?;
+            writeln!(
+                f,
+                "{}:{}: `{}`: {}",
+                self.file, x.line, x.command, x.message
+            )?;
         }
         write!(f, "--- transcript (tail) ---\n{}", self.transcript_tail)
     }
@@ -233,8 +237,7 @@ fn failed(message: impl Into<String>) -> CmdError {
 
 fn parse<T: std::str::FromStr>(word: Option<&&str>, what: &str) -> CmdResult<T> {
     let w = word.ok_or_else(|| usage(format!("missing {what}")))?;
-    w.parse()
-        .map_err(|_| usage(format!("bad {what}: `{w}`")))
+    w.parse().map_err(|_| usage(format!("bad {what}: `{w}`")))
 }
 
 fn parse_ballot(word: Option<&&str>) -> CmdResult<Ballot> {
@@ -243,7 +246,9 @@ fn parse_ballot(word: Option<&&str>) -> CmdResult<Ballot> {
         .split_once('.')
         .ok_or_else(|| usage(format!("bad ballot `{w}`, want <round>.<replica>")))?;
     Ok(Ballot {
-        round: round.parse().map_err(|_| usage(format!("bad ballot `{w}`")))?,
+        round: round
+            .parse()
+            .map_err(|_| usage(format!("bad ballot `{w}`")))?,
         replica: replica
             .parse()
             .map_err(|_| usage(format!("bad ballot `{w}`")))?,
@@ -285,8 +290,17 @@ impl Cmp {
 }
 
 const KINDS: &[&str] = &[
-    "probe", "prepare", "accept", "learn", "fetch", "probe-ok", "promise", "accepted",
-    "learn-ack", "chosen", "nack",
+    "probe",
+    "prepare",
+    "accept",
+    "learn",
+    "fetch",
+    "probe-ok",
+    "promise",
+    "accepted",
+    "learn-ack",
+    "chosen",
+    "nack",
 ];
 
 fn kind(env: &Envelope) -> &'static str {
@@ -444,7 +458,9 @@ fn render_reply(r: &ClientReply) -> String {
 fn render_env(env: &Envelope) -> String {
     let detail = match env {
         Envelope::Request { request, .. } => match request {
-            Request::Prepare(p) => format!("ballot {} first_unchosen {}", p.ballot, p.first_unchosen),
+            Request::Prepare(p) => {
+                format!("ballot {} first_unchosen {}", p.ballot, p.first_unchosen)
+            }
             Request::Accept(a) => format!(
                 "ballot {} slot {} commit {}: {}",
                 a.ballot,
@@ -470,13 +486,19 @@ fn render_env(env: &Envelope) -> String {
                 )
             }
             Response::Accepted(a) => format!("ballot {} slot {}", a.ballot, a.slot),
-            Response::LearnAck(a) => format!("ballot {} chosen_through {}", a.ballot, a.chosen_through),
+            Response::LearnAck(a) => {
+                format!("ballot {} chosen_through {}", a.ballot, a.chosen_through)
+            }
             Response::Chosen(c) => format!(
                 "from_slot {} values {} chosen_through {}{}",
                 c.from_slot,
                 c.values.len(),
                 c.chosen_through,
-                if c.snapshot_needed { " snapshot-needed" } else { "" }
+                if c.snapshot_needed {
+                    " snapshot-needed"
+                } else {
+                    ""
+                }
             ),
             Response::Nack(n) => format!("ballot {} promised {}", n.ballot, n.promised),
         },
@@ -497,7 +519,10 @@ impl Harness {
             return Err(usage("no cluster yet: start with `cluster <n>`"));
         }
         if id >= self.n {
-            return Err(usage(format!("replica {id} not in a cluster of {}", self.n)));
+            return Err(usage(format!(
+                "replica {id} not in a cluster of {}",
+                self.n
+            )));
         }
         Ok(id)
     }
@@ -568,8 +593,10 @@ impl Harness {
                 .iter()
                 .find(|(_, t)| **t == token)
                 .map_or_else(|| format!("#{}", token.0), |(n, _)| n.clone());
-            self.out
-                .push(format!("  reply {name} from {id}: {}", render_reply(&reply)));
+            self.out.push(format!(
+                "  reply {name} from {id}: {}",
+                render_reply(&reply)
+            ));
             self.replies.insert(token, reply);
         }
     }
@@ -631,7 +658,9 @@ impl Harness {
         for r in net.replicas.iter().flatten() {
             let last = r.status().last_slot.max(r.chosen_through());
             for slot in 1..=last {
-                let Some(v) = r.chosen_value(slot) else { continue };
+                let Some(v) = r.chosen_value(slot) else {
+                    continue;
+                };
                 match self.ever_chosen.get(&slot) {
                     Some((who, seen))
                         if seen != v
@@ -697,7 +726,8 @@ impl Harness {
                         .iter()
                         .any(|e| e.from() == id && kind(e) == "probe");
                     if probed {
-                        self.out.push(format!("  {id} probes after {} ticks", t + 1));
+                        self.out
+                            .push(format!("  {id} probes after {} ticks", t + 1));
                         return Ok(());
                     }
                 }
@@ -714,7 +744,9 @@ impl Harness {
                         return Ok(());
                     }
                 }
-                Err(usage(format!("{id} did not become leader within {max} ticks")))
+                Err(usage(format!(
+                    "{id} did not become leader within {max} ticks"
+                )))
             }
             "stabilize" => {
                 let rounds = match w.get(1) {
@@ -795,6 +827,9 @@ impl Harness {
                     self.partitioned.clear();
                     return Ok(());
                 }
+                if w.len() == 1 {
+                    return Err(usage("want `partition <id>...`"));
+                }
                 for x in &w[1..] {
                     let id = self.id(Some(x))?;
                     if verb == "partition" {
@@ -870,7 +905,8 @@ impl Harness {
                 let through = net.background[id as usize]
                     .as_ref()
                     .map_or(0, |b| b.snapshot.through);
-                self.out.push(format!("  {id} snapshotting through {through}"));
+                self.out
+                    .push(format!("  {id} snapshotting through {through}"));
                 Ok(())
             }
             "snapshot-finish" => {
@@ -892,8 +928,9 @@ impl Harness {
                     .net()?
                     .install_snapshot(to, from)
                     .ok_or_else(|| usage(format!("{from} has no snapshot or {to} is down")))?;
-                self.out
-                    .push(format!("  {to} installed {from}'s snapshot through {through}"));
+                self.out.push(format!(
+                    "  {to} installed {from}'s snapshot through {through}"
+                ));
                 self.process(to)
             }
             "status" => {
@@ -1137,7 +1174,10 @@ impl Harness {
                 let b = parse_ballot(w.get(3))?;
                 let got = self.replica(id)?.promised();
                 if !cmp.holds(got, b) {
-                    return Err(failed(format!("{id} promised {got}, want {} {b}", cmp.text())));
+                    return Err(failed(format!(
+                        "{id} promised {got}, want {} {b}",
+                        cmp.text()
+                    )));
                 }
                 Ok(())
             }
@@ -1287,6 +1327,10 @@ mod tests {
         let text = "cluster 3\nexpect leader 0\nexpect leader 1\nbogus\nexpect leader 2\n";
         let err = run_script("t", text, Options { keep_going: true }).expect_err("no leader");
         let lines: Vec<usize> = err.failures.iter().map(|f| f.line).collect();
-        assert_eq!(lines, vec![2, 3, 4], "a broken command still stops the script");
+        assert_eq!(
+            lines,
+            vec![2, 3, 4],
+            "a broken command still stops the script"
+        );
     }
 }

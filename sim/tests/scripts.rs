@@ -25,7 +25,10 @@ fn every_script_passes() {
     let only = std::env::var("PAXOSKV_SCRIPT").ok();
     let mut failures = Vec::new();
     for file in &files {
-        if only.as_ref().is_some_and(|o| !file.to_string_lossy().contains(o.as_str())) {
+        if only
+            .as_ref()
+            .is_some_and(|o| !file.to_string_lossy().contains(o.as_str()))
+        {
             continue;
         }
         match run_file(file, options) {
