@@ -54,7 +54,7 @@
 //! keep-going, `PAXOSKV_SCRIPT_KEEP_GOING=1`, which reports every failing assertion):
 //! - `expect leader <id>` / `expect role <id> leader|candidate|follower|down`
 //! - `expect chosen <id>|all <slot> noop|<value>` where a value is `put <k> <v>` or
-//!   `delete <k>`, several commands joined by ` ; `
+//!   `delete <k>`, several commands joined by ` ; `, or `not known chosen`
 //! - `expect chosen-through <id>|all ==|>=|> <n>`
 //! - `expect entry <id> <slot> <value>|none` the log holds this entry (chosen or not)
 //! - `expect value <id>|all <key> <value>|none` the applied map (a local read)
