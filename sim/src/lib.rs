@@ -29,9 +29,41 @@ pub const BROKEN_ACCEPTOR_AVAILABLE: bool = cfg!(feature = "broken-acceptor");
 
 use paxoskv::message::{Request, Response};
 use paxoskv::persist::Record;
-use paxoskv::{BatchNumber, Config, ReplicaId};
+use paxoskv::{BatchNumber, Config, ReplicaId, Slot, Snapshot};
 use paxoskv::{ClientReply, ClientToken, PeerToken, Replica};
 use std::collections::HashMap;
+
+pub mod script;
+
+/// A snapshot being written in the background (see [`Net::begin_snapshot`]).
+#[derive(Clone, Debug)]
+pub struct BackgroundSnapshot {
+    /// The applied state when the snapshot started.
+    pub snapshot: Snapshot,
+    /// The new log segment: the live records at the start, then every record made durable
+    /// since, so switching to it loses nothing written while the snapshot was in progress.
+    pub segment: Vec<Record>,
+}
+
+/// What [`Net::finish_snapshot`] did.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum SnapshotOutcome {
+    /// The snapshot and its segment replaced the disk's; the log was compacted.
+    Written {
+        /// Last slot in the snapshot.
+        through: Slot,
+    },
+    /// The disk already held a snapshot at least as new (one installed meanwhile): writing
+    /// the older one would roll the replica's durable state back, so it was discarded.
+    Superseded {
+        /// Last slot of the discarded snapshot.
+        through: Slot,
+        /// Last slot of the snapshot on disk.
+        disk_through: Slot,
+    },
+    /// Nothing was in progress.
+    Idle,
+}
 
 /// A message on the simulated wire.
 #[derive(Clone, Debug)]
@@ -82,6 +114,13 @@ pub struct Net {
     pub wire: Vec<Envelope>,
     /// Client replies per replica, in order.
     pub replies: Vec<(ReplicaId, ClientToken, ClientReply)>,
+    /// Per replica, a batch handed out by [`Net::flush_slow`] and not yet synced (a slow
+    /// disk). A crash loses it.
+    pub pending: Vec<Option<(BatchNumber, Vec<Record>)>>,
+    /// Per replica, the newest durable snapshot; `disks` holds the records written after it.
+    pub disk_snapshots: Vec<Option<Snapshot>>,
+    /// Per replica, a snapshot being written in the background. A crash loses it.
+    pub background: Vec<Option<BackgroundSnapshot>>,
     configs: Vec<Config>,
     next_token: u64,
     peer_tokens: HashMap<u64, ReplicaId>,
@@ -99,6 +138,9 @@ impl Net {
             disks: vec![Vec::new(); n as usize],
             wire: Vec::new(),
             replies: Vec::new(),
+            pending: vec![None; n as usize],
+            disk_snapshots: vec![None; n as usize],
+            background: vec![None; n as usize],
             configs,
             next_token: 0,
             peer_tokens: HashMap::new(),
@@ -113,6 +155,14 @@ impl Net {
     /// Delivers one envelope (dropped if the receiver is down).
     pub fn deliver(&mut self, env: Envelope) {
         let to = env.to();
+        self.deliver_unflushed(env);
+        self.flush(to);
+    }
+
+    /// Hands one envelope to its receiver (dropped if it is down) without performing the
+    /// receiver's Ready: the caller decides when and how (e.g. [`Net::flush_slow`]).
+    pub fn deliver_unflushed(&mut self, env: Envelope) {
+        let to = env.to();
         self.next_token += 1;
         let token = self.next_token;
         let Some(r) = self.replicas[to as usize].as_mut() else {
@@ -125,7 +175,95 @@ impl Net {
             }
             Envelope::Response { from, response, .. } => r.handle_response(from, response),
         }
-        self.flush(to);
+    }
+
+    /// Performs replica `id`'s Ready with a slow disk: sends what it holds and keeps a new
+    /// batch in [`Net::pending`] until [`Net::sync_pending`]. The core cuts no new batch while
+    /// one is in flight, so at most one is pending.
+    pub fn flush_slow(&mut self, id: ReplicaId) {
+        if let Some(batch) = self.flush_unsynced(id) {
+            debug_assert!(self.pending[id as usize].is_none(), "one batch in flight");
+            self.pending[id as usize] = Some(batch);
+        }
+    }
+
+    /// Makes replica `id`'s pending batch durable and reports it; what that releases is
+    /// performed with the slow disk again. False if nothing was pending.
+    pub fn sync_pending(&mut self, id: ReplicaId) -> bool {
+        let Some((number, records)) = self.pending[id as usize].take() else {
+            return false;
+        };
+        self.make_durable(id, records);
+        if let Some(r) = self.replicas[id as usize].as_mut() {
+            r.on_persisted(number);
+        }
+        self.flush_slow(id);
+        true
+    }
+
+    fn make_durable(&mut self, id: ReplicaId, records: Vec<Record>) {
+        if let Some(bg) = self.background[id as usize].as_mut() {
+            bg.segment.extend(records.iter().cloned());
+        }
+        self.disks[id as usize].extend(records);
+    }
+
+    /// Starts a background snapshot of replica `id` as a runtime does: capture the applied
+    /// state and the live records now, keep appending durable records to both segments, and
+    /// switch over in [`Net::finish_snapshot`]. False if the replica is down or one is running.
+    pub fn begin_snapshot(&mut self, id: ReplicaId) -> bool {
+        if self.background[id as usize].is_some() {
+            return false;
+        }
+        let Some(r) = self.replicas[id as usize].as_ref() else {
+            return false;
+        };
+        let snapshot = r.snapshot();
+        let segment = r.live_records(snapshot.through);
+        self.background[id as usize] = Some(BackgroundSnapshot { snapshot, segment });
+        true
+    }
+
+    /// The background snapshot of replica `id` is written: make it the disk's snapshot and
+    /// compact, unless the disk meanwhile got a snapshot at least as new.
+    pub fn finish_snapshot(&mut self, id: ReplicaId) -> SnapshotOutcome {
+        let Some(bg) = self.background[id as usize].take() else {
+            return SnapshotOutcome::Idle;
+        };
+        let through = bg.snapshot.through;
+        let disk_through = self.disk_snapshots[id as usize]
+            .as_ref()
+            .map_or(0, |s| s.through);
+        if disk_through >= through && self.disk_snapshots[id as usize].is_some() {
+            return SnapshotOutcome::Superseded {
+                through,
+                disk_through,
+            };
+        }
+        self.disk_snapshots[id as usize] = Some(bg.snapshot);
+        self.disks[id as usize] = bg.segment;
+        if let Some(r) = self.replicas[id as usize].as_mut() {
+            r.compact(through);
+        }
+        SnapshotOutcome::Written { through }
+    }
+
+    /// Ships replica `from`'s durable snapshot to `to`, which makes it durable and then hands
+    /// it to its core (the core requires that order). The old records stay: replay skips what
+    /// the snapshot covers, and they hold the promise and accepted entries above it. Returns
+    /// the snapshot's last slot, or `None` if `from` has no snapshot or `to` is down.
+    pub fn install_snapshot(&mut self, to: ReplicaId, from: ReplicaId) -> Option<Slot> {
+        let snapshot = self.disk_snapshots[from as usize].clone()?;
+        let r = self.replicas[to as usize].as_mut()?;
+        let through = snapshot.through;
+        let newer = self.disk_snapshots[to as usize]
+            .as_ref()
+            .is_none_or(|s| s.through < through);
+        if newer && through > r.chosen_through() {
+            self.disk_snapshots[to as usize] = Some(snapshot.clone());
+        }
+        r.install_snapshot(snapshot);
+        Some(through)
     }
 
     /// Performs replica `id`'s Ready per the durability contract with an instant disk: send
@@ -167,7 +305,7 @@ impl Net {
     /// The batch returned by [`Net::flush_unsynced`] reached replica `id`'s disk; what that
     /// releases is then flushed with an instant disk.
     pub fn sync(&mut self, id: ReplicaId, (number, records): (BatchNumber, Vec<Record>)) {
-        self.disks[id as usize].extend(records);
+        self.make_durable(id, records);
         if let Some(r) = self.replicas[id as usize].as_mut() {
             r.on_persisted(number);
         }
@@ -195,16 +333,20 @@ impl Net {
         n
     }
 
-    /// Crashes replica `id`: memory is lost, the disk stays.
+    /// Crashes replica `id`: memory is lost, the disk stays; a pending (unsynced) batch and
+    /// an unfinished background snapshot are lost with the memory.
     pub fn crash(&mut self, id: ReplicaId) {
         self.replicas[id as usize] = None;
+        self.pending[id as usize] = None;
+        self.background[id as usize] = None;
     }
 
-    /// Restarts replica `id` from its disk.
+    /// Restarts replica `id` from its disk: its snapshot, if any, then the records after it.
     pub fn restart(&mut self, id: ReplicaId) -> Result<(), paxoskv::RecoveryError> {
         let cfg = self.configs[id as usize].clone();
+        let snapshot = self.disk_snapshots[id as usize].clone();
         let records = self.disks[id as usize].clone();
-        self.replicas[id as usize] = Some(Replica::recover(cfg, None, records)?);
+        self.replicas[id as usize] = Some(Replica::recover(cfg, snapshot, records)?);
         Ok(())
     }
 
