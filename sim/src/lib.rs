@@ -147,6 +147,26 @@ impl Net {
         }
     }
 
+    /// Restarts every replica from a slot-0 snapshot in which `clients` already hold open
+    /// sessions, as a cluster bootstrapped with them would be: hand-written scenarios can
+    /// then write without spending slots on registrations.
+    pub fn bootstrap_sessions(&mut self, clients: impl IntoIterator<Item = u64> + Clone) {
+        for (id, cfg) in self.configs.iter().enumerate() {
+            let mut kv = paxoskv::kv::KvState::new(cfg.max_sessions);
+            for client_id in clients.clone() {
+                let register = paxoskv::Command {
+                    id: paxoskv::CommandId { client_id, seq: 0 },
+                    op: paxoskv::Op::Register,
+                };
+                kv.apply(0, &register);
+            }
+            let snapshot = Snapshot { through: 0, kv };
+            let replica = Replica::recover(cfg.clone(), Some(snapshot.clone()), Vec::new());
+            self.replicas[id] = replica.ok();
+            self.disk_snapshots[id] = Some(snapshot);
+        }
+    }
+
     /// The live replica `id`.
     pub fn replica(&mut self, id: ReplicaId) -> Option<&mut Replica> {
         self.replicas[id as usize].as_mut()

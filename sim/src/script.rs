@@ -410,6 +410,9 @@ struct Harness {
     out: Vec<String>,
 }
 
+/// Clients whose sessions every scripted cluster starts with.
+const SCRIPT_CLIENTS: u64 = 16;
+
 fn render_value(v: &Value) -> String {
     if v.is_noop() {
         return "noop".into();
@@ -420,6 +423,7 @@ fn render_value(v: &Value) -> String {
         .map(|c| match &c.op {
             Op::Put { key, value } => format!("put {key} {}", String::from_utf8_lossy(value)),
             Op::Delete { key } => format!("delete {key}"),
+            Op::Register => "register".into(),
         })
         .collect();
     cmds.join(" ; ")
@@ -452,6 +456,8 @@ fn render_reply(r: &ClientReply) -> String {
         ClientReply::Failed(ClientError::NotLeader { leader: None }) => "not-leader none".into(),
         ClientReply::Failed(ClientError::Busy) => "busy".into(),
         ClientReply::Failed(ClientError::Stale { last_applied }) => format!("stale {last_applied}"),
+        ClientReply::Applied(Outcome::Registered) => "registered".into(),
+        ClientReply::Failed(ClientError::SessionExpired) => "session-expired".into(),
     }
 }
 
@@ -975,13 +981,15 @@ impl Harness {
             (None, None) => None,
             _ => return Err(usage("want `cluster <n> [seed <s>]`")),
         };
-        let net = Net::new(n, |id| {
+        let mut net = Net::new(n, |id| {
             let mut cfg = Config::new(id, n);
             if let Some(s) = seed {
                 cfg.seed = s.wrapping_add(u64::from(id));
             }
             cfg
         });
+        // Scripts write as clients 1..=16 without spending slots on opening their sessions.
+        net.bootstrap_sessions(1..=SCRIPT_CLIENTS);
         *self = Harness {
             net: Some(net),
             n,
