@@ -31,6 +31,8 @@ use std::collections::{BTreeMap, VecDeque};
 const MAX_IN_FLIGHT_PACKETS: usize = 20_000;
 /// A replica waiting for a snapshot asks again after this long.
 const SNAPSHOT_RETRY_STEPS: u64 = 20;
+/// A background snapshot takes `1..=` this many steps to write.
+const SNAPSHOT_WRITE_MAX_STEPS: u64 = 30;
 /// Trace lines kept (the last ones; the end of a run is where a violation shows).
 const MAX_TRACE_LINES: usize = 20_000;
 
@@ -63,6 +65,8 @@ pub struct Node {
     crash_armed: bool,
     /// The batch being synced, if any.
     syncing: Option<SyncJob>,
+    /// A snapshot being written in the background, if any.
+    background: Option<BackgroundSnapshot>,
     /// Highest own ballot sent under (prepare, accept, learn) by earlier incarnations, and by
     /// this one: a later incarnation must never use one of those again.
     ballot_used_before: Ballot,
@@ -92,6 +96,15 @@ struct Batch {
 struct SyncJob {
     number: BatchNumber,
     records: Vec<Record>,
+    done_step: u64,
+}
+
+/// A snapshot file being written while the log goes on in a new segment.
+#[derive(Debug)]
+struct BackgroundSnapshot {
+    snapshot: Snapshot,
+    /// Index in the disk's records where the new segment (live state first) begins.
+    segment_start: usize,
     done_step: u64,
 }
 
@@ -259,6 +272,7 @@ impl World {
                     paused_until_step: 0,
                     crash_armed: false,
                     syncing: None,
+                    background: None,
                     ballot_used_before: Ballot::ZERO,
                     ballot_used_now: Ballot::ZERO,
                     peer_tokens: BTreeMap::new(),
@@ -335,6 +349,7 @@ impl World {
         }
         self.restart_due()?;
         self.complete_due_syncs();
+        self.finish_due_snapshots();
         self.tick_all();
         self.deliver_due();
         self.ship_snapshots();
@@ -481,6 +496,7 @@ impl World {
             disk.records.extend(job.records.into_iter().take(kept));
         }
         let node = &mut self.nodes[id as usize];
+        node.background = None; // An unfinished snapshot file is never renamed into place.
         node.replica = None;
         node.peer_tokens.clear();
         node.crash_armed = false;
@@ -871,17 +887,50 @@ impl World {
         };
         let snapshot = r.snapshot();
         let through = snapshot.through;
-        if through <= node.compacted_through {
+        if through <= node.compacted_through || node.background.is_some() {
             return;
         }
-        node.disk = Disk {
-            records: r.live_records(through),
-            snapshot: Some(snapshot),
-        };
-        r.compact(through);
-        node.compacted_through = through;
-        self.counts.snapshots += 1;
-        self.trace(|| format!("snapshot r{id} through {through}, log compacted"));
+        // As the driver does: the log continues in a new segment that starts with the live
+        // acceptor state, and the snapshot file is written in the background meanwhile.
+        let segment_start = node.disk.records.len();
+        node.disk.records.extend(r.live_records(through));
+        let done_step = self.now_step + self.rng.gen_range(1..=SNAPSHOT_WRITE_MAX_STEPS);
+        self.nodes[id as usize].background = Some(BackgroundSnapshot {
+            snapshot,
+            segment_start,
+            done_step,
+        });
+        self.trace(|| format!("snapshot r{id} through {through} started"));
+    }
+
+    /// A background snapshot file is durable: older segments go, the log is compacted. One
+    /// overtaken by an installed (newer) snapshot is discarded, as the store's loader would
+    /// ignore it.
+    fn finish_due_snapshots(&mut self) {
+        let now = self.now_step;
+        for id in 0..self.replicas() {
+            let node = &mut self.nodes[id as usize];
+            if node.is_paused(now) || node.background.as_ref().is_none_or(|b| b.done_step > now) {
+                continue;
+            }
+            let Some(bg) = node.background.take() else {
+                continue;
+            };
+            let through = bg.snapshot.through;
+            let disk_through = node.disk.snapshot.as_ref().map_or(0, |s| s.through);
+            if through <= disk_through {
+                self.trace(|| format!("snapshot r{id} through {through} overtaken; discarded"));
+                continue;
+            }
+            node.disk.records.drain(..bg.segment_start);
+            node.disk.snapshot = Some(bg.snapshot);
+            if let Some(r) = node.replica.as_mut() {
+                r.compact(through);
+            }
+            node.compacted_through = through;
+            self.counts.snapshots += 1;
+            self.trace(|| format!("snapshot r{id} through {through} durable, log compacted"));
+        }
     }
 
     /// Replicas told by a peer that only a snapshot helps get that peer's durable snapshot.
@@ -903,7 +952,9 @@ impl World {
             if source.replica.is_none() {
                 continue; // A crashed peer sends nothing; ask again later.
             }
-            let Some(snapshot) = source.disk.snapshot.clone() else {
+            // The server pushes its current applied state (chosen, so durable on a majority),
+            // not the file on its disk.
+            let Some(snapshot) = source.replica.as_ref().map(|r| r.snapshot()) else {
                 continue;
             };
             self.send(Packet::Snapshot {
@@ -924,6 +975,9 @@ impl World {
         let through = snapshot.through;
         let ahead = through > r.chosen_through();
         if ahead {
+            // The driver writes the live state in a new segment, the snapshot durably, and
+            // drops the older segments, before the core sees the snapshot.
+            node.disk.records = r.live_records(through);
             node.disk.snapshot = Some(snapshot.clone());
         }
         r.install_snapshot(snapshot);
