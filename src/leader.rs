@@ -6,7 +6,7 @@ use crate::persist::Record;
 use crate::quorum::{majority, Quorum};
 use crate::replica::{ClientError, ClientReply, ClientToken, Replica, Role};
 use crate::types::{Ballot, Command, CommandId, ReplicaId, Slot, Value};
-use std::collections::{BTreeMap, HashMap, VecDeque};
+use std::collections::{BTreeMap, VecDeque};
 
 /// A slot proposed under the leader's ballot and not yet chosen.
 #[derive(Debug)]
@@ -35,7 +35,8 @@ pub(crate) struct Leader {
     recovery_end: Slot,
     inflight: BTreeMap<Slot, Inflight>,
     queue: VecDeque<Command>,
-    waiters: HashMap<CommandId, Vec<ClientToken>>,
+    /// Ordered so that failing them all on a step-down emits replies in a deterministic order.
+    waiters: BTreeMap<CommandId, Vec<ClientToken>>,
     reads: VecDeque<PendingRead>,
     /// Last confirmation round sent.
     round: u64,
@@ -54,7 +55,7 @@ impl Leader {
             recovery_end: next_slot - 1,
             inflight: BTreeMap::new(),
             queue: VecDeque::new(),
-            waiters: HashMap::new(),
+            waiters: BTreeMap::new(),
             reads: VecDeque::new(),
             round: 0,
             round_sent_tick: now_tick,
@@ -141,7 +142,10 @@ impl Leader {
     }
 
     fn drain_waiters(&mut self) -> Vec<ClientToken> {
-        let mut tokens: Vec<ClientToken> = self.waiters.drain().flat_map(|(_, t)| t).collect();
+        let mut tokens: Vec<ClientToken> = std::mem::take(&mut self.waiters)
+            .into_values()
+            .flatten()
+            .collect();
         tokens.extend(self.reads.drain(..).map(|r| r.token));
         self.queue.clear();
         tokens

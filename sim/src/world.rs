@@ -666,10 +666,8 @@ impl World {
     }
 
     /// Turns a Ready into packets (all of which may leave now) and its batch.
-    fn packets_of(&mut self, id: ReplicaId, mut ready: paxoskv::Ready) -> Batch {
+    fn packets_of(&mut self, id: ReplicaId, ready: paxoskv::Ready) -> Batch {
         let tokens = &mut self.nodes[id as usize].peer_tokens;
-        // The leader fails waiting clients in HashMap order; sort so runs do not depend on it.
-        ready.client_replies.sort_by_key(|(t, _)| *t);
         let requests = ready.messages.into_iter().map(|out| {
             Packet::Peer(Envelope::Request {
                 from: id,
