@@ -73,14 +73,21 @@ impl Replica {
     }
 
     pub(crate) fn on_accept(&mut self, from: ReplicaId, a: Accept) -> Result<Response, Refusal> {
-        self.check_accept(from, &a)?;
+        self.check_sender_ballot(from, a.ballot)?;
+        if !refuse::slot_ok(a.slot) || !refuse::position_ok(a.commit) {
+            return Err(Refusal::SlotOutOfRange);
+        }
         if a.ballot < self.promised {
             #[cfg(feature = "broken-acceptor")]
             if self.cfg.unsafe_skip_promise_check {
+                self.check_accept_slot(&a)?;
                 return Ok(self.accept_below_promise(a));
             }
+            // A stale leader's value may well differ from the one chosen since: refuse it
+            // the ordinary way.
             return Ok(self.nack(a.ballot, Some(a.slot)));
         }
+        self.check_accept_slot(&a)?;
         self.follow(from, a.ballot);
         if a.slot > self.log.compacted_through() && !self.log.is_chosen(a.slot) {
             self.log.accept(a.slot, a.ballot, a.value.clone());
@@ -97,13 +104,10 @@ impl Replica {
         }))
     }
 
-    /// Refuses an accept that is malformed, too far ahead for our log, or contradicts a value
-    /// this replica knows chosen (which would trip the log's "chosen never changes" rule).
-    fn check_accept(&self, from: ReplicaId, a: &Accept) -> Result<(), Refusal> {
-        self.check_sender_ballot(from, a.ballot)?;
-        if !refuse::slot_ok(a.slot) || !refuse::position_ok(a.commit) {
-            return Err(Refusal::SlotOutOfRange);
-        }
+    /// Refuses an accept at or above our promise that is too far ahead for our log, or that
+    /// contradicts a value this replica knows chosen: no correct leader sends one, and storing
+    /// it would break the log's "a chosen value never changes" rule.
+    fn check_accept_slot(&self, a: &Accept) -> Result<(), Refusal> {
         let window_end = self
             .log
             .chosen_through()

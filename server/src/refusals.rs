@@ -26,9 +26,18 @@ impl RefusalWarnings {
             let due =
                 !self.reported.contains_key(&cause) || now.duration_since(at) >= WARN_INTERVAL;
             if count > seen && due {
-                tracing::warn!(replica, %cause, refused = count - seen, total = count, "refused peer input");
+                log(replica, cause, count - seen, count);
                 self.reported.insert(cause, (count, now));
             }
         }
+    }
+}
+
+/// A late duplicate snapshot is routine (it raced with catching up); the rest is not.
+fn log(replica: ReplicaId, cause: Refusal, refused: u64, total: u64) {
+    if cause == Refusal::StaleSnapshot {
+        tracing::debug!(replica, %cause, refused, total, "refused peer input");
+    } else {
+        tracing::warn!(replica, %cause, refused, total, "refused peer input");
     }
 }
