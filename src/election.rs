@@ -233,6 +233,13 @@ impl Replica {
             }
         }
         let end = best.keys().next_back().copied().unwrap_or(start - 1);
+        if end - (start - 1) > 2 * self.cfg.max_open_slots {
+            // Every slot up to `end` gets a proposal, so the range must stay bounded. Peers'
+            // promises cannot stretch it this far (`check_promise`); only our own log can,
+            // read back from a corrupted disk. Leave leading to a replica with a sane log.
+            self.become_follower(None);
+            return;
+        }
         let recovered = best.into_iter().map(|(s, (_, v))| (s, v)).collect();
         self.become_leader(c.ballot, start, end, recovered);
     }

@@ -584,3 +584,64 @@ fn a_malformed_or_stale_snapshot_is_refused() {
     });
     assert_eq!(r.chosen_through(), 60);
 }
+
+/// Ticks `r` (syncing as it goes) until it sends a prepare; returns its ballot.
+fn next_prepare(r: &mut Replica, probe: bool) -> Ballot {
+    for _ in 0..50 {
+        for m in sync(r).messages {
+            if let Request::Prepare(p) = m.request {
+                if p.probe == probe {
+                    return p.ballot;
+                }
+            }
+        }
+        r.tick();
+    }
+    panic!("no prepare (probe {probe}) within 50 ticks");
+}
+
+#[test]
+fn oversized_or_out_of_range_promises_are_refused() {
+    let mut r = Replica::new(small_config(0, 3));
+    let probe = next_prepare(&mut r, true);
+    let promise = |ballot, accepted: Vec<AcceptedEntry>, chosen_through, probe| {
+        Response::Promise(Promise {
+            ballot,
+            accepted,
+            chosen_through,
+            probe,
+        })
+    };
+    r.handle_response(1, promise(probe, vec![], 0, true));
+    let ballot = next_prepare(&mut r, false);
+    let entry = |slot, ballot| AcceptedEntry {
+        slot,
+        ballot,
+        value: put_value(1),
+    };
+    let thousands = (1..=5000).map(|s| entry(s, Ballot::ZERO)).collect();
+    r.handle_response(1, promise(ballot, thousands, 0, false));
+    r.handle_response(1, promise(ballot, vec![entry(0, Ballot::ZERO)], 0, false));
+    r.handle_response(1, promise(ballot, vec![entry(3, Ballot::ZERO)], 5, false));
+    r.handle_response(
+        1,
+        promise(ballot, vec![entry(u64::MAX, Ballot::ZERO)], 0, false),
+    );
+    let above = Ballot {
+        round: ballot.round + 1,
+        replica: 2,
+    };
+    r.handle_response(1, promise(ballot, vec![entry(1, above)], 0, false));
+    r.handle_response(1, promise(ballot, vec![], u64::MAX, false));
+    assert_eq!(r.refused().get(Refusal::MalformedPromise), 5);
+    assert_eq!(r.refused().get(Refusal::SlotOutOfRange), 1);
+    assert!(!r.is_leader());
+    // A well-formed promise still elects it, and the recovered value is re-proposed.
+    r.handle_response(1, promise(ballot, vec![entry(2, Ballot::ZERO)], 0, false));
+    assert!(r.is_leader());
+    assert_eq!(
+        r.footprint().inflight_slots,
+        2,
+        "a no-op for slot 1 and slot 2's value"
+    );
+}
