@@ -7,17 +7,29 @@ use crate::message::{
     Promise, Response,
 };
 use crate::persist::Record;
+use crate::refuse::{self, Refusal};
 use crate::replica::{Replica, Role};
 use crate::types::{Ballot, ReplicaId};
 
 impl Replica {
-    pub(crate) fn on_prepare(&mut self, p: Prepare) -> Response {
+    /// Refuses a prepare, accept or heartbeat whose ballot is out of range or not the
+    /// sender's own (a proposer only ever uses its own ballots).
+    fn check_sender_ballot(&self, from: ReplicaId, ballot: Ballot) -> Result<(), Refusal> {
+        refuse::check_own_ballot(ballot, from, self.max_seen_round, self.cfg.replicas)
+    }
+
+    pub(crate) fn on_prepare(&mut self, from: ReplicaId, p: Prepare) -> Result<Response, Refusal> {
+        self.check_sender_ballot(from, p.ballot)?;
+        if !refuse::slot_ok(p.first_unchosen) {
+            return Err(Refusal::SlotOutOfRange);
+        }
+        // Only now, for an acceptable ballot: a forged round must not raise the next election's.
         self.max_seen_round = self.max_seen_round.max(p.ballot.round);
         if p.probe {
-            return self.on_probe(p);
+            return Ok(self.on_probe(p));
         }
         if p.ballot < self.promised {
-            return self.nack(p.ballot, None);
+            return Ok(self.nack(p.ballot, None));
         }
         self.raise_promise(p.ballot);
         self.yield_to(p.ballot);
@@ -36,12 +48,12 @@ impl Replica {
                 value: e.value.clone(),
             })
             .collect();
-        Response::Promise(Promise {
+        Ok(Response::Promise(Promise {
             ballot: p.ballot,
             accepted,
             chosen_through: self.log.chosen_through(),
             probe: false,
-        })
+        }))
     }
 
     /// Pre-vote: agree only if this replica would promise and hears no live leader, so a
@@ -60,14 +72,22 @@ impl Replica {
         }
     }
 
-    pub(crate) fn on_accept(&mut self, from: ReplicaId, a: Accept) -> Response {
+    pub(crate) fn on_accept(&mut self, from: ReplicaId, a: Accept) -> Result<Response, Refusal> {
+        self.check_sender_ballot(from, a.ballot)?;
+        if !refuse::slot_ok(a.slot) || !refuse::position_ok(a.commit) {
+            return Err(Refusal::SlotOutOfRange);
+        }
         if a.ballot < self.promised {
             #[cfg(feature = "broken-acceptor")]
             if self.cfg.unsafe_skip_promise_check {
-                return self.accept_below_promise(a);
+                self.check_accept_slot(&a)?;
+                return Ok(self.accept_below_promise(a));
             }
-            return self.nack(a.ballot, Some(a.slot));
+            // A stale leader's value may well differ from the one chosen since: refuse it
+            // the ordinary way.
+            return Ok(self.nack(a.ballot, Some(a.slot)));
         }
+        self.check_accept_slot(&a)?;
         self.follow(from, a.ballot);
         if a.slot > self.log.compacted_through() && !self.log.is_chosen(a.slot) {
             self.log.accept(a.slot, a.ballot, a.value.clone());
@@ -76,14 +96,33 @@ impl Replica {
                 ballot: a.ballot,
                 value: a.value,
             });
-        } else if let Some(e) = self.log.get(a.slot) {
-            assert_eq!(e.value, a.value, "a chosen value never changes");
         }
         self.learn_commit(a.ballot, a.commit);
-        Response::Accepted(Accepted {
+        Ok(Response::Accepted(Accepted {
             ballot: a.ballot,
             slot: a.slot,
-        })
+        }))
+    }
+
+    /// Refuses an accept at or above our promise that is too far ahead for our log, or that
+    /// contradicts a value this replica knows chosen: no correct leader sends one, and storing
+    /// it would break the log's "a chosen value never changes" rule.
+    fn check_accept_slot(&self, a: &Accept) -> Result<(), Refusal> {
+        let window_end = self
+            .log
+            .chosen_through()
+            .saturating_add(self.cfg.max_open_slots);
+        if a.slot > window_end {
+            // Keeps the log bounded whatever the slot. An honest leader this far ahead is
+            // resent to after we catch up through its heartbeats' commit index.
+            return Err(Refusal::SlotBeyondWindow);
+        }
+        let conflicts =
+            self.log.is_chosen(a.slot) && self.log.get(a.slot).is_some_and(|e| e.value != a.value);
+        if conflicts {
+            return Err(Refusal::ChosenConflict);
+        }
+        Ok(())
     }
 
     /// TEST ONLY, the deliberately broken acceptor: accepts a value under a ballot below its
@@ -108,20 +147,33 @@ impl Replica {
         })
     }
 
-    pub(crate) fn on_learn(&mut self, from: ReplicaId, l: Learn) -> Response {
+    pub(crate) fn on_learn(&mut self, from: ReplicaId, l: Learn) -> Result<Response, Refusal> {
+        self.check_sender_ballot(from, l.ballot)?;
+        if !refuse::position_ok(l.commit) {
+            return Err(Refusal::SlotOutOfRange);
+        }
         if l.ballot < self.promised {
-            return self.nack(l.ballot, None);
+            return Ok(self.nack(l.ballot, None));
         }
         self.follow(from, l.ballot);
         self.learn_commit(l.ballot, l.commit);
-        Response::LearnAck(LearnAck {
+        // `l.round` is only echoed back; the leader checks it against what it sent.
+        Ok(Response::LearnAck(LearnAck {
             ballot: l.ballot,
             round: l.round,
             chosen_through: self.log.chosen_through(),
-        })
+        }))
     }
 
-    pub(crate) fn on_fetch_chosen(&mut self, f: FetchChosen) -> Response {
+    pub(crate) fn on_fetch_chosen(&mut self, f: FetchChosen) -> Result<Response, Refusal> {
+        if !refuse::slot_ok(f.from_slot) {
+            return Err(Refusal::SlotOutOfRange);
+        }
+        Ok(self.chosen_entries(f))
+    }
+
+    /// Chosen values from `f.from_slot` on, bounded by our configuration whatever `f` asks.
+    fn chosen_entries(&self, f: FetchChosen) -> Response {
         let chosen_through = self.log.chosen_through();
         if f.from_slot <= self.log.compacted_through() {
             return Response::Chosen(ChosenEntries {
@@ -134,14 +186,14 @@ impl Replica {
         let mut values = Vec::new();
         let mut bytes = 0usize;
         let max_entries = f.max_entries.min(self.cfg.fetch_max_entries) as usize;
-        let mut slot = f.from_slot;
+        let mut slot = Some(f.from_slot);
         while values.len() < max_entries && bytes < self.cfg.fetch_max_bytes {
-            let Some(value) = self.chosen_value(slot) else {
+            let Some(value) = slot.and_then(|s| self.chosen_value(s)) else {
                 break;
             };
-            bytes += value.size_bytes();
+            bytes = bytes.saturating_add(value.size_bytes());
             values.push(value.clone());
-            slot += 1;
+            slot = slot.and_then(|s| s.checked_add(1));
         }
         Response::Chosen(ChosenEntries {
             from_slot: f.from_slot,

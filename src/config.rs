@@ -33,6 +33,12 @@ pub struct Config {
     pub fetch_max_bytes: usize,
     /// Client sessions remembered for exactly-once, at most.
     pub max_sessions: usize,
+    /// Slots above the chosen prefix a replica accepts into its log, at most: an accept
+    /// further ahead is refused (the follower catches up by fetching first), a leader stops
+    /// opening new slots further ahead, and a promise reporting entries further ahead of its
+    /// sender's chosen prefix is refused. Bounds the log and a leader's recovery range
+    /// whatever peers send. Must be at least `max_inflight_slots`.
+    pub max_open_slots: u64,
     /// Seed of the randomized election timeouts.
     pub seed: u64,
     /// TEST ONLY: accept `accept`s below the promise (a deliberately broken acceptor), so the
@@ -72,6 +78,7 @@ impl Config {
             fetch_max_entries: 512,
             fetch_max_bytes: 8 * 1024 * 1024,
             max_sessions: 100_000,
+            max_open_slots: 1024,
             seed: u64::from(id) + 1,
             #[cfg(feature = "broken-acceptor")]
             unsafe_skip_promise_check: false,

@@ -143,6 +143,10 @@ impl Durability {
         self.held.len()
     }
 
+    pub(crate) fn unbatched_len(&self) -> usize {
+        self.unbatched.len()
+    }
+
     pub(crate) fn in_flight(&self) -> Option<BatchNumber> {
         self.in_flight.as_ref().map(|b| b.number)
     }

@@ -3,6 +3,7 @@
 
 use crate::message::{Nack, Prepare, Promise, Request};
 use crate::quorum::Quorum;
+use crate::refuse::{self, Refusal};
 use crate::replica::{Replica, Role};
 use crate::types::{Ballot, ReplicaId, Slot, Value};
 use rand::Rng;
@@ -24,11 +25,18 @@ pub(crate) struct Candidate {
     acks: Quorum,
     promises: Vec<(ReplicaId, Promise)>,
     sent_tick: u64,
+    /// The first unchosen slot asked for when phase 1 started; later resends ask for the
+    /// same or more, so an honest promise reports no entry below it.
+    asked_from: Slot,
 }
 
 impl Candidate {
     pub(crate) fn is_probing(&self) -> bool {
         self.phase == Phase::Probe
+    }
+
+    pub(crate) fn promises_len(&self) -> usize {
+        self.promises.len()
     }
 }
 
@@ -91,6 +99,7 @@ impl Replica {
             acks: Quorum::of(self.cfg.id),
             promises: Vec::new(),
             sent_tick: self.now_tick,
+            asked_from: self.log.chosen_through() + 1,
         });
         self.reset_election_timer();
         self.broadcast(Request::Prepare(self.prepare_message(ballot, true)));
@@ -109,11 +118,13 @@ impl Replica {
         }
         self.raise_promise(ballot);
         let now = self.now_tick;
+        let asked_from = self.log.chosen_through() + 1;
         if let Role::Candidate(c) = &mut self.role {
             c.phase = Phase::Prepare;
             c.acks = Quorum::default();
             c.promises = Vec::new();
             c.sent_tick = now;
+            c.asked_from = asked_from;
         }
         // Our own promise counts once `Promised(ballot)` is durable (`on_persisted`), and the
         // prepares are held until then too: a crash before the sync must not leave a ballot
@@ -159,20 +170,25 @@ impl Replica {
         }
     }
 
-    pub(crate) fn on_promise(&mut self, from: ReplicaId, p: Promise) {
+    pub(crate) fn on_promise(&mut self, from: ReplicaId, p: Promise) -> Result<(), Refusal> {
+        let window = self.cfg.max_open_slots;
         let Role::Candidate(c) = &mut self.role else {
-            return;
+            return Ok(());
         };
+        if p.ballot == c.ballot {
+            check_promise(&p, c.asked_from, window)?;
+        }
         // A late or duplicated pre-vote answer carries the same ballot as a real promise but
         // reports no accepted entries; counting it in phase 1 could lose a chosen value.
         let phase_matches = p.probe == (c.phase == Phase::Probe);
         if p.ballot != c.ballot || !phase_matches || !c.acks.insert(from) {
-            return;
+            return Ok(());
         }
         if c.phase == Phase::Prepare {
             c.promises.push((from, p));
         }
         self.maybe_finish_phase();
+        Ok(())
     }
 
     fn maybe_finish_phase(&mut self) {
@@ -205,6 +221,12 @@ impl Replica {
             self.want_chosen_through(max_chosen, Some(source));
         }
         let start = max_chosen.max(mine) + 1;
+        if start - mine > self.cfg.max_open_slots {
+            // Too far behind our quorum to lead within a log window (which keeps the log
+            // bounded): catch up by fetching, and let a later election try again.
+            self.become_follower(None);
+            return;
+        }
         let mut best: BTreeMap<Slot, (Ballot, Value)> = BTreeMap::new();
         for e in c.promises.into_iter().flat_map(|(_, p)| p.accepted) {
             if e.slot < start {
@@ -216,19 +238,56 @@ impl Replica {
             }
         }
         let end = best.keys().next_back().copied().unwrap_or(start - 1);
+        if end - (start - 1) > 2 * self.cfg.max_open_slots {
+            // Every slot up to `end` gets a proposal, so the range must stay bounded. Peers'
+            // promises cannot stretch it this far (`check_promise`); only our own log can,
+            // read back from a corrupted disk. Leave leading to a replica with a sane log.
+            self.become_follower(None);
+            return;
+        }
         let recovered = best.into_iter().map(|(s, (_, v))| (s, v)).collect();
         self.become_leader(c.ballot, start, end, recovered);
     }
 
-    pub(crate) fn on_nack(&mut self, n: Nack) {
+    pub(crate) fn on_nack(&mut self, n: Nack) -> Result<(), Refusal> {
+        if !refuse::ballot_ok(n.promised, self.max_seen_round, self.cfg.replicas) {
+            return Err(Refusal::BallotOutOfRange);
+        }
         self.max_seen_round = self.max_seen_round.max(n.promised.round);
         let mine = match &self.role {
             Role::Leader(l) => l.ballot,
             Role::Candidate(c) => c.ballot,
-            Role::Follower => return,
+            Role::Follower => return Ok(()),
         };
         if n.ballot == mine && n.promised > mine {
             self.become_follower(None);
         }
+        Ok(())
     }
+}
+
+/// Refuses a promise for our ballot that no honest acceptor sends: its chosen prefix out of
+/// range, more entries than its log can hold, an entry below what we asked for or at or
+/// below its own chosen prefix, more than two windows ahead of that prefix (which bounds the
+/// recovery range `finish_prepare` walks), or accepted under a ballot above the promise.
+fn check_promise(p: &Promise, asked_from: Slot, window: u64) -> Result<(), Refusal> {
+    if !refuse::position_ok(p.chosen_through) {
+        return Err(Refusal::SlotOutOfRange);
+    }
+    // A replica's entries lie within two windows of its chosen prefix: accepts one window
+    // ahead, plus a recovery range that starts at most one window ahead (`finish_prepare`).
+    let span = window.saturating_mul(2);
+    if p.accepted.len() as u64 > span {
+        return Err(Refusal::MalformedPromise);
+    }
+    let lowest = asked_from.max(p.chosen_through.saturating_add(1));
+    let highest = p.chosen_through.saturating_add(span);
+    let bad_entry = p
+        .accepted
+        .iter()
+        .any(|e| e.slot < lowest || e.slot > highest || e.ballot > p.ballot);
+    if bad_entry {
+        return Err(Refusal::MalformedPromise);
+    }
+    Ok(())
 }

@@ -162,6 +162,21 @@ impl KvState {
         }
     }
 
+    /// True if this state (from a peer's snapshot or the disk, so untrusted) is one that
+    /// applying commands up to `through` can produce: the session table and its age index
+    /// agree and respect the bound, no session is newer than `through`, and the digest
+    /// matches the map. Anything else would trip this type's own invariants later.
+    pub fn is_consistent(&self, through: Slot) -> bool {
+        let sessions_ok = self.max_sessions > 0
+            && self.sessions.len() <= self.max_sessions
+            && self.session_age.len() == self.sessions.len()
+            && self.sessions.iter().all(|(&id, s)| {
+                s.last_slot <= through && self.session_age.contains(&(s.last_slot, id))
+            });
+        let digest = self.map.iter().fold(0, |d, (k, v)| d ^ entry_hash(k, v));
+        sessions_ok && digest == self.digest
+    }
+
     fn remember(&mut self, slot: Slot, id: CommandId, outcome: Outcome) {
         let session = Session {
             last_seq: id.seq,

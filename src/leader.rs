@@ -4,6 +4,7 @@
 use crate::message::{Accept, Accepted, Learn, LearnAck, Request};
 use crate::persist::Record;
 use crate::quorum::{majority, Quorum};
+use crate::refuse::Refusal;
 use crate::replica::{ClientError, ClientReply, ClientToken, Replica, Role};
 use crate::types::{Ballot, Command, CommandId, ReplicaId, Slot, Value};
 use std::collections::{BTreeMap, VecDeque};
@@ -67,6 +68,14 @@ impl Leader {
 
     pub(crate) fn pending_len(&self) -> usize {
         self.queue.len()
+    }
+
+    pub(crate) fn inflight_len(&self) -> usize {
+        self.inflight.len()
+    }
+
+    pub(crate) fn reads_len(&self) -> usize {
+        self.reads.len()
     }
 
     pub(crate) fn enqueue(
@@ -250,9 +259,12 @@ impl Replica {
             self.cfg.max_batch_bytes,
             self.cfg.max_batch_commands,
         );
+        // Followers refuse accepts beyond this (`Config::max_open_slots`); so does the leader.
+        let window_end = self.log.chosen_through() + self.cfg.max_open_slots;
         loop {
             let Some(l) = self.leader_mut() else { return };
-            if l.queue.is_empty() || l.inflight.len() >= max_inflight {
+            let full = l.inflight.len() >= max_inflight || l.next_slot > window_end;
+            if l.queue.is_empty() || full {
                 break;
             }
             let slot = l.next_slot;
@@ -312,16 +324,23 @@ impl Replica {
         self.advance_and_apply();
     }
 
-    pub(crate) fn on_learn_ack(&mut self, from: ReplicaId, ack: LearnAck) {
+    pub(crate) fn on_learn_ack(&mut self, from: ReplicaId, ack: LearnAck) -> Result<(), Refusal> {
         let now = self.now_tick;
-        let Some(l) = self.leader_mut() else { return };
+        let Some(l) = self.leader_mut() else {
+            return Ok(());
+        };
         if ack.ballot != l.ballot {
-            return;
+            return Ok(());
+        }
+        if ack.round > l.round {
+            // Never sent: counting it would confirm reads no majority confirmed.
+            return Err(Refusal::UnsentRound);
         }
         let r = &mut l.peer_round[from as usize];
         *r = (*r).max(ack.round);
         l.peer_contact_tick[from as usize] = now;
         self.complete_reads();
+        Ok(())
     }
 
     /// Answers reads whose confirmation round succeeded and whose read index is applied.

@@ -6,6 +6,7 @@ use crate::kv::{Applied, KvState};
 use crate::log::Log;
 use crate::message::{ChosenEntries, FetchChosen, Request};
 use crate::persist::{Record, RecoveryError, Snapshot};
+use crate::refuse::{self, Refusal, MAX_ROUND};
 use crate::replica::{ClientError, ClientReply, Replica};
 use crate::types::{Ballot, ReplicaId, Slot};
 use rand::Rng;
@@ -91,11 +92,12 @@ impl Replica {
         self.maybe_fetch();
     }
 
-    pub(crate) fn on_chosen(&mut self, from: ReplicaId, c: ChosenEntries) {
+    pub(crate) fn on_chosen(&mut self, from: ReplicaId, c: ChosenEntries) -> Result<(), Refusal> {
+        self.check_chosen(&c)?;
         self.fetch.sent_tick = None;
         if c.snapshot_needed {
             self.fetch.snapshot_from = Some(from);
-            return;
+            return Ok(());
         }
         if c.values.is_empty() {
             // That peer knows no more than we do. Asking it again forever would starve a
@@ -116,6 +118,25 @@ impl Replica {
             self.fetch.wanted_through = c.chosen_through;
         }
         self.maybe_fetch();
+        Ok(())
+    }
+
+    /// Refuses chosen values we cannot have asked for: more than a fetch returns, or not
+    /// starting at or below our next unchosen slot (which would leave holes in the log that
+    /// nothing bounds), or an impossible chosen prefix.
+    fn check_chosen(&self, c: &ChosenEntries) -> Result<(), Refusal> {
+        if !refuse::position_ok(c.chosen_through) {
+            return Err(Refusal::SlotOutOfRange);
+        }
+        if c.values.is_empty() {
+            return Ok(());
+        }
+        let next = self.log.chosen_through() + 1;
+        let too_many = c.values.len() as u64 > u64::from(self.cfg.fetch_max_entries);
+        if too_many || c.from_slot == 0 || c.from_slot > next {
+            return Err(Refusal::MalformedChosen);
+        }
+        Ok(())
     }
 
     /// Applies every newly contiguous chosen slot in order and answers waiting clients.
@@ -197,10 +218,23 @@ impl Replica {
 
     /// Replaces the applied state with a peer's snapshot that is ahead of us. The runtime
     /// must have made the snapshot durable first.
+    /// A snapshot that is not ahead of us, or is malformed (position out of range, session
+    /// table inconsistent with itself or with the position), is ignored and counted in
+    /// [`Replica::refused`].
     pub fn install_snapshot(&mut self, snapshot: Snapshot) {
         self.fetch.snapshot_from = None;
         if snapshot.through <= self.log.chosen_through() {
+            self.refuse(Refusal::StaleSnapshot);
             return;
+        }
+        if !snapshot_ok(&snapshot) {
+            self.refuse(Refusal::MalformedSnapshot);
+            return;
+        }
+        if self.is_leader() {
+            // Our pipeline's next slots may now lie inside the snapshot; a leader this far
+            // behind steps down and lets a caught-up replica lead.
+            self.become_follower(None);
         }
         self.kv = snapshot.kv;
         self.log.reset_to_snapshot(snapshot.through);
@@ -215,6 +249,7 @@ impl Replica {
         records: impl IntoIterator<Item = Record>,
     ) -> Result<Replica, RecoveryError> {
         let (through, kv) = match snapshot {
+            Some(s) if !snapshot_ok(&s) => return Err(RecoveryError::InvalidSnapshot),
             Some(s) => (s.through, s.kv),
             None => (0, KvState::new(cfg.max_sessions)),
         };
@@ -244,6 +279,7 @@ fn replay(
     chosen_through: &mut Slot,
     record: Record,
 ) -> Result<(), RecoveryError> {
+    check_record(&record)?;
     match record {
         Record::Promised(b) => *promised = (*promised).max(b),
         Record::Accepted {
@@ -276,4 +312,27 @@ fn replay(
         Record::Chosen { through } => *chosen_through = (*chosen_through).max(through),
     }
     Ok(())
+}
+
+/// A snapshot whose position is in range and whose session table is consistent.
+fn snapshot_ok(s: &Snapshot) -> bool {
+    refuse::position_ok(s.through) && s.kv.is_consistent(s.through)
+}
+
+/// Refuses a record no replica writes: a round or a slot beyond the input limits (so replay
+/// and the rebuilt replica never overflow), or slot 0.
+fn check_record(record: &Record) -> Result<(), RecoveryError> {
+    let ok = match record {
+        Record::Promised(b) => b.round <= MAX_ROUND,
+        Record::Accepted { slot, ballot, .. } => {
+            ballot.round <= MAX_ROUND && refuse::slot_ok(*slot)
+        }
+        Record::Learned { slot, .. } => refuse::slot_ok(*slot),
+        Record::Chosen { through } => refuse::position_ok(*through),
+    };
+    if ok {
+        Ok(())
+    } else {
+        Err(RecoveryError::OutOfRange)
+    }
 }

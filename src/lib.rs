@@ -23,13 +23,17 @@ pub mod log;
 pub mod message;
 pub mod persist;
 pub mod quorum;
+pub mod refuse;
 mod replica;
 mod types;
 
 pub use config::Config;
 pub use durability::{BatchNumber, Ready};
 pub use persist::{Record, RecoveryError, Snapshot};
-pub use replica::{ClientError, ClientReply, ClientToken, CoreStatus, PeerToken, Replica};
+pub use refuse::{Refusal, RefusedCounts};
+pub use replica::{
+    ClientError, ClientReply, ClientToken, CoreStatus, Footprint, PeerToken, Replica,
+};
 pub use types::{
     check_key, check_value, Ballot, Command, CommandId, InvalidInput, Op, Outcome, ReplicaId, Slot,
     Value, DEFAULT_MAX_VALUE_BYTES, MAX_KEY_BYTES,

@@ -55,6 +55,11 @@ impl Log {
             .max(self.chosen_through)
     }
 
+    /// Entries above the chosen prefix (bounded by `Config::max_open_slots` for input).
+    pub fn open_entries(&self) -> usize {
+        self.entries_above(self.chosen_through).count()
+    }
+
     /// The entry at `slot`.
     pub fn get(&self, slot: Slot) -> Option<&Entry> {
         self.entries.get(&slot)
@@ -147,7 +152,8 @@ impl Log {
     /// slots in order, for applying.
     pub fn advance(&mut self) -> Vec<(Slot, Value)> {
         let mut out = Vec::new();
-        while let Some(e) = self.entries.get(&(self.chosen_through + 1)) {
+        while let Some(e) = (self.chosen_through.checked_add(1)).and_then(|s| self.entries.get(&s))
+        {
             if !e.chosen {
                 break;
             }
@@ -159,7 +165,10 @@ impl Log {
 
     /// All entries above `after` (used to re-log live state after a snapshot).
     pub fn entries_above(&self, after: Slot) -> impl Iterator<Item = (Slot, &Entry)> {
-        self.entries.range(after + 1..).map(|(s, e)| (*s, e))
+        use std::ops::Bound::{Excluded, Unbounded};
+        self.entries
+            .range((Excluded(after), Unbounded))
+            .map(|(s, e)| (*s, e))
     }
 
     /// Drops entries at or below `through`, which must be applied.
@@ -168,13 +177,20 @@ impl Log {
         if through <= self.compacted_through {
             return;
         }
-        self.entries = self.entries.split_off(&(through + 1));
+        self.drop_through(through);
         self.compacted_through = through;
+    }
+
+    fn drop_through(&mut self, through: Slot) {
+        self.entries = match through.checked_add(1) {
+            Some(first_kept) => self.entries.split_off(&first_kept),
+            None => BTreeMap::new(),
+        };
     }
 
     /// Replaces everything with a snapshot's position.
     pub fn reset_to_snapshot(&mut self, through: Slot) {
-        self.entries = self.entries.split_off(&(through + 1));
+        self.drop_through(through);
         self.chosen_through = through;
         self.compacted_through = through;
     }

@@ -51,6 +51,12 @@ pub enum RecoveryError {
         /// The slot.
         slot: Slot,
     },
+    /// A record carries a round or slot beyond the input limits (`crate::refuse`), or slot 0.
+    #[error("record with a round or slot out of range")]
+    OutOfRange,
+    /// The snapshot's position is out of range or its session table is inconsistent.
+    #[error("snapshot is malformed")]
+    InvalidSnapshot,
     /// Two different values recorded as chosen for one slot.
     #[error("two different chosen values recorded for slot {slot}")]
     ConflictingChosen {

@@ -13,6 +13,7 @@ use crate::leader::Leader;
 use crate::log::Log;
 use crate::message::{Outbound, Request, Response};
 use crate::persist::Record;
+use crate::refuse::{Refusal, RefusedCounts};
 use crate::types::{Ballot, Command, Outcome, ReplicaId, Slot};
 use rand::rngs::StdRng;
 use rand::SeedableRng;
@@ -108,6 +109,30 @@ pub struct Replica {
     pub(crate) durability: Durability,
     /// Chosen progress not yet written.
     pub(crate) unsynced_chosen: Option<Slot>,
+    /// Inputs refused as malformed or out of range, by cause.
+    pub(crate) refused: RefusedCounts,
+}
+
+/// What the replica holds in memory that grows with input, for bounds checks in tests and
+/// status displays. Every number is bounded by the configuration (see the field docs), except
+/// `held_outputs` and `unbatched_records`, which the runtime bounds by syncing.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Footprint {
+    /// Log entries above the chosen prefix: at most `2 * max_open_slots` (a leader's
+    /// recovery range plus its window).
+    pub open_entries: usize,
+    /// A leader's slots proposed and not yet chosen: at most `2 * max_open_slots`.
+    pub inflight_slots: usize,
+    /// A leader's queued commands: at most `max_pending_commands`.
+    pub pending_commands: usize,
+    /// A leader's waiting reads: at most `max_pending_reads`.
+    pub pending_reads: usize,
+    /// A candidate's collected promises: at most `replicas`.
+    pub promises: usize,
+    /// Outputs held until a batch is durable.
+    pub held_outputs: usize,
+    /// Records not yet handed out in a batch.
+    pub unbatched_records: usize,
 }
 
 impl Replica {
@@ -135,6 +160,7 @@ impl Replica {
             out: Outbox::default(),
             durability: Durability::recovered(promised),
             unsynced_chosen: None,
+            refused: RefusedCounts::default(),
         };
         r.reset_election_timer();
         r
@@ -212,32 +238,74 @@ impl Replica {
         }
     }
 
+    /// Inputs refused so far, by cause (see [`crate::refuse`]).
+    pub fn refused(&self) -> &RefusedCounts {
+        &self.refused
+    }
+
+    /// What the replica holds that grows with input.
+    pub fn footprint(&self) -> Footprint {
+        let mut f = Footprint {
+            open_entries: self.log.open_entries(),
+            held_outputs: self.durability.held_len(),
+            unbatched_records: self.durability.unbatched_len() + self.out.persist.len(),
+            ..Footprint::default()
+        };
+        match &self.role {
+            Role::Leader(l) => {
+                f.inflight_slots = l.inflight_len();
+                f.pending_commands = l.pending_len();
+                f.pending_reads = l.reads_len();
+            }
+            Role::Candidate(c) => f.promises = c.promises_len(),
+            Role::Follower => {}
+        }
+        f
+    }
+
+    /// Counts a refused input.
+    pub(crate) fn refuse(&mut self, cause: Refusal) {
+        self.refused.count(cause);
+    }
+
     /// Handles a request from a peer; the response appears in [`Ready::responses`] (none if
-    /// the request is ignored).
+    /// the request is ignored, for example because it is malformed: see [`Replica::refused`]).
     pub fn handle_request(&mut self, from: ReplicaId, token: PeerToken, request: Request) {
         if from >= self.cfg.replicas || from == self.cfg.id {
-            return; // Not a member: ignore rather than corrupt quorum counts.
+            // Not a member: ignore rather than corrupt quorum counts.
+            self.refuse(Refusal::NotAPeer);
+            return;
         }
         let response = match request {
-            Request::Prepare(p) => self.on_prepare(p),
+            Request::Prepare(p) => self.on_prepare(from, p),
             Request::Accept(a) => self.on_accept(from, a),
             Request::Learn(l) => self.on_learn(from, l),
             Request::FetchChosen(f) => self.on_fetch_chosen(f),
         };
-        self.out.responses.push((token, response));
+        match response {
+            Ok(response) => self.out.responses.push((token, response)),
+            Err(cause) => self.refuse(cause),
+        }
     }
 
     /// Handles a peer's answer to a request this replica sent.
     pub fn handle_response(&mut self, from: ReplicaId, response: Response) {
         if from >= self.cfg.replicas || from == self.cfg.id {
+            self.refuse(Refusal::NotAPeer);
             return;
         }
-        match response {
+        let handled = match response {
             Response::Promise(p) => self.on_promise(from, p),
-            Response::Accepted(a) => self.on_accepted(from, a),
+            Response::Accepted(a) => {
+                self.on_accepted(from, a);
+                Ok(())
+            }
             Response::LearnAck(a) => self.on_learn_ack(from, a),
             Response::Chosen(c) => self.on_chosen(from, c),
             Response::Nack(n) => self.on_nack(n),
+        };
+        if let Err(cause) = handled {
+            self.refuse(cause);
         }
     }
 

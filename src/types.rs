@@ -34,12 +34,15 @@ impl Ballot {
         replica: 0,
     };
 
-    /// A ballot of `replica` that is higher than `seen`.
+    /// A ballot of `replica` that is higher than `seen`. Never wraps: a replica only ever
+    /// sees rounds up to [`crate::refuse::MAX_ROUND`] (higher ones are refused input), so a
+    /// round here at `u64::MAX` means the replica's own state is broken.
     pub fn next_after(seen: Ballot, replica: ReplicaId) -> Ballot {
-        Ballot {
-            round: seen.round + 1,
-            replica,
-        }
+        let round = seen
+            .round
+            .checked_add(1)
+            .expect("rounds stay below u64::MAX");
+        Ballot { round, replica }
     }
 }
 

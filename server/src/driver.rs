@@ -8,6 +8,7 @@
 
 use crate::failure::FailureInjector;
 use crate::peer::PeerLink;
+use crate::refusals::RefusalWarnings;
 use crate::store::{ReplicaStore, SnapshotJob, StoreError};
 use paxoskv::message::{Outbound, Request, Response};
 use paxoskv::{
@@ -180,6 +181,7 @@ pub struct Driver {
     pushing: BTreeSet<ReplicaId>,
     failure: Arc<FailureInjector>,
     syncing: Option<Syncing>,
+    refusals: RefusalWarnings,
 }
 
 impl Driver {
@@ -213,6 +215,7 @@ impl Driver {
             snapshot_task: None,
             snapshot_bytes: 0,
             pushing: BTreeSet::new(),
+            refusals: RefusalWarnings::default(),
             failure,
             syncing: None,
         };
@@ -312,6 +315,9 @@ impl Driver {
 
     async fn on_tick(&mut self) {
         self.core.tick();
+        let now = Instant::now();
+        self.refusals
+            .check(self.core.id(), self.core.refused(), now);
         let due = self.last_reopen.elapsed() >= Duration::from_millis(REOPEN_INTERVAL_MS);
         if self.failed_reason().is_some() && due {
             self.last_reopen = Instant::now();

@@ -8,6 +8,7 @@ pub mod failure;
 pub mod local;
 pub mod node;
 pub mod peer;
+pub mod refusals;
 pub mod rpc;
 pub mod storage;
 pub mod store;
