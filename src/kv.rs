@@ -174,7 +174,11 @@ impl KvState {
                 s.last_slot <= through && self.session_age.contains(&(s.last_slot, id))
             });
         let digest = self.map.iter().fold(0, |d, (k, v)| d ^ entry_hash(k, v));
-        sessions_ok && digest == self.digest
+        let session_digest = self
+            .sessions
+            .iter()
+            .fold(0, |d, (&id, s)| d ^ session_hash(id, s));
+        sessions_ok && digest == self.digest && session_digest == self.session_digest
     }
 
     fn remember(&mut self, slot: Slot, id: CommandId, outcome: Outcome) {

@@ -566,6 +566,14 @@ fn huge_fetches_and_chosen_entries_are_bounded_or_refused() {
 fn a_malformed_or_stale_snapshot_is_refused() {
     let mut r = Replica::new(small_config(0, 3));
     let mut newer = KvState::new(4);
+    let register = Command {
+        id: CommandId {
+            client_id: 1,
+            seq: 0,
+        },
+        op: Op::Register,
+    };
+    newer.apply(49, &register);
     newer.apply(50, &put_value(1).commands[0]);
     for (through, kv) in [
         (10, newer.clone()),      // a session newer than the snapshot
