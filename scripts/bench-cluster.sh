@@ -114,7 +114,7 @@ start_cluster() {
         done
     done
     deadline=$((SECONDS + LEADER_WAIT_S))
-    until kv --timeout 2s status 2>/dev/null | grep -q ' role=leader '; do
+    until kv --timeout 2s status -w simple 2>/dev/null | grep -q ' role=leader '; do
         ((SECONDS < deadline)) || die "no leader after ${LEADER_WAIT_S}s"
         sleep 0.2
     done
