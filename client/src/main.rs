@@ -22,27 +22,10 @@ fn main() -> ExitCode {
     match runtime.block_on(cli::run(args)) {
         Ok(code) => ExitCode::from(code),
         Err(e) => {
-            eprintln!("error: {}", report(&e));
+            eprintln!("error: {}", paxoskv_service::error_chain_text(e.as_ref()));
             ExitCode::from(cli::EXIT_ERROR)
         }
     }
-}
-
-/// The error and its causes joined by ": ", each said once: a cause whose text the message
-/// already contains is skipped (several error types print their source in their message).
-fn report(error: &anyhow::Error) -> String {
-    let mut text = String::new();
-    for cause in error.chain() {
-        let part = cause.to_string();
-        if text.contains(&part) {
-            continue;
-        }
-        if !text.is_empty() {
-            text.push_str(": ");
-        }
-        text.push_str(&part);
-    }
-    text
 }
 
 /// Logs to stderr, quiet unless `RUST_LOG` says otherwise (tarpc logs every expired deadline

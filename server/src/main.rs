@@ -189,27 +189,10 @@ fn main() -> ExitCode {
     match run(args) {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
-            eprintln!("error: {}", report(&e));
+            eprintln!("error: {}", paxoskv_service::error_chain_text(e.as_ref()));
             ExitCode::FAILURE
         }
     }
-}
-
-/// The error and its causes joined by ": ", each said once: a cause whose text the message
-/// already contains is skipped (the storage errors print their source in their message).
-fn report(error: &anyhow::Error) -> String {
-    let mut text = String::new();
-    for cause in error.chain() {
-        let part = cause.to_string();
-        if text.contains(&part) {
-            continue;
-        }
-        if !text.is_empty() {
-            text.push_str(": ");
-        }
-        text.push_str(&part);
-    }
-    text
 }
 
 fn run(args: Args) -> Result<()> {

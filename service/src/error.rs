@@ -81,3 +81,21 @@ impl KvError {
         )
     }
 }
+
+/// An error and its causes joined by ": ", each said once: a cause whose text the message
+/// already contains is skipped (several error types print their source in their message).
+/// What the binaries print for a user error, instead of a `Debug` dump with a backtrace.
+pub fn error_chain_text(error: &(dyn std::error::Error + 'static)) -> String {
+    let mut text = String::new();
+    for cause in std::iter::successors(Some(error), |e| e.source()) {
+        let part = cause.to_string();
+        if text.contains(&part) {
+            continue;
+        }
+        if !text.is_empty() {
+            text.push_str(": ");
+        }
+        text.push_str(&part);
+    }
+    text
+}

@@ -11,7 +11,7 @@
 mod error;
 mod transport;
 
-pub use error::KvError;
+pub use error::{error_chain_text, KvError};
 pub use transport::{
     bincode_transport, connect_kv, connect_replica, frame_codec, read_service_tag, ServiceTag,
     KV_MAX_FRAME_BYTES, REPLICA_MAX_FRAME_BYTES,
