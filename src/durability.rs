@@ -137,8 +137,8 @@ impl Durability {
         Some((number, std::mem::take(&mut self.unbatched)))
     }
 
-    /// Bytes are not counted here: the driver bounds its inputs, and the core bounds what it
-    /// keeps per input. This counts held outputs, for status and tests.
+    /// Outputs waiting for a batch (a count, not bytes), for status and the bound checks of
+    /// the hostile-input tests.
     pub(crate) fn held_len(&self) -> usize {
         self.held.len()
     }
