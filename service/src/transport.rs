@@ -6,7 +6,7 @@ use std::net::SocketAddr;
 use tarpc::serde_transport::Transport;
 use tarpc::tokio_serde::formats::Bincode;
 use tarpc::tokio_util::codec::{Framed, LengthDelimitedCodec};
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use tokio::net::TcpStream;
 
 /// Largest frame on a client connection: a 1 MiB value plus headroom.
@@ -34,7 +34,7 @@ impl ServiceTag {
 }
 
 /// Reads the tag byte a new connection starts with.
-pub async fn read_service_tag(stream: &mut TcpStream) -> io::Result<ServiceTag> {
+pub async fn read_service_tag<S: AsyncRead + Unpin>(stream: &mut S) -> io::Result<ServiceTag> {
     match stream.read_u8().await? {
         b'R' => Ok(ServiceTag::Replica),
         b'K' => Ok(ServiceTag::Kv),
@@ -52,12 +52,13 @@ pub fn frame_codec(max_frame_bytes: usize) -> LengthDelimitedCodec {
         .new_codec()
 }
 
-/// Wraps a connected stream into a bincode tarpc transport.
-pub fn bincode_transport<Item, SinkItem>(
-    stream: TcpStream,
+/// Wraps a connected stream (plain TCP or TLS) into a bincode tarpc transport.
+pub fn bincode_transport<S, Item, SinkItem>(
+    stream: S,
     max_frame_bytes: usize,
-) -> Transport<TcpStream, Item, SinkItem, Bincode<Item, SinkItem>>
+) -> Transport<S, Item, SinkItem, Bincode<Item, SinkItem>>
 where
+    S: AsyncRead + AsyncWrite,
     Item: for<'de> serde::Deserialize<'de>,
     SinkItem: serde::Serialize,
 {
