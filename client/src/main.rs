@@ -6,6 +6,7 @@ use clap::Parser;
 use std::process::ExitCode;
 
 fn main() -> ExitCode {
+    restore_default_sigpipe();
     let args = cli::Args::parse();
     init_tracing();
     let runtime = match tokio::runtime::Builder::new_multi_thread()
@@ -25,6 +26,16 @@ fn main() -> ExitCode {
             eprintln!("error: {}", paxoskv_service::error_chain_text(e.as_ref()));
             ExitCode::from(cli::EXIT_ERROR)
         }
+    }
+}
+
+/// `paxoskv ... | head` closes stdout early. Rust ignores SIGPIPE, so every `println!` would
+/// then panic; with the default action the process ends quietly, as Unix tools do. Sockets are
+/// unaffected: Rust writes to them with MSG_NOSIGNAL.
+fn restore_default_sigpipe() {
+    // SAFETY: called first thing in main, before any thread exists; SIG_DFL is a valid action.
+    unsafe {
+        libc::signal(libc::SIGPIPE, libc::SIG_DFL);
     }
 }
 

@@ -135,3 +135,25 @@ async fn silent_servers_do_not_hang_the_client() {
     let statuses = client.status_all().await;
     assert!(statuses.iter().all(|(_, r)| r.is_err()));
 }
+
+/// `paxoskv status | head` closes the pipe before the table is written: the tool must end
+/// quietly, not panic ("failed printing to stdout").
+#[test]
+fn closed_stdout_ends_quietly() {
+    let (reader, writer) = std::io::pipe().expect("pipe");
+    drop(reader);
+    let servers = closed_ports(1)
+        .iter()
+        .map(|a| a.to_string())
+        .collect::<Vec<_>>()
+        .join(",");
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_paxoskv"))
+        .args(["--servers", &servers, "status"])
+        .stdout(writer)
+        .output()
+        .expect("run paxoskv");
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(!stderr.contains("panicked"), "stderr: {stderr}");
+    use std::os::unix::process::ExitStatusExt;
+    assert_eq!(out.status.signal(), Some(libc::SIGPIPE), "{:?}", out.status);
+}
