@@ -131,9 +131,13 @@ fn replica_hosts(args: &GenCertsArgs) -> Result<Vec<String>, CertsError> {
 fn new_ca() -> Result<(String, String, Issuer<'static, KeyPair>), CertsError> {
     let mut params = CertificateParams::new(Vec::<String>::new())?;
     params.is_ca = IsCa::Ca(BasicConstraints::Constrained(0));
+    // A name of its own: certificates are matched to their issuer by name first, so a
+    // second `gen-certs` CA named alike would be reported as a bad signature instead of
+    // the clearer "unknown issuer".
+    let tag: u32 = rand::random();
     params
         .distinguished_name
-        .push(DnType::CommonName, "paxoskv CA");
+        .push(DnType::CommonName, format!("paxoskv CA {tag:08x}"));
     params.key_usages = vec![KeyUsagePurpose::KeyCertSign, KeyUsagePurpose::CrlSign];
     let key = KeyPair::generate()?;
     let cert = params.self_signed(&key)?;

@@ -74,6 +74,12 @@ pub enum SecurityError {
         /// rustls' description.
         reason: String,
     },
+    /// A plaintext dial reached a TLS server.
+    #[error("{addr} speaks TLS: connect with --cacert (and a client certificate or token if it asks for one)")]
+    TlsExpected {
+        /// The server dialled.
+        addr: SocketAddr,
+    },
     /// The server refused the connection in the preamble.
     #[error("unauthenticated: {reason}")]
     Refused {
@@ -448,12 +454,24 @@ pub async fn read_verdict<S: AsyncRead + Unpin>(stream: &mut S) -> io::Result<Re
             stream.read_exact(&mut reason).await?;
             Ok(Err(String::from_utf8_lossy(&reason).into_owned()))
         }
+        TLS_ALERT_RECORD | TLS_HANDSHAKE_RECORD => {
+            Err(io::Error::new(io::ErrorKind::InvalidData, TlsAnswer))
+        }
         other => Err(io::Error::new(
             io::ErrorKind::InvalidData,
             format!("unknown preamble answer {other:#x}"),
         )),
     }
 }
+
+/// First bytes of TLS records: what a TLS server sends to a plaintext preamble.
+const TLS_ALERT_RECORD: u8 = 0x15;
+const TLS_HANDSHAKE_RECORD: u8 = 0x16;
+
+/// The preamble was answered with a TLS record.
+#[derive(Debug, thiserror::Error)]
+#[error("the server answered with TLS")]
+struct TlsAnswer;
 
 /// Files of a client's TLS set-up.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
@@ -556,7 +574,13 @@ impl Dialer {
         let mut tls = connector
             .connect(name, stream)
             .await
-            .map_err(|e| tls_failure(addr, e))?;
+            .map_err(|e| match e.kind() {
+                io::ErrorKind::UnexpectedEof => io::Error::new(
+                    io::ErrorKind::ConnectionAborted,
+                    format!("{addr} closed the connection during the TLS handshake (a plaintext server?)"),
+                ),
+                _ => tls_failure(addr, e),
+            })?;
         preamble(&mut tls, addr, tag, token).await?;
         Ok(Dialed::Tls(Box::new(tls)))
     }
@@ -579,6 +603,10 @@ async fn preamble<S: AsyncRead + AsyncWrite + Unpin>(
         Ok(Err(reason)) => Err(io::Error::new(
             io::ErrorKind::PermissionDenied,
             SecurityError::Refused { reason },
+        )),
+        Err(e) if e.get_ref().is_some_and(|i| i.is::<TlsAnswer>()) => Err(io::Error::new(
+            io::ErrorKind::PermissionDenied,
+            SecurityError::TlsExpected { addr },
         )),
         Err(e) if e.kind() == io::ErrorKind::UnexpectedEof => Err(io::Error::new(
             io::ErrorKind::ConnectionAborted,
