@@ -137,6 +137,29 @@ mod tests {
     }
 
     #[test]
+    fn security_flags_must_fit_together() {
+        let cert_only = ClientSecurity {
+            cert: Some("c.pem".into()),
+            ..ClientSecurity::default()
+        };
+        assert!(cert_only.dialer().unwrap_err().contains("--key"));
+        let no_ca = ClientSecurity {
+            key: Some("k.pem".into()),
+            ..cert_only.clone()
+        };
+        assert!(no_ca.dialer().unwrap_err().contains("--cacert"));
+        let missing = ClientSecurity {
+            cacert: Some("/nonexistent/ca.pem".into()),
+            ..ClientSecurity::default()
+        };
+        assert!(missing
+            .dialer()
+            .unwrap_err()
+            .contains("cannot read /nonexistent/ca.pem"));
+        assert!(!ClientSecurity::default().dialer().unwrap().is_tls());
+    }
+
+    #[test]
     fn validate_rejects_empty_and_zero() {
         assert!(ClientConfig::default().validate().is_ok());
         assert!(ClientConfig::with_servers(vec![]).validate().is_err());

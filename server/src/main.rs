@@ -350,6 +350,16 @@ type Prepared = Vec<(TcpListener, ReplicaOptions, Replica, Box<dyn ReplicaStore>
 /// Binds every port first, then opens every replica's state, and only then starts any: a
 /// busy port or a locked directory stops start-up before anything runs or is printed.
 async fn prepare(args: &Args, addrs: &[SocketAddr], ids: &[u32]) -> Result<Prepared> {
+    let per_replica_files = [&args.cert, &args.key]
+        .iter()
+        .all(|f| f.as_deref().is_none_or(|f| f.contains("{id}")));
+    if ids.len() > 1 && !per_replica_files {
+        bail!(
+            "one-process mode runs {} replicas, each needing its own certificate: write {{id}} \
+             in --cert and --key (e.g. --cert certs/replica-{{id}}.pem), or use --tls-dir",
+            ids.len()
+        );
+    }
     let mut listeners = Vec::new();
     let mut securities = Vec::new();
     for &id in ids {
@@ -479,4 +489,29 @@ async fn wait_for_signal() -> Result<()> {
         _ = term.recv() => {}
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_positional_port_and_the_subcommand_coexist() {
+        let args = Args::try_parse_from(["paxoskv-server", "15000", "-f"]).unwrap();
+        assert_eq!(
+            (args.port, args.fail, args.tool.is_none()),
+            (15000, true, true)
+        );
+        let args = Args::try_parse_from(["paxoskv-server", "gen-certs", "--dir", "d"]).unwrap();
+        assert!(matches!(args.tool, Some(Tool::GenCerts(_))));
+        assert!(Args::try_parse_from(["paxoskv-server", "--tls-dir", "d", "--cert", "c"]).is_err());
+        assert!(Args::try_parse_from(["paxoskv-server", "--cert", "c", "--key", "k"]).is_err());
+        assert!(Args::try_parse_from(["paxoskv-server", "--listen", "0.0.0.0:1"]).is_err());
+    }
+
+    #[test]
+    fn cli_definition_is_consistent() {
+        use clap::CommandFactory;
+        Args::command().debug_assert();
+    }
 }
