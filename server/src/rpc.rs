@@ -169,7 +169,7 @@ pub struct ReplicaServer(pub Arc<Shared>, pub Option<ReplicaId>);
 
 impl ReplicaServer {
     /// False (and a rate-limited warning) when `from` is not the authenticated peer.
-    fn from_is_authentic(&self, from: ReplicaId) -> bool {
+    fn sender_is_authentic(&self, from: ReplicaId) -> bool {
         match self.1 {
             Some(proven) if proven != from => {
                 if FORGED_FROM_WARNINGS.due() {
@@ -187,7 +187,7 @@ impl ReplicaServer {
     }
 
     async fn deliver(self, from: ReplicaId, request: Request, injectable: bool) -> Response {
-        if !self.from_is_authentic(from) {
+        if !self.sender_is_authentic(from) {
             // Not answered, like a message lost on the way: a forged sender learns nothing
             // and the core never sees the forged id. The caller's deadline ends the call.
             return std::future::pending().await;
@@ -240,7 +240,7 @@ impl ReplicaRpc for ReplicaServer {
         from: ReplicaId,
         chunk: SnapshotChunk,
     ) -> Result<u64, String> {
-        if !self.from_is_authentic(from) {
+        if !self.sender_is_authentic(from) {
             return Err(format!(
                 "refused: `from` {from} is not the replica this connection's certificate names"
             ));
