@@ -32,9 +32,10 @@ enum FailKind {
 
 #[derive(Debug, Subcommand)]
 enum Tool {
-    /// Write a CA, a certificate per replica and a client certificate for a TLS cluster
-    /// (then: `paxoskv-server --tls-dir DIR` and `paxoskv --cacert DIR/ca.pem --cert
-    /// DIR/client.pem --key DIR/client-key.pem ...`).
+    /// Write a CA, a certificate per replica and a client certificate for a TLS cluster.
+    ///
+    /// Then: `paxoskv-server --tls-dir DIR` and `paxoskv --cacert DIR/ca.pem --cert
+    /// DIR/client.pem --key DIR/client-key.pem ...`.
     GenCerts(GenCertsArgs),
 }
 
