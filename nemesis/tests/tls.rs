@@ -365,7 +365,7 @@ async fn tls_cluster_authenticates_peers_and_clients() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn plaintext_token_and_protected_mode() {
     let certs = certs();
-    let addrs = support::free_addrs(1);
+    let addrs = support::free_addrs(3);
     let _procs = support::start_cluster(
         &addrs,
         &[
@@ -383,6 +383,22 @@ async fn plaintext_token_and_protected_mode() {
     let mut c = with(Some(certs.token.clone()));
     c.put("k", b"v".to_vec()).await.unwrap();
     assert_eq!(c.get("k").await.unwrap(), Some(b"v".to_vec()));
+    // A write sent to a follower is forwarded over the client service: the replicas present
+    // the token to each other too.
+    let leader = c
+        .status_all()
+        .await
+        .into_iter()
+        .find_map(|(_, s)| s.ok().and_then(|s| s.leader))
+        .expect("a leader after a write") as usize;
+    let follower = addrs[(leader + 1) % addrs.len()];
+    let security = ClientSecurity {
+        token_file: Some(certs.token.clone()),
+        ..ClientSecurity::default()
+    };
+    let mut via_follower = Client::connect(client_config(&[follower], security)).unwrap();
+    via_follower.put("k2", b"forwarded".to_vec()).await.unwrap();
+    assert_eq!(c.get("k2").await.unwrap(), Some(b"forwarded".to_vec()));
     let text = security_text(with(None).get("k").await);
     assert!(
         text.starts_with("unauthenticated: a bearer token is required"),

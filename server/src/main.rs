@@ -208,12 +208,18 @@ fn security(args: &Args, id: u32, replicas: u32) -> Result<(ServerSecurity, Dial
     if args.client_ca.is_some() && args.cert.is_none() && args.tls_dir.is_none() {
         bail!("--client-ca needs TLS: give --cert/--key/--peer-ca or --tls-dir as well");
     }
-    let token = match &args.auth_token_file {
+    let token: Option<Arc<[u8]>> = match &args.auth_token_file {
         Some(path) => Some(Arc::from(paxoskv_service::tls::load_token(path)?)),
         None => None,
     };
     let Some(files) = tls_files(args, id) else {
-        return Ok((ServerSecurity { tls: None, token }, Dialer::plain()));
+        // Plaintext: followers forward writes over the client service, which then wants the
+        // token too (with TLS the replica certificate is enough).
+        let dialer = match &token {
+            Some(t) => Dialer::plain().with_token(t.to_vec()),
+            None => Dialer::plain(),
+        };
+        return Ok((ServerSecurity { tls: None, token }, dialer));
     };
     let tls =
         ServerTls::load(&files, replicas).with_context(|| format!("replica {id}: TLS set-up"))?;
