@@ -5,6 +5,9 @@
 # (kill -9 of the leader while one session writes). Prints one Markdown table on stdout and the
 # failover figure after it; progress goes to stderr.
 #
+# Usage: scripts/bench-cluster.sh [--tls]
+#   --tls: certificates from `paxoskv-server gen-certs`; replicas talk TLS to each other and
+#          the bench clients connect with client certificates (to measure the TLS cost).
 # Environment:
 #   DURATION   measured time per workload (default 10s)
 #   WARMUP     unmeasured load before it (default 2s)
@@ -35,7 +38,8 @@ RUN_DIR=""
 PEERS=""
 BASE_PORT=""
 FAILED=0
-declare -a PID=() ROWS=() NOTES=()
+TLS=0
+declare -a PID=() ROWS=() NOTES=() TLS_SERVER=() TLS_CLIENT=()
 
 log() { printf '[bench-cluster %s] %s\n' "$(date +%H:%M:%S)" "$*" >&2; }
 die() {
@@ -87,7 +91,7 @@ trap 'exit 143' TERM
 # shellcheck source=scripts/ports.sh
 source "$ROOT/scripts/ports.sh"
 
-kv() { "$CLIENT" --servers "$PEERS" "$@"; }
+kv() { "$CLIENT" --servers "$PEERS" "${TLS_CLIENT[@]}" "$@"; }
 
 # Starts a fresh cluster in a new directory under $TMP and waits until it has a leader.
 start_cluster() {
@@ -100,7 +104,7 @@ start_cluster() {
         sleep 0.2
     done
     for ((i = 0; i < REPLICAS; i++)); do
-        "$SERVER" --replica "$i" --peers "$PEERS" --data-dir "$RUN_DIR/data" \
+        "$SERVER" --replica "$i" --peers "$PEERS" --data-dir "$RUN_DIR/data" "${TLS_SERVER[@]}" \
             </dev/null >"$RUN_DIR/replica-$i.log" 2>&1 &
         PID[i]=$!
         echo "${PID[i]}" >"$TMP/pids/$((BASE_PORT + i))"
@@ -190,6 +194,11 @@ run_failover() {
 }
 
 main() {
+    case "${1:-}" in
+    "") ;;
+    --tls) TLS=1 ;;
+    *) die "unknown argument '$1' (usage: scripts/bench-cluster.sh [--tls])" ;;
+    esac
     [[ $CLIENTS =~ ^[1-9][0-9]*$ ]] || die "CLIENTS must be a positive number, got '$CLIENTS'"
     if [[ ${SKIP_BUILD:-0} != 1 ]]; then
         log "building (cargo build --release -p paxoskv-server -p paxoskv-client)"
@@ -207,6 +216,12 @@ main() {
     )
     TMP=$(mktemp -d -t paxoskv-bench.XXXXXX)
     mkdir -p "$TMP/pids"
+    if [[ $TLS == 1 ]]; then
+        "$SERVER" gen-certs --dir "$TMP/certs" --replicas "$REPLICAS" >/dev/null
+        TLS_SERVER=(--tls-dir "$TMP/certs")
+        TLS_CLIENT=(--cacert "$TMP/certs/ca.pem" --cert "$TMP/certs/client.pem" --key "$TMP/certs/client-key.pem")
+        log "TLS on: certificates in $TMP/certs"
+    fi
 
     local w
     for w in $WORKLOADS; do
@@ -221,7 +236,9 @@ main() {
     done
 
     echo
-    echo "paxoskv, $REPLICAS replicas (one process each, fsync per batch), ${DURATION} measured after ${WARMUP} warm-up, 16-byte keys, 100-byte values, 1000 keys"
+    local transport="plaintext"
+    [[ $TLS == 1 ]] && transport="TLS (peers and clients, client certificates)"
+    echo "paxoskv, $REPLICAS replicas (one process each, fsync per batch, $transport), ${DURATION} measured after ${WARMUP} warm-up, 16-byte keys, 100-byte values, 1000 keys"
     echo
     echo "| workload | clients | ops/s | p50 | p99 | p99.9 | max | errors |"
     echo "| --- | --- | --- | --- | --- | --- | --- | --- |"

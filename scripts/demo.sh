@@ -3,6 +3,10 @@
 #   five replica processes with failure injection (-f), the client's checked demo, kill -9 of
 #   the leader, PUT/GET/DELETE through the failover, a new leader, restart of the killed
 #   replica and its catch-up, then the number of injected failures.
+# Usage: scripts/demo.sh [--tls]
+#   --tls: certificates from `paxoskv-server gen-certs` in the temporary directory; replicas
+#          talk TLS to each other and require client certificates; every client step uses
+#          --cacert/--cert/--key, and a client without a certificate is shown to be refused.
 # Environment: PORT=first of five consecutive ports (default: a free block at random),
 #              KEEP_DATA=1 keeps the temporary data/log directory.
 # Exits non-zero if any step fails; leaves no process behind.
@@ -19,6 +23,8 @@ SERVER="$BIN/paxoskv-server"
 CLIENT="$BIN/paxoskv"
 DATA=""
 PEERS=""
+TLS=0
+CERTS=""
 declare -a PID=() LOG=()
 
 say() { printf '\n=== %s\n' "$*"; }
@@ -61,7 +67,8 @@ trap 'exit 143' TERM
 # shellcheck source=scripts/ports.sh
 source "$ROOT/scripts/ports.sh"
 
-kv() { "$CLIENT" --servers "$PEERS" --timeout 10s "$@"; }
+kv() { "$CLIENT" --servers "$PEERS" --timeout 10s "${TLS_CLIENT[@]}" "$@"; }
+declare -a TLS_CLIENT=()
 
 # Starts replica $1; its log goes to $DATA/replica-$1.run<N>.log.
 start_replica() {
@@ -69,6 +76,7 @@ start_replica() {
     while [[ -e $DATA/replica-$i.run$run.log ]]; do run=$((run + 1)); done
     LOG[i]="$DATA/replica-$i.run$run.log"
     local args=(--replica "$i" --peers "$PEERS" -f)
+    [[ $TLS == 1 ]] && args+=(--tls-dir "$CERTS")
     if [[ $DATA_DIR_FLAG == 1 ]]; then
         # The server keeps replica I's state in DIR/replica-I.
         mkdir -p "$DATA/data"
@@ -125,6 +133,11 @@ expect() {
 }
 
 main() {
+    case "${1:-}" in
+    "") ;;
+    --tls) TLS=1 ;;
+    *) die "unknown argument '$1' (usage: scripts/demo.sh [--tls])" ;;
+    esac
     say "building in release mode, first time ~3 min (cargo build --release --workspace)"
     # Not --quiet: cargo's "Compiling ..." lines are the sign of life during a cold build.
     (cd "$ROOT" && cargo build --release --workspace)
@@ -141,10 +154,26 @@ main() {
         echo "${addrs[*]}"
     )
     DATA=$(mktemp -d -t paxoskv-demo.XXXXXX)
+    if [[ $TLS == 1 ]]; then
+        CERTS="$DATA/certs"
+        say "certificates: paxoskv-server gen-certs --dir $CERTS --hosts 127.0.0.1"
+        "$SERVER" gen-certs --dir "$CERTS" --hosts 127.0.0.1 --replicas "$REPLICAS" >/dev/null
+        ls "$CERTS"
+        TLS_CLIENT=(--cacert "$CERTS/ca.pem" --cert "$CERTS/client.pem" --key "$CERTS/client-key.pem")
+    fi
 
     say "starting $REPLICAS replicas with failure injection on $PEERS (logs in $DATA)"
     for ((i = 0; i < REPLICAS; i++)); do start_replica "$i"; done
     for ((i = 0; i < REPLICAS; i++)); do wait_running "$i"; done
+
+    if [[ $TLS == 1 ]]; then
+        say "a client without a certificate is refused"
+        local out code=0
+        out=$("$CLIENT" --servers "$PEERS" --cacert "$CERTS/ca.pem" get anything 2>&1) || code=$?
+        printf '$ paxoskv --cacert %s get anything\n%s\n' "$CERTS/ca.pem" "$out"
+        [[ $code == 2 && $out == *"unauthenticated: a client certificate"* ]] ||
+            die "a client without a certificate was not refused (exit $code): $out"
+    fi
 
     say "client demo"
     kv demo || die "client demo failed"

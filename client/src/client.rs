@@ -45,6 +45,8 @@ enum AttemptError {
     Aborted(String),
     /// Nothing listens at the address (connection refused).
     Refused(String),
+    /// TLS or the preamble refused us (certificate, CA or token): retrying cannot help.
+    Security(String),
     /// Dial or connection failure; the connection was dropped.
     Transport(String),
     /// No answer before the attempt deadline.
@@ -79,7 +81,8 @@ impl Client {
     /// A session of the cluster in `config`. Connects lazily: no network traffic here.
     pub fn connect(config: ClientConfig) -> Result<Client, ClientError> {
         config.validate().map_err(ClientError::Config)?;
-        let pool = Arc::new(Pool::new(&config.servers));
+        let dialer = config.security.dialer().map_err(ClientError::Config)?;
+        let pool = Arc::new(Pool::new(&config.servers, dialer));
         Ok(Client::with_pool(Arc::new(config), pool))
     }
 
@@ -206,6 +209,7 @@ impl Client {
             AttemptError::Kv(e) => ClientError::Server(e),
             AttemptError::Aborted(reason)
             | AttemptError::Refused(reason)
+            | AttemptError::Security(reason)
             | AttemptError::Transport(reason)
             | AttemptError::NoAnswer(reason) => ClientError::Unreachable {
                 addr: self.pool.addr(index),
@@ -226,6 +230,7 @@ impl Client {
                 AttemptError::Kv(e) => e.to_string(),
                 AttemptError::Aborted(s)
                 | AttemptError::Refused(s)
+                | AttemptError::Security(s)
                 | AttemptError::Transport(s)
                 | AttemptError::NoAnswer(s) => s,
             };
@@ -316,7 +321,9 @@ impl Client {
     {
         let deadline = Instant::now() + budget;
         let conn = self.pool.get(index, deadline).await.map_err(|e| {
-            if e.refused {
+            if e.security {
+                AttemptError::Security(e.text)
+            } else if e.refused {
                 AttemptError::Refused(e.text)
             } else {
                 AttemptError::Transport(e.text)
@@ -379,6 +386,8 @@ impl Client {
                 }
                 return Ok(Next::Retry(next));
             }
+            // Fail fast: a certificate, CA or token problem does not heal within a deadline.
+            AttemptError::Security(reason) => return Err(ClientError::Security { reason }),
             AttemptError::Transport(what) | AttemptError::NoAnswer(what) => {
                 tracker.silent(format!("{}: {what}", self.pool.addr(index)));
                 return Ok(Next::Retry(next));

@@ -1,7 +1,10 @@
 //! Client configuration.
 
 use paxoskv::DEFAULT_MAX_VALUE_BYTES;
+use paxoskv_service::tls::{load_token, ClientTlsFiles};
+use paxoskv_service::Dialer;
 use std::net::{Ipv4Addr, SocketAddr};
+use std::path::PathBuf;
 use std::time::Duration;
 
 /// First port of the default local cluster (`paxoskv-server 15000`).
@@ -39,6 +42,49 @@ pub struct ClientConfig {
     /// deadline. Off by default, so that a long-running program rides out a restart of the
     /// whole cluster; the `paxoskv` tool turns it on.
     pub fail_fast_when_refused: bool,
+    /// TLS and token (default: plaintext, no token).
+    pub security: ClientSecurity,
+}
+
+/// How a client proves itself and checks the servers, as etcdctl names it: files are read
+/// when the [`crate::Client`] is made.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct ClientSecurity {
+    /// Use TLS, trusting this CA for the servers' certificates (verified against the address
+    /// dialled).
+    pub cacert: Option<PathBuf>,
+    /// Client certificate (PEM), for servers started with --client-ca.
+    pub cert: Option<PathBuf>,
+    /// The client certificate's private key (PEM).
+    pub key: Option<PathBuf>,
+    /// A bearer token to present, for servers started with --auth-token-file.
+    pub token_file: Option<PathBuf>,
+}
+
+impl ClientSecurity {
+    /// Loads the files into a dialer; the error names the file and the problem.
+    pub fn dialer(&self) -> Result<Dialer, String> {
+        let cert_and_key = match (&self.cert, &self.key) {
+            (Some(cert), Some(key)) => Some((cert.clone(), key.clone())),
+            (None, None) => None,
+            _ => return Err("--cert and --key go together".into()),
+        };
+        let dialer = match &self.cacert {
+            Some(ca) => Dialer::tls(&ClientTlsFiles {
+                ca: ca.clone(),
+                cert_and_key,
+            })
+            .map_err(|e| e.to_string())?,
+            None if cert_and_key.is_some() => {
+                return Err("a client certificate needs TLS: give --cacert too".into())
+            }
+            None => Dialer::plain(),
+        };
+        match &self.token_file {
+            Some(path) => Ok(dialer.with_token(load_token(path).map_err(|e| e.to_string())?)),
+            None => Ok(dialer),
+        }
+    }
 }
 
 impl Default for ClientConfig {
@@ -49,6 +95,7 @@ impl Default for ClientConfig {
             attempt_timeout: DEFAULT_ATTEMPT_TIMEOUT,
             max_value_bytes: DEFAULT_MAX_VALUE_BYTES,
             fail_fast_when_refused: false,
+            security: ClientSecurity::default(),
         }
     }
 }
@@ -87,6 +134,29 @@ mod tests {
         assert_eq!(servers.len(), 5);
         assert_eq!(servers[0].to_string(), "127.0.0.1:15000");
         assert_eq!(servers[4].to_string(), "127.0.0.1:15004");
+    }
+
+    #[test]
+    fn security_flags_must_fit_together() {
+        let cert_only = ClientSecurity {
+            cert: Some("c.pem".into()),
+            ..ClientSecurity::default()
+        };
+        assert!(cert_only.dialer().unwrap_err().contains("--key"));
+        let no_ca = ClientSecurity {
+            key: Some("k.pem".into()),
+            ..cert_only.clone()
+        };
+        assert!(no_ca.dialer().unwrap_err().contains("--cacert"));
+        let missing = ClientSecurity {
+            cacert: Some("/nonexistent/ca.pem".into()),
+            ..ClientSecurity::default()
+        };
+        assert!(missing
+            .dialer()
+            .unwrap_err()
+            .contains("cannot read /nonexistent/ca.pem"));
+        assert!(!ClientSecurity::default().dialer().unwrap().is_tls());
     }
 
     #[test]

@@ -42,6 +42,14 @@ pub enum ClientError {
         /// The last dial error.
         reason: String,
     },
+    /// TLS or the server's preamble refused the connection (untrusted certificate, missing
+    /// client certificate, wrong token). Not retried: the configuration has to change.
+    #[error("{reason}")]
+    Security {
+        /// What failed, e.g. "TLS handshake with 127.0.0.1:15000 failed: invalid peer
+        /// certificate: UnknownIssuer" or "unauthenticated: invalid bearer token".
+        reason: String,
+    },
     /// One replica could not be reached (only from per-replica calls such as status).
     #[error("{addr}: {reason}")]
     Unreachable {

@@ -23,7 +23,7 @@ mod retry;
 
 pub use client::Client;
 pub use config::{
-    default_servers, ClientConfig, DEFAULT_ATTEMPT_TIMEOUT, DEFAULT_BASE_PORT,
+    default_servers, ClientConfig, ClientSecurity, DEFAULT_ATTEMPT_TIMEOUT, DEFAULT_BASE_PORT,
     DEFAULT_REPLICA_COUNT, DEFAULT_TIMEOUT,
 };
 pub use error::{format_addrs, ClientError};

@@ -1,6 +1,6 @@
 //! Lazily dialled connections, one per server, shared by every session of a [`crate::Client`].
 
-use paxoskv_service::{connect_kv, KvRpcClient};
+use paxoskv_service::{connect_kv, Dialer, KvRpcClient};
 use std::io;
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
@@ -26,6 +26,8 @@ pub(crate) struct Conn {
 pub(crate) struct DialError {
     /// The host answered that nothing listens there (no server running).
     pub(crate) refused: bool,
+    /// TLS or the preamble refused us: a configuration problem, not worth retrying.
+    pub(crate) security: bool,
     pub(crate) text: String,
 }
 
@@ -43,16 +45,18 @@ pub(crate) struct Pool {
     configured: usize,
     leader: AtomicUsize,
     next_generation: AtomicU64,
+    dialer: Dialer,
 }
 
 impl Pool {
-    pub(crate) fn new(servers: &[SocketAddr]) -> Pool {
+    pub(crate) fn new(servers: &[SocketAddr], dialer: Dialer) -> Pool {
         let slots = servers.iter().map(|&addr| new_slot(addr)).collect();
         Pool {
             slots: RwLock::new(slots),
             configured: servers.len(),
             leader: AtomicUsize::new(NO_LEADER),
             next_generation: AtomicU64::new(1),
+            dialer,
         }
     }
 
@@ -122,7 +126,8 @@ impl Pool {
         if let Some(conn) = guard.as_ref() {
             return Ok(conn.clone());
         }
-        let rpc = match tokio::time::timeout_at(deadline, connect_kv(slot.addr)).await {
+        let rpc = match tokio::time::timeout_at(deadline, connect_kv(slot.addr, &self.dialer)).await
+        {
             Ok(Ok(rpc)) => rpc,
             Ok(Err(e)) => return Err(DialError::from_io(&e)),
             Err(_) => return Err(DialError::other("connect timed out")),
@@ -165,14 +170,24 @@ impl DialError {
     fn other(text: &str) -> DialError {
         DialError {
             refused: false,
+            security: false,
             text: text.to_string(),
         }
     }
 
     fn from_io(e: &io::Error) -> DialError {
-        DialError {
-            refused: e.kind() == io::ErrorKind::ConnectionRefused,
-            text: format!("connect: {e}"),
+        match paxoskv_service::tls::security_error(e) {
+            // Already says what failed ("TLS handshake with ... failed: ...").
+            Some(security) => DialError {
+                refused: false,
+                security: true,
+                text: security.to_string(),
+            },
+            None => DialError {
+                refused: e.kind() == io::ErrorKind::ConnectionRefused,
+                security: false,
+                text: format!("connect: {e}"),
+            },
         }
     }
 }

@@ -3,9 +3,10 @@
 use futures::StreamExt;
 use paxoskv::{Command, CommandId, Outcome};
 use paxoskv_client::{Client, ClientConfig, ClientError, KvError};
+use paxoskv_service::tls::{read_preamble, write_verdict};
 use paxoskv_service::{
-    bincode_transport, read_service_tag, GetReply, KvRpc, ReadMode, ReplicaStatus, ServiceTag,
-    WriteReply, KV_MAX_FRAME_BYTES,
+    bincode_transport, GetReply, KvRpc, ReadMode, ReplicaStatus, ServiceTag, WriteReply,
+    KV_MAX_FRAME_BYTES,
 };
 use std::collections::HashMap;
 use std::net::SocketAddr;
@@ -160,7 +161,12 @@ async fn serve(listener: TcpListener, fake: Fake) {
         let fake = fake.clone();
         tokio::spawn(async move {
             let _ = stream.set_nodelay(true);
-            if read_service_tag(&mut stream).await.ok() != Some(ServiceTag::Kv) {
+            // The preamble: tag byte and (empty) token, answered "accepted".
+            match read_preamble(&mut stream).await {
+                Ok((ServiceTag::Kv, _token)) => {}
+                _ => return,
+            }
+            if write_verdict(&mut stream, Ok(())).await.is_err() {
                 return;
             }
             let transport = bincode_transport(stream, KV_MAX_FRAME_BYTES);

@@ -123,7 +123,9 @@ async fn oversized_value_is_refused_and_connection_keeps_working() {
     let err = c.put("big", big).await.unwrap_err();
     assert!(err.to_string().contains("over the limit"), "{err}");
     // The server refuses it too, when a client skips its own check.
-    let conn = paxoskv_service::connect_kv(cluster.addrs[0]).await.unwrap();
+    let conn = paxoskv_service::connect_kv(cluster.addrs[0], &paxoskv_service::Dialer::plain())
+        .await
+        .unwrap();
     let id = paxoskv::CommandId {
         client_id: 99,
         seq: 1,

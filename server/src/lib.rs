@@ -3,6 +3,7 @@
 
 #![warn(missing_docs)]
 
+pub mod certs;
 pub mod driver;
 pub mod failure;
 pub mod local;

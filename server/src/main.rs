@@ -2,15 +2,19 @@
 //! of a multi-process cluster (`--replica I --peers H:P,...`).
 
 use anyhow::{bail, Context, Result};
-use clap::{Parser, ValueEnum};
+use clap::{Parser, Subcommand, ValueEnum};
 use paxoskv::Replica;
+use paxoskv_server::certs::GenCertsArgs;
 use paxoskv_server::node::{open_disk_replica, OpenError};
 use paxoskv_server::storage::FaultInjector;
 use paxoskv_server::store::{MemoryStore, ReplicaStore, StoreError};
 use paxoskv_server::{run_replica, FailMode, ReplicaOptions};
+use paxoskv_service::tls::{ClientTlsFiles, ServerSecurity, ServerTls, ServerTlsFiles};
+use paxoskv_service::Dialer;
 use std::net::{SocketAddr, ToSocketAddrs};
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
+use std::sync::Arc;
 use tokio::net::TcpListener;
 use tokio::sync::watch;
 use tokio::task::JoinSet;
@@ -26,10 +30,21 @@ enum FailKind {
     Down,
 }
 
+#[derive(Debug, Subcommand)]
+enum Tool {
+    /// Write a CA, a certificate per replica and a client certificate for a TLS cluster.
+    ///
+    /// Then: `paxoskv-server --tls-dir DIR` and `paxoskv --cacert DIR/ca.pem --cert
+    /// DIR/client.pem --key DIR/client-key.pem ...`.
+    GenCerts(GenCertsArgs),
+}
+
 /// A replicated key-value store kept consistent with Multi-Paxos.
 #[derive(Parser, Debug)]
-#[command(version, about)]
+#[command(version, about, args_conflicts_with_subcommands = true)]
 struct Args {
+    #[command(subcommand)]
+    tool: Option<Tool>,
     /// First port; replicas listen on PORT..PORT+4 (one-process mode).
     #[arg(default_value_t = 15000)]
     port: u16,
@@ -82,6 +97,37 @@ struct Args {
     /// Snapshot once the log exceeds this many bytes.
     #[arg(long, default_value_t = 64 * 1024 * 1024)]
     snapshot_log_bytes: u64,
+    /// This replica's TLS certificate (PEM). In one-process mode `{id}` in the path is
+    /// replaced by each replica's id, e.g. `--cert certs/replica-{id}.pem`.
+    #[arg(long, value_name = "FILE", requires_all = ["key", "peer_ca"], conflicts_with = "tls_dir")]
+    cert: Option<String>,
+    /// The certificate's private key (PEM); `{id}` as in --cert.
+    #[arg(long, value_name = "FILE", requires = "cert")]
+    key: Option<String>,
+    /// CA whose certificates prove a replica (`replica-I.paxoskv`): replica connections
+    /// without one are refused.
+    #[arg(long, value_name = "FILE", requires = "cert")]
+    peer_ca: Option<PathBuf>,
+    /// CA whose certificates authenticate clients (with TLS, clients then need one, or a
+    /// token when --auth-token-file is also given).
+    #[arg(long, value_name = "FILE")]
+    client_ca: Option<PathBuf>,
+    /// TLS from a `gen-certs` directory: DIR/replica-I.pem and DIR/replica-I-key.pem, with
+    /// DIR/ca.pem as both peer and client CA.
+    #[arg(long, value_name = "DIR")]
+    tls_dir: Option<PathBuf>,
+    /// A bearer token clients must present (checked once per connection); the file holds the
+    /// token, trailing whitespace ignored.
+    #[arg(long, value_name = "FILE")]
+    auth_token_file: Option<PathBuf>,
+    /// Allow listening on a non-loopback address without TLS (anyone who reaches the port
+    /// can then rewrite the data).
+    #[arg(long)]
+    insecure: bool,
+    /// Address to bind in one-replica-per-process mode (default: this replica's --peers
+    /// entry), e.g. 0.0.0.0:15000 behind NAT.
+    #[arg(long, value_name = "ADDR", requires = "replica")]
+    listen: Option<String>,
 }
 
 fn parse_rate(s: &str) -> Result<f64, String> {
@@ -138,6 +184,77 @@ impl Args {
     }
 }
 
+/// The TLS files of replica `id`, if TLS is configured.
+fn tls_files(args: &Args, id: u32) -> Option<ServerTlsFiles> {
+    let with_id = |template: &str| PathBuf::from(template.replace("{id}", &id.to_string()));
+    if let Some(dir) = &args.tls_dir {
+        return Some(ServerTlsFiles {
+            cert: dir.join(format!("replica-{id}.pem")),
+            key: dir.join(format!("replica-{id}-key.pem")),
+            peer_ca: dir.join("ca.pem"),
+            client_ca: Some(args.client_ca.clone().unwrap_or_else(|| dir.join("ca.pem"))),
+        });
+    }
+    Some(ServerTlsFiles {
+        cert: with_id(args.cert.as_deref()?),
+        key: with_id(args.key.as_deref()?),
+        peer_ca: args.peer_ca.clone()?,
+        client_ca: args.client_ca.clone(),
+    })
+}
+
+/// Loads replica `id`'s certificates and token: its connection policy and its peer dialer.
+fn security(args: &Args, id: u32, replicas: u32) -> Result<(ServerSecurity, Dialer)> {
+    if args.client_ca.is_some() && args.cert.is_none() && args.tls_dir.is_none() {
+        bail!("--client-ca needs TLS: give --cert/--key/--peer-ca or --tls-dir as well");
+    }
+    let token: Option<Arc<[u8]>> = match &args.auth_token_file {
+        Some(path) => Some(Arc::from(paxoskv_service::tls::load_token(path)?)),
+        None => None,
+    };
+    let Some(files) = tls_files(args, id) else {
+        // Plaintext: followers forward writes over the client service, which then wants the
+        // token too (with TLS the replica certificate is enough).
+        let dialer = match &token {
+            Some(t) => Dialer::plain().with_token(t.to_vec()),
+            None => Dialer::plain(),
+        };
+        return Ok((ServerSecurity { tls: None, token }, dialer));
+    };
+    let tls =
+        ServerTls::load(&files, replicas).with_context(|| format!("replica {id}: TLS set-up"))?;
+    let dialer = Dialer::tls(&ClientTlsFiles {
+        ca: files.peer_ca.clone(),
+        cert_and_key: Some((files.cert.clone(), files.key.clone())),
+    })
+    .with_context(|| format!("replica {id}: TLS set-up for dialling peers"))?;
+    let security = ServerSecurity {
+        tls: Some(Arc::new(tls)),
+        token,
+    };
+    Ok((security, dialer))
+}
+
+/// Where replica `id` listens: --listen in per-process mode, else its address in the list.
+fn bind_addr(args: &Args, id: u32, addrs: &[SocketAddr]) -> Result<SocketAddr> {
+    match &args.listen {
+        Some(listen) => resolve(listen),
+        None => Ok(addrs[id as usize]),
+    }
+}
+
+/// Protected mode: plaintext only on loopback unless --insecure says otherwise.
+fn check_protected(args: &Args, id: u32, bind: SocketAddr, tls: bool) -> Result<()> {
+    if tls || args.insecure || bind.ip().is_loopback() {
+        return Ok(());
+    }
+    bail!(
+        "replica {id} would listen on {bind} without TLS: anyone who can reach that address \
+         could read and rewrite the data. Use TLS (`paxoskv-server gen-certs --dir DIR --hosts \
+         ...`, then --tls-dir DIR), listen on loopback, or give --insecure to accept the risk"
+    )
+}
+
 /// Opens replica state: durable under --data-dir, or throwaway with --in-memory.
 fn open_state(args: &Args, options: &ReplicaOptions) -> Result<(Replica, Box<dyn ReplicaStore>)> {
     let cfg = options.core_config();
@@ -184,12 +301,35 @@ fn init_tracing() {
 
 fn main() -> ExitCode {
     let args = Args::parse();
+    if let Some(Tool::GenCerts(gen)) = &args.tool {
+        return gen_certs(gen);
+    }
     init_tracing();
     // User errors (busy port, locked directory, bad flags) are one line, never a backtrace.
     match run(args) {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
             eprintln!("error: {}", paxoskv_service::error_chain_text(e.as_ref()));
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn gen_certs(args: &GenCertsArgs) -> ExitCode {
+    match paxoskv_server::certs::generate(args) {
+        Ok(files) => {
+            for file in files {
+                println!("wrote {}", file.display());
+            }
+            let dir = args.dir.display();
+            println!(
+                "servers: paxoskv-server --tls-dir {dir} ...\nclients: paxoskv --cacert {dir}/ca.pem \
+                 --cert {dir}/client.pem --key {dir}/client-key.pem ..."
+            );
+            ExitCode::SUCCESS
+        }
+        Err(e) => {
+            eprintln!("error: {}", paxoskv_service::error_chain_text(&e));
             ExitCode::FAILURE
         }
     }
@@ -217,18 +357,34 @@ type Prepared = Vec<(TcpListener, ReplicaOptions, Replica, Box<dyn ReplicaStore>
 /// Binds every port first, then opens every replica's state, and only then starts any: a
 /// busy port or a locked directory stops start-up before anything runs or is printed.
 async fn prepare(args: &Args, addrs: &[SocketAddr], ids: &[u32]) -> Result<Prepared> {
+    let per_replica_files = [&args.cert, &args.key]
+        .iter()
+        .all(|f| f.as_deref().is_none_or(|f| f.contains("{id}")));
+    if ids.len() > 1 && !per_replica_files {
+        bail!(
+            "one-process mode runs {} replicas, each needing its own certificate: write {{id}} \
+             in --cert and --key (e.g. --cert certs/replica-{{id}}.pem), or use --tls-dir",
+            ids.len()
+        );
+    }
     let mut listeners = Vec::new();
+    let mut securities = Vec::new();
     for &id in ids {
-        let addr = addrs[id as usize];
+        let (security, dialer) = security(args, id, addrs.len() as u32)?;
+        let addr = bind_addr(args, id, addrs)?;
+        check_protected(args, id, addr, security.tls.is_some())?;
         let listener = TcpListener::bind(addr)
             .await
             .with_context(|| format!("replica {id} cannot listen on {addr}"))?;
         listeners.push(listener);
+        securities.push((security, dialer));
     }
     let created = DirCleanup::new(args, ids);
     let mut prepared = Vec::new();
-    for (&id, listener) in ids.iter().zip(listeners) {
-        let options = replica_options(args, id, addrs);
+    for ((&id, listener), (security, dialer)) in ids.iter().zip(listeners).zip(securities) {
+        let mut options = replica_options(args, id, addrs);
+        options.security = security;
+        options.peer_dialer = dialer;
         let (core, store) = open_state(args, &options)?;
         prepared.push((listener, options, core, store));
     }
@@ -305,8 +461,13 @@ async fn serve(args: Args) -> Result<()> {
     let mut replicas = JoinSet::new();
     for (listener, options, core, store) in prepared {
         let (id, port) = (options.id, addrs[options.id as usize].port());
+        let tls = if options.security.tls.is_some() {
+            " (TLS)"
+        } else {
+            ""
+        };
         replicas.spawn(run_replica(listener, options, core, store, stop_rx.clone()));
-        println!("Replica {id} is running at port {port}");
+        println!("Replica {id} is running at port {port}{tls}");
     }
     if args.in_memory {
         println!("In-memory mode: nothing is persisted; a restarted replica starts empty");
@@ -335,4 +496,29 @@ async fn wait_for_signal() -> Result<()> {
         _ = term.recv() => {}
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_positional_port_and_the_subcommand_coexist() {
+        let args = Args::try_parse_from(["paxoskv-server", "15000", "-f"]).unwrap();
+        assert_eq!(
+            (args.port, args.fail, args.tool.is_none()),
+            (15000, true, true)
+        );
+        let args = Args::try_parse_from(["paxoskv-server", "gen-certs", "--dir", "d"]).unwrap();
+        assert!(matches!(args.tool, Some(Tool::GenCerts(_))));
+        assert!(Args::try_parse_from(["paxoskv-server", "--tls-dir", "d", "--cert", "c"]).is_err());
+        assert!(Args::try_parse_from(["paxoskv-server", "--cert", "c", "--key", "k"]).is_err());
+        assert!(Args::try_parse_from(["paxoskv-server", "--listen", "0.0.0.0:1"]).is_err());
+    }
+
+    #[test]
+    fn cli_definition_is_consistent() {
+        use clap::CommandFactory;
+        Args::command().debug_assert();
+    }
 }

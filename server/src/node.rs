@@ -4,12 +4,16 @@
 use crate::driver::{Driver, DriverTiming, SnapshotPolicy};
 use crate::failure::{FailMode, FailureInjector};
 use crate::peer::PeerLink;
+use crate::refusals::WarnGate;
 use crate::rpc::{KvServer, ReplicaServer, Shared};
 use crate::store::ReplicaStore;
 use futures::StreamExt;
 use paxoskv::{Config, Replica, ReplicaId};
+use paxoskv_service::tls::{
+    read_preamble, replica_cert_name, write_verdict, PeerIdentity, ServerSecurity,
+};
 use paxoskv_service::{
-    bincode_transport, read_service_tag, KvRpc, ReplicaRpc, ServiceTag, KV_MAX_FRAME_BYTES,
+    bincode_transport, Caller, Dialer, KvRpc, ReplicaRpc, ServiceTag, KV_MAX_FRAME_BYTES,
     REPLICA_MAX_FRAME_BYTES,
 };
 use std::future::Future;
@@ -17,12 +21,13 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
 use tarpc::server::{BaseChannel, Channel};
+use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::watch;
 
 /// Requests served at once per connection; more wait in the transport.
 const MAX_CONCURRENT_REQUESTS_PER_CONNECTION: usize = 4096;
-/// A new connection must name its service within this time.
+/// A new connection must finish its TLS handshake (if any) and preamble within this time.
 const HANDSHAKE_TIMEOUT_MS: u64 = 5_000;
 
 /// Everything one replica needs to run.
@@ -45,6 +50,11 @@ pub struct ReplicaOptions {
     pub snapshot_policy: SnapshotPolicy,
     /// Allow partitions to be set through the client API (tests only).
     pub fault_control: bool,
+    /// TLS and token policy of incoming connections (default: plaintext, no token).
+    pub security: ServerSecurity,
+    /// How this replica dials its peers (default: plaintext). With TLS it presents this
+    /// replica's certificate and expects `replica-J.paxoskv` from peer J.
+    pub peer_dialer: Dialer,
 }
 
 impl ReplicaOptions {
@@ -60,6 +70,8 @@ impl ReplicaOptions {
             max_value_bytes: paxoskv::DEFAULT_MAX_VALUE_BYTES,
             snapshot_policy: SnapshotPolicy::default(),
             fault_control: false,
+            security: ServerSecurity::default(),
+            peer_dialer: Dialer::plain(),
         }
     }
 
@@ -86,7 +98,8 @@ pub async fn run_replica(
             .iter()
             .enumerate()
             .map(|(i, a)| {
-                (i as ReplicaId != id).then(|| Arc::new(PeerLink::new(i as ReplicaId, *a)))
+                (i as ReplicaId != id)
+                    .then(|| Arc::new(PeerLink::new(i as ReplicaId, *a, peer_dialer(&options, i))))
             })
             .collect(),
     );
@@ -121,6 +134,7 @@ pub async fn run_replica(
         max_value_bytes: options.max_value_bytes,
         request_timeout: Duration::from_millis(options.request_timeout_ms),
         snapshot_in: Default::default(),
+        security: options.security.clone(),
     });
     let driver_task = tokio::spawn(driver.run(shutdown.clone()));
     tokio::spawn(failure.run_down_schedule(id, shutdown.clone()));
@@ -157,22 +171,112 @@ async fn until_shutdown(work: impl Future<Output = ()>, mut shutdown: watch::Rec
     }
 }
 
-async fn serve_connection(mut stream: TcpStream, shared: Arc<Shared>) {
+/// The dialer for peer `i`: over TLS the peer must prove `replica-i.paxoskv`, so one replica
+/// cannot pose as another to us either.
+fn peer_dialer(options: &ReplicaOptions, i: usize) -> Dialer {
+    if !options.peer_dialer.is_tls() {
+        return options.peer_dialer.clone();
+    }
+    let name = replica_cert_name(i as ReplicaId);
+    match options.peer_dialer.expecting_server_name(&name) {
+        Ok(dialer) => dialer,
+        Err(e) => {
+            // Cannot happen for names of this form; dialling will then fail visibly.
+            tracing::error!(peer = i, error = %e, "bad peer certificate name");
+            options.peer_dialer.clone()
+        }
+    }
+}
+
+/// Warnings about refused connections.
+static REFUSED_CONNECTION_WARNINGS: WarnGate = WarnGate::new();
+
+async fn serve_connection(stream: TcpStream, shared: Arc<Shared>) {
     if stream.set_nodelay(true).is_err() {
         return;
     }
+    let peer_addr = stream.peer_addr().ok();
     let handshake = Duration::from_millis(HANDSHAKE_TIMEOUT_MS);
-    let tag = match tokio::time::timeout(handshake, read_service_tag(&mut stream)).await {
-        Ok(Ok(tag)) => tag,
-        Ok(Err(e)) => return tracing::debug!(error = %e, "bad connection handshake"),
-        Err(_) => return tracing::debug!("connection named no service in time"),
-    };
+    let security = shared.security.clone();
+    match &security.tls {
+        None => {
+            let mut stream = stream;
+            let admitted = tokio::time::timeout(
+                handshake,
+                admit(&mut stream, &security, PeerIdentity::Anonymous, peer_addr),
+            )
+            .await;
+            if let Some((tag, caller)) = flatten_admission(admitted) {
+                serve_stream(stream, tag, caller, shared).await
+            }
+        }
+        Some(tls) => {
+            let accepted = tokio::time::timeout(handshake, async {
+                let (mut stream, identity) = tls.accept(stream).await?;
+                let admitted = admit(&mut stream, &security, identity, peer_addr).await?;
+                Ok::<_, std::io::Error>(admitted.map(|a| (stream, a)))
+            })
+            .await;
+            if let Some((stream, (tag, caller))) = flatten_admission(accepted) {
+                serve_stream(stream, tag, caller, shared).await
+            }
+        }
+    }
+}
+
+fn flatten_admission<T>(
+    outcome: Result<std::io::Result<Option<T>>, tokio::time::error::Elapsed>,
+) -> Option<T> {
+    match outcome {
+        Ok(Ok(admitted)) => admitted,
+        Ok(Err(e)) => {
+            tracing::debug!(error = %e, "connection handshake failed");
+            None
+        }
+        Err(_) => {
+            tracing::debug!("connection did not finish its handshake in time");
+            None
+        }
+    }
+}
+
+/// Reads the preamble, decides, answers. `None` when refused (the answer says why).
+async fn admit<S: AsyncRead + AsyncWrite + Unpin>(
+    stream: &mut S,
+    security: &ServerSecurity,
+    identity: PeerIdentity,
+    peer_addr: Option<std::net::SocketAddr>,
+) -> std::io::Result<Option<(ServiceTag, Caller)>> {
+    let (tag, token) = read_preamble(stream).await?;
+    match security.authorize(tag, identity, &token) {
+        Ok(caller) => {
+            write_verdict(stream, Ok(())).await?;
+            Ok(Some((tag, caller)))
+        }
+        Err(reason) => {
+            if REFUSED_CONNECTION_WARNINGS.due() {
+                tracing::warn!(peer = ?peer_addr, ?tag, ?identity, %reason, "refused a connection");
+            }
+            write_verdict(stream, Err(&reason)).await?;
+            Ok(None)
+        }
+    }
+}
+
+async fn serve_stream<S>(stream: S, tag: ServiceTag, caller: Caller, shared: Arc<Shared>)
+where
+    S: AsyncRead + AsyncWrite + Send + 'static,
+{
     match tag {
         ServiceTag::Replica => {
+            let peer = match caller {
+                Caller::Replica(id) => Some(id),
+                _ => None,
+            };
             let transport = bincode_transport(stream, REPLICA_MAX_FRAME_BYTES);
             BaseChannel::with_defaults(transport)
                 .max_concurrent_requests(MAX_CONCURRENT_REQUESTS_PER_CONNECTION)
-                .execute(ReplicaServer(shared).serve())
+                .execute(ReplicaServer(shared, peer).serve())
                 .for_each(|fut| async move {
                     tokio::spawn(fut);
                 })
@@ -182,7 +286,7 @@ async fn serve_connection(mut stream: TcpStream, shared: Arc<Shared>) {
             let transport = bincode_transport(stream, KV_MAX_FRAME_BYTES);
             BaseChannel::with_defaults(transport)
                 .max_concurrent_requests(MAX_CONCURRENT_REQUESTS_PER_CONNECTION)
-                .execute(KvServer(shared).serve())
+                .execute(KvServer(shared, caller).serve())
                 .for_each(|fut| async move {
                     tokio::spawn(fut);
                 })

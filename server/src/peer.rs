@@ -4,7 +4,8 @@
 use paxoskv::message::{Request, Response};
 use paxoskv::{Command, ReplicaId};
 use paxoskv_service::{
-    connect_kv, connect_replica, KvError, KvRpcClient, ReplicaRpcClient, SnapshotChunk, WriteReply,
+    connect_kv, connect_replica, Dialer, KvError, KvRpcClient, ReplicaRpcClient, SnapshotChunk,
+    WriteReply,
 };
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -17,6 +18,9 @@ use tokio::sync::Mutex;
 const REDIAL_BACKOFF_MS: u64 = 100;
 /// Give up on a connect attempt after this long.
 const CONNECT_TIMEOUT_MS: u64 = 300;
+
+/// Warnings about peers refusing our certificate (or us theirs).
+static PEER_DIAL_WARNINGS: crate::refusals::WarnGate = crate::refusals::WarnGate::new();
 
 /// A cached connection and when we may try to dial again.
 struct Slot<C> {
@@ -39,6 +43,7 @@ pub struct PeerLink {
     pub id: ReplicaId,
     /// The peer's address.
     pub addr: SocketAddr,
+    dialer: Dialer,
     replica: Mutex<Slot<ReplicaRpcClient>>,
     kv: Mutex<Slot<KvRpcClient>>,
     epoch: Instant,
@@ -72,11 +77,13 @@ fn is_connection_error(e: &RpcError) -> bool {
 }
 
 impl PeerLink {
-    /// A link that dials lazily.
-    pub fn new(id: ReplicaId, addr: SocketAddr) -> PeerLink {
+    /// A link that dials lazily with `dialer` (plaintext, or TLS presenting our replica
+    /// certificate and expecting the peer's).
+    pub fn new(id: ReplicaId, addr: SocketAddr, dialer: Dialer) -> PeerLink {
         PeerLink {
             id,
             addr,
+            dialer,
             replica: Mutex::new(Slot::default()),
             kv: Mutex::new(Slot::default()),
             epoch: Instant::now(),
@@ -97,11 +104,30 @@ impl PeerLink {
     }
 
     async fn replica_client(&self) -> Option<ReplicaRpcClient> {
-        cached_or_dial(&self.replica, connect_replica(self.addr)).await
+        cached_or_dial(
+            &self.replica,
+            self.dial(connect_replica(self.addr, &self.dialer)),
+        )
+        .await
     }
 
     async fn kv_client(&self) -> Option<KvRpcClient> {
-        cached_or_dial(&self.kv, connect_kv(self.addr)).await
+        cached_or_dial(&self.kv, self.dial(connect_kv(self.addr, &self.dialer))).await
+    }
+
+    /// A dial whose security failure (bad certificate, refused preamble) is logged: it does
+    /// not heal by redialling, so the operator must see it. Rate-limited.
+    async fn dial<C>(
+        &self,
+        dial: impl std::future::Future<Output = std::io::Result<C>>,
+    ) -> std::io::Result<C> {
+        let result = dial.await;
+        if let Err(e) = &result {
+            if paxoskv_service::tls::security_error(e).is_some() && PEER_DIAL_WARNINGS.due() {
+                tracing::warn!(peer = self.id, addr = %self.addr, error = %e, "cannot dial peer");
+            }
+        }
+        result
     }
 
     /// Sends one Paxos request; `None` if the peer did not answer in time.

@@ -41,3 +41,40 @@ fn log(replica: ReplicaId, cause: Refusal, refused: u64, total: u64) {
         tracing::warn!(replica, %cause, refused, total, "refused peer input");
     }
 }
+
+/// A once-per-interval gate for warnings that have no counter in the core (refused
+/// connections, forged `from` fields). Shared by every replica of a process.
+#[derive(Debug)]
+pub struct WarnGate {
+    epoch: std::sync::OnceLock<Instant>,
+    last_ms: std::sync::atomic::AtomicU64,
+}
+
+impl WarnGate {
+    /// A gate that opens at once.
+    pub const fn new() -> WarnGate {
+        WarnGate {
+            epoch: std::sync::OnceLock::new(),
+            last_ms: std::sync::atomic::AtomicU64::new(u64::MAX),
+        }
+    }
+
+    /// True at most once per [`WARN_INTERVAL`]; the caller logs only then.
+    pub fn due(&self) -> bool {
+        use std::sync::atomic::Ordering;
+        let now_ms = self.epoch.get_or_init(Instant::now).elapsed().as_millis() as u64;
+        let last = self.last_ms.load(Ordering::Relaxed);
+        let interval_ms = WARN_INTERVAL.as_millis() as u64;
+        let due = last == u64::MAX || now_ms.saturating_sub(last) >= interval_ms;
+        due && self
+            .last_ms
+            .compare_exchange(last, now_ms, Ordering::Relaxed, Ordering::Relaxed)
+            .is_ok()
+    }
+}
+
+impl Default for WarnGate {
+    fn default() -> Self {
+        WarnGate::new()
+    }
+}

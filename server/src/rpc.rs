@@ -4,13 +4,16 @@
 use crate::driver::{DriverInput, FailedFlag};
 use crate::failure::FailureInjector;
 use crate::peer::PeerLink;
+use crate::refusals::WarnGate;
 use paxoskv::message::{Accept, FetchChosen, Learn, Prepare, Request, Response};
 use paxoskv::Snapshot;
 use paxoskv::{
     check_key, check_value, ClientError, ClientReply, Command, CommandId, Op, ReplicaId,
 };
+use paxoskv_service::tls::ServerSecurity;
 use paxoskv_service::{
-    GetReply, KvError, KvRpc, ReadMode, ReplicaRpc, ReplicaStatus, SnapshotChunk, WriteReply,
+    Caller, GetReply, KvError, KvRpc, ReadMode, ReplicaRpc, ReplicaStatus, SnapshotChunk,
+    WriteReply,
 };
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -38,6 +41,8 @@ pub struct Shared {
     pub request_timeout: Duration,
     /// A snapshot being received from a peer, chunk by chunk.
     pub snapshot_in: std::sync::Mutex<Option<SnapshotAssembly>>,
+    /// TLS and token policy of new connections.
+    pub security: ServerSecurity,
 }
 
 /// Largest snapshot a replica accepts from a peer.
@@ -154,12 +159,39 @@ impl Shared {
     }
 }
 
-/// The replica-to-replica service of one replica.
+/// Warnings about requests whose `from` is not the certificate's replica.
+static FORGED_FROM_WARNINGS: WarnGate = WarnGate::new();
+
+/// The replica-to-replica service of one replica, for one connection: the second field is
+/// the peer its certificate proved (`None` on plaintext, where `from` is believed).
 #[derive(Clone)]
-pub struct ReplicaServer(pub Arc<Shared>);
+pub struct ReplicaServer(pub Arc<Shared>, pub Option<ReplicaId>);
 
 impl ReplicaServer {
+    /// False (and a rate-limited warning) when `from` is not the authenticated peer.
+    fn sender_is_authentic(&self, from: ReplicaId) -> bool {
+        match self.1 {
+            Some(proven) if proven != from => {
+                if FORGED_FROM_WARNINGS.due() {
+                    tracing::warn!(
+                        replica = self.0.id,
+                        certificate = proven,
+                        claimed = from,
+                        "refused a request whose `from` is not the certificate's replica"
+                    );
+                }
+                false
+            }
+            _ => true,
+        }
+    }
+
     async fn deliver(self, from: ReplicaId, request: Request, injectable: bool) -> Response {
+        if !self.sender_is_authentic(from) {
+            // Not answered, like a message lost on the way: a forged sender learns nothing
+            // and the core never sees the forged id. The caller's deadline ends the call.
+            return std::future::pending().await;
+        }
         if self.0.failure.blocks(from) {
             return std::future::pending().await; // partitioned: as if never received
         }
@@ -208,6 +240,11 @@ impl ReplicaRpc for ReplicaServer {
         from: ReplicaId,
         chunk: SnapshotChunk,
     ) -> Result<u64, String> {
+        if !self.sender_is_authentic(from) {
+            return Err(format!(
+                "refused: `from` {from} is not the replica this connection's certificate names"
+            ));
+        }
         if self.0.failure.blocks(from) {
             return std::future::pending().await;
         }
@@ -235,11 +272,22 @@ impl ReplicaRpc for ReplicaServer {
     }
 }
 
-/// The client-facing service of one replica.
+/// The client-facing service of one replica, for one connection: the second field is who
+/// the connection proved to be.
 #[derive(Clone)]
-pub struct KvServer(pub Arc<Shared>);
+pub struct KvServer(pub Arc<Shared>, pub Caller);
 
 impl KvServer {
+    /// Forwarded writes and fault control are for replicas (or a trusted plaintext set-up).
+    fn require_replica(&self, call: &str) -> Result<(), KvError> {
+        match self.1 {
+            Caller::Trusted | Caller::Replica(_) => Ok(()),
+            Caller::Client => Err(KvError::Unauthorized(format!(
+                "{call} needs a replica certificate; clients use put/delete"
+            ))),
+        }
+    }
+
     fn validate(&self, op: &Op) -> Result<(), KvError> {
         if let Some(key) = op.key() {
             check_key(key)?;
@@ -400,10 +448,12 @@ impl KvRpc for KvServer {
         command: Command,
         forwarded: bool,
     ) -> Result<WriteReply, KvError> {
+        self.require_replica("propose")?;
         self.write(&ctx, command, forwarded).await
     }
 
     async fn set_partition(self, _: Context, blocked: Vec<ReplicaId>) -> Result<(), KvError> {
+        self.require_replica("set_partition")?;
         tracing::info!(
             replica = self.0.id,
             ?blocked,

@@ -55,6 +55,10 @@ pub enum KvError {
         /// The session's last applied sequence number.
         last_applied: u64,
     },
+    /// The connection's identity may not make this call (for example `propose` or
+    /// `set_partition` from a client certificate). Added last: bincode numbers variants.
+    #[error("unauthorized: {0}")]
+    Unauthorized(String),
 }
 
 impl From<InvalidInput> for KvError {

@@ -3,15 +3,18 @@
 //! - [`ReplicaRpc`]: replica to replica (`prepare`, `accept`, `learn`, `fetch_chosen`).
 //! - [`KvRpc`]: client to replica (`get`, `put`, `delete`, `propose`, `status`).
 //!
-//! A connection starts with one tag byte that names the service ([`ServiceTag`]), then carries
-//! length-delimited bincode frames with an explicit maximum length.
+//! A connection (TLS or plaintext) starts with a preamble: one tag byte that names the service
+//! ([`ServiceTag`]) and an optional bearer token, answered by the server ([`tls`]); then it
+//! carries length-delimited bincode frames with an explicit maximum length.
 
 #![warn(missing_docs)]
 
 mod error;
+pub mod tls;
 mod transport;
 
 pub use error::{error_chain_text, KvError};
+pub use tls::{Caller, Dialer, SecurityError};
 pub use transport::{
     bincode_transport, connect_kv, connect_replica, frame_codec, read_service_tag, ServiceTag,
     KV_MAX_FRAME_BYTES, REPLICA_MAX_FRAME_BYTES,

@@ -1,13 +1,14 @@
-//! Framing shared by clients and servers: one tag byte, then length-delimited bincode.
+//! Framing shared by clients and servers: a preamble (tag byte and token, see [`crate::tls`]),
+//! then length-delimited bincode.
 
+use crate::tls::{Dialed, Dialer};
 use crate::{KvRpcClient, ReplicaRpcClient};
 use std::io;
 use std::net::SocketAddr;
 use tarpc::serde_transport::Transport;
 use tarpc::tokio_serde::formats::Bincode;
 use tarpc::tokio_util::codec::{Framed, LengthDelimitedCodec};
-use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
-use tokio::net::TcpStream;
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite};
 
 /// Largest frame on a client connection: a 1 MiB value plus headroom.
 pub const KV_MAX_FRAME_BYTES: usize = 4 * 1024 * 1024;
@@ -25,7 +26,7 @@ pub enum ServiceTag {
 }
 
 impl ServiceTag {
-    fn byte(self) -> u8 {
+    pub(crate) fn byte(self) -> u8 {
         match self {
             ServiceTag::Replica => b'R',
             ServiceTag::Kv => b'K',
@@ -66,24 +67,34 @@ where
     tarpc::serde_transport::new(framed, Bincode::default())
 }
 
-async fn dial(addr: SocketAddr, tag: ServiceTag) -> io::Result<TcpStream> {
-    let mut stream = TcpStream::connect(addr).await?;
-    // Small requests stall ~40 ms behind Nagle + delayed ACK without this.
-    stream.set_nodelay(true)?;
-    stream.write_u8(tag.byte()).await?;
-    Ok(stream)
-}
-
-/// Opens a client connection to a replica.
-pub async fn connect_kv(addr: SocketAddr) -> io::Result<KvRpcClient> {
-    let stream = dial(addr, ServiceTag::Kv).await?;
+fn kv_client<S>(stream: S) -> KvRpcClient
+where
+    S: AsyncRead + AsyncWrite + Send + 'static,
+{
     let transport = bincode_transport(stream, KV_MAX_FRAME_BYTES);
-    Ok(KvRpcClient::new(tarpc::client::Config::default(), transport).spawn())
+    KvRpcClient::new(tarpc::client::Config::default(), transport).spawn()
 }
 
-/// Opens a replica-to-replica connection.
-pub async fn connect_replica(addr: SocketAddr) -> io::Result<ReplicaRpcClient> {
-    let stream = dial(addr, ServiceTag::Replica).await?;
+fn replica_client<S>(stream: S) -> ReplicaRpcClient
+where
+    S: AsyncRead + AsyncWrite + Send + 'static,
+{
     let transport = bincode_transport(stream, REPLICA_MAX_FRAME_BYTES);
-    Ok(ReplicaRpcClient::new(tarpc::client::Config::default(), transport).spawn())
+    ReplicaRpcClient::new(tarpc::client::Config::default(), transport).spawn()
+}
+
+/// Opens a client connection to a replica (TLS and token as `dialer` says).
+pub async fn connect_kv(addr: SocketAddr, dialer: &Dialer) -> io::Result<KvRpcClient> {
+    Ok(match dialer.open(addr, ServiceTag::Kv).await? {
+        Dialed::Plain(stream) => kv_client(stream),
+        Dialed::Tls(stream) => kv_client(*stream),
+    })
+}
+
+/// Opens a replica-to-replica connection (TLS as `dialer` says).
+pub async fn connect_replica(addr: SocketAddr, dialer: &Dialer) -> io::Result<ReplicaRpcClient> {
+    Ok(match dialer.open(addr, ServiceTag::Replica).await? {
+        Dialed::Plain(stream) => replica_client(stream),
+        Dialed::Tls(stream) => replica_client(*stream),
+    })
 }

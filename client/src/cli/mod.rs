@@ -13,7 +13,7 @@ use clap::{CommandFactory, Parser, Subcommand};
 use codec::Encoding;
 use indicatif::{ProgressBar, ProgressDrawTarget, ProgressStyle};
 use output::Format;
-use paxoskv_client::{Client, ClientConfig, ReadMode};
+use paxoskv_client::{Client, ClientConfig, ClientSecurity, ReadMode};
 use std::ffi::OsString;
 use std::io::IsTerminal;
 use std::net::{SocketAddr, ToSocketAddrs};
@@ -44,6 +44,7 @@ Examples:
   paxoskv -w json get color              {\"key\":\"color\",\"found\":true,...}
   paxoskv status                         one row per replica; exit 2 without a majority
   PAXOSKV_SERVERS=h1:15000,h2:15000 paxoskv get k
+  paxoskv --cacert certs/ca.pem --cert certs/client.pem --key certs/client-key.pem get k
 
 Exit status: 0 success, 1 key not found, 2 any error.";
 
@@ -79,6 +80,25 @@ pub struct Args {
     /// table (columns with a header) or json.
     #[arg(short = 'w', long = "write-out", global = true, value_enum)]
     write_out: Option<Format>,
+    /// Use TLS, verifying the servers' certificates with this CA (PEM).
+    #[arg(long, global = true, value_name = "FILE", env = "PAXOSKV_CACERT")]
+    cacert: Option<PathBuf>,
+    /// Client certificate (PEM) for servers that require one; needs --key and --cacert.
+    #[arg(long, global = true, value_name = "FILE", env = "PAXOSKV_CERT")]
+    cert: Option<PathBuf>,
+    /// Private key of --cert (PEM).
+    // Its own id: the subcommands' KEY argument is called `key` too.
+    #[arg(
+        long = "key",
+        id = "tls_key",
+        global = true,
+        value_name = "FILE",
+        env = "PAXOSKV_KEY"
+    )]
+    tls_key: Option<PathBuf>,
+    /// File holding a bearer token for servers started with --auth-token-file.
+    #[arg(long, global = true, value_name = "FILE", env = "PAXOSKV_TOKEN_FILE")]
+    token_file: Option<PathBuf>,
     #[command(subcommand)]
     command: Option<Command>,
 }
@@ -153,6 +173,12 @@ pub async fn run(args: Args) -> anyhow::Result<u8> {
         attempt_timeout: args.attempt_timeout,
         // A person at a prompt wants "no server" at once, not after the whole deadline.
         fail_fast_when_refused: true,
+        security: ClientSecurity {
+            cacert: args.cacert,
+            cert: args.cert,
+            key: args.tls_key,
+            token_file: args.token_file,
+        },
         ..ClientConfig::default()
     };
     let mut client = Client::connect(config)?;

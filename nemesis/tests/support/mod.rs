@@ -56,3 +56,84 @@ fn build_server() -> PathBuf {
     assert!(bin.is_file(), "{} missing after the build", bin.display());
     bin
 }
+
+// ---- Real clusters of server processes (TLS tests). Not every test file uses all of it.
+
+/// `n` loopback addresses that were free a moment ago.
+#[allow(dead_code)]
+pub fn free_addrs(n: usize) -> Vec<std::net::SocketAddr> {
+    let listeners: Vec<std::net::TcpListener> = (0..n)
+        .map(|_| std::net::TcpListener::bind("127.0.0.1:0").expect("bind a free loopback port"))
+        .collect();
+    listeners
+        .iter()
+        .map(|l| l.local_addr().expect("local address"))
+        .collect()
+}
+
+/// Runs `paxoskv-server gen-certs --dir DIR --replicas N` (hosts: 127.0.0.1).
+#[allow(dead_code)]
+pub fn gen_certs(dir: &Path, replicas: usize) {
+    let out = Command::new(server_bin())
+        .arg("gen-certs")
+        .arg("--dir")
+        .arg(dir)
+        .args(["--replicas", &replicas.to_string()])
+        .output()
+        .expect("run paxoskv-server gen-certs");
+    assert!(
+        out.status.success(),
+        "gen-certs failed: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
+/// Server processes, killed when dropped (also when an assertion fails).
+#[allow(dead_code)]
+pub struct Processes(pub Vec<std::process::Child>);
+
+impl Drop for Processes {
+    fn drop(&mut self) {
+        for child in &mut self.0 {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+}
+
+/// Starts one in-memory process per address (`--replica I --peers ...`) with `extra`
+/// arguments (`{id}` replaced by the replica id); waits, bounded, until each announces itself.
+#[allow(dead_code)]
+pub fn start_cluster(addrs: &[std::net::SocketAddr], extra: &[String]) -> Processes {
+    use std::io::{BufRead, BufReader};
+    let peers: Vec<String> = addrs.iter().map(|a| a.to_string()).collect();
+    let mut procs = Processes(Vec::new());
+    for id in 0..addrs.len() {
+        let args: Vec<String> = extra
+            .iter()
+            .map(|a| a.replace("{id}", &id.to_string()))
+            .collect();
+        let mut child = Command::new(server_bin())
+            .args(["--replica", &id.to_string(), "--peers", &peers.join(",")])
+            .arg("--in-memory")
+            .args(&args)
+            .env("RUST_LOG", "warn")
+            .stdout(std::process::Stdio::piped())
+            .stderr(std::process::Stdio::null())
+            .spawn()
+            .expect("start paxoskv-server");
+        let stdout = child.stdout.take().expect("piped stdout");
+        procs.0.push(child);
+        let (tx, rx) = std::sync::mpsc::channel();
+        std::thread::spawn(move || {
+            for line in BufReader::new(stdout).lines().map_while(Result::ok) {
+                if line.contains("is running") {
+                    let _ = tx.send(());
+                }
+            }
+        });
+        rx.recv_timeout(std::time::Duration::from_secs(10))
+            .expect("replica announced itself");
+    }
+    procs
+}
