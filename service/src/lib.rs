@@ -9,9 +9,11 @@
 #![warn(missing_docs)]
 
 mod error;
+pub mod frames;
 mod transport;
 
 pub use error::{error_chain_text, KvError};
+pub use frames::{guarded_server_transport, FrameBudget, FrameLimits};
 pub use transport::{
     bincode_transport, connect_kv, connect_replica, frame_codec, read_service_tag, ServiceTag,
     KV_MAX_FRAME_BYTES, REPLICA_MAX_FRAME_BYTES,
