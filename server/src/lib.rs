@@ -5,6 +5,7 @@
 
 pub mod driver;
 pub mod failure;
+pub mod limits;
 pub mod local;
 pub mod node;
 pub mod peer;

@@ -4,10 +4,12 @@
 use anyhow::{bail, Context, Result};
 use clap::{Parser, ValueEnum};
 use paxoskv::Replica;
+use paxoskv_server::limits::{self, ConnectionLimits};
 use paxoskv_server::node::{open_disk_replica, OpenError};
 use paxoskv_server::storage::FaultInjector;
 use paxoskv_server::store::{MemoryStore, ReplicaStore, StoreError};
 use paxoskv_server::{run_replica, FailMode, ReplicaOptions};
+use paxoskv_service::frames;
 use std::net::{SocketAddr, ToSocketAddrs};
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
@@ -82,6 +84,30 @@ struct Args {
     /// Snapshot once the log exceeds this many bytes.
     #[arg(long, default_value_t = 64 * 1024 * 1024)]
     snapshot_log_bytes: u64,
+    /// Connections one replica keeps; more are closed at once. Cut to fit the open-file
+    /// limit (raised to its hard limit at start-up).
+    #[arg(long, default_value_t = limits::DEFAULT_MAX_CONNECTIONS)]
+    max_connections: usize,
+    /// Connections one replica keeps from one source address.
+    #[arg(long, default_value_t = limits::DEFAULT_MAX_CONNECTIONS_PER_IP)]
+    max_connections_per_ip: usize,
+    /// Requests one connection may have in flight; more wait unread.
+    #[arg(long, default_value_t = limits::DEFAULT_MAX_REQUESTS_PER_CONNECTION)]
+    max_requests_per_connection: usize,
+    /// Time every frame gets to arrive (and to find room in the frame budget) before the
+    /// minimum rate applies; a slower frame closes its connection.
+    #[arg(long, default_value_t = frames::DEFAULT_FRAME_TIMEOUT_MS)]
+    frame_timeout_ms: u64,
+    /// Slowest rate a frame may arrive at, past --frame-timeout-ms.
+    #[arg(long, default_value_t = frames::DEFAULT_MIN_FRAME_RATE_BYTES_PER_S)]
+    min_frame_rate_bytes_per_s: u64,
+    /// A connection that starts no frame for this long is closed.
+    #[arg(long, default_value_t = frames::DEFAULT_IDLE_TIMEOUT_MS)]
+    idle_timeout_ms: u64,
+    /// Bytes of frames being read at once per replica, over all its connections; must hold
+    /// one largest replica frame (64 MiB).
+    #[arg(long, default_value_t = frames::DEFAULT_FRAME_BUDGET_BYTES)]
+    frame_budget_bytes: usize,
 }
 
 fn parse_rate(s: &str) -> Result<f64, String> {
@@ -135,6 +161,36 @@ impl Args {
             .map(|i| resolve(&format!("{}:{}", self.host, self.port + i)))
             .collect::<Result<Vec<_>>>()?;
         Ok((addrs, (0..LOCAL_REPLICAS as u32).collect()))
+    }
+
+    /// Connection limits from the flags, checked, with the cap cut to fit `fd_limit`
+    /// shared by `replicas` replicas of this process.
+    fn connection_limits(&self, fd_limit: u64, replicas: usize) -> Result<ConnectionLimits> {
+        let mut limits = ConnectionLimits {
+            max_connections: self.max_connections,
+            max_connections_per_ip: self.max_connections_per_ip,
+            max_requests_per_connection: self.max_requests_per_connection,
+            frame_budget_bytes: self.frame_budget_bytes,
+            ..ConnectionLimits::default()
+        };
+        limits.set_frame_timeouts(
+            self.frame_timeout_ms,
+            self.min_frame_rate_bytes_per_s,
+            self.idle_timeout_ms,
+        );
+        if let Err(e) = limits.check() {
+            bail!("bad connection limits: {e}");
+        }
+        let cap = limits.fit_fd_limit(fd_limit, replicas);
+        if cap < self.max_connections {
+            tracing::warn!(
+                requested = self.max_connections,
+                cap,
+                fd_limit,
+                "--max-connections cut to fit the open-file limit"
+            );
+        }
+        Ok(limits)
     }
 }
 
@@ -217,6 +273,8 @@ type Prepared = Vec<(TcpListener, ReplicaOptions, Replica, Box<dyn ReplicaStore>
 /// Binds every port first, then opens every replica's state, and only then starts any: a
 /// busy port or a locked directory stops start-up before anything runs or is printed.
 async fn prepare(args: &Args, addrs: &[SocketAddr], ids: &[u32]) -> Result<Prepared> {
+    let fd_limit = limits::raise_fd_limit().context("cannot read the open-file limit")?;
+    let connection_limits = args.connection_limits(fd_limit, ids.len())?;
     let mut listeners = Vec::new();
     for &id in ids {
         let addr = addrs[id as usize];
@@ -228,7 +286,8 @@ async fn prepare(args: &Args, addrs: &[SocketAddr], ids: &[u32]) -> Result<Prepa
     let created = DirCleanup::new(args, ids);
     let mut prepared = Vec::new();
     for (&id, listener) in ids.iter().zip(listeners) {
-        let options = replica_options(args, id, addrs);
+        let mut options = replica_options(args, id, addrs);
+        options.limits = connection_limits.clone();
         let (core, store) = open_state(args, &options)?;
         prepared.push((listener, options, core, store));
     }

@@ -3,14 +3,16 @@
 
 use crate::driver::{Driver, DriverTiming, SnapshotPolicy};
 use crate::failure::{FailMode, FailureInjector};
+use crate::limits::{
+    accept_error_cause, AcceptBackoff, ConnectionCounter, ConnectionLimits, LogLimiter, Refused,
+};
 use crate::peer::PeerLink;
 use crate::rpc::{KvServer, ReplicaServer, Shared};
 use crate::store::ReplicaStore;
 use futures::StreamExt;
 use paxoskv::{Config, Replica, ReplicaId};
 use paxoskv_service::{
-    bincode_transport, read_service_tag, KvRpc, ReplicaRpc, ServiceTag, KV_MAX_FRAME_BYTES,
-    REPLICA_MAX_FRAME_BYTES,
+    guarded_server_transport, read_service_tag, FrameBudget, KvRpc, ReplicaRpc, ServiceTag,
 };
 use std::future::Future;
 use std::net::SocketAddr;
@@ -20,8 +22,8 @@ use tarpc::server::{BaseChannel, Channel};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::watch;
 
-/// Requests served at once per connection; more wait in the transport.
-const MAX_CONCURRENT_REQUESTS_PER_CONNECTION: usize = 4096;
+/// Warnings about refused connections or failed accepts, per cause, are this far apart.
+const CONNECTION_WARN_INTERVAL: Duration = Duration::from_secs(1);
 /// A new connection must name its service within this time.
 const HANDSHAKE_TIMEOUT_MS: u64 = 5_000;
 
@@ -45,6 +47,8 @@ pub struct ReplicaOptions {
     pub snapshot_policy: SnapshotPolicy,
     /// Allow partitions to be set through the client API (tests only).
     pub fault_control: bool,
+    /// Connection caps, frame limits and the frame budget.
+    pub limits: ConnectionLimits,
 }
 
 impl ReplicaOptions {
@@ -60,6 +64,7 @@ impl ReplicaOptions {
             max_value_bytes: paxoskv::DEFAULT_MAX_VALUE_BYTES,
             snapshot_policy: SnapshotPolicy::default(),
             fault_control: false,
+            limits: ConnectionLimits::default(),
         }
     }
 
@@ -121,6 +126,8 @@ pub async fn run_replica(
         max_value_bytes: options.max_value_bytes,
         request_timeout: Duration::from_millis(options.request_timeout_ms),
         snapshot_in: Default::default(),
+        frame_budget: FrameBudget::new(options.limits.frame_budget_bytes),
+        limits: options.limits.clone(),
     });
     let driver_task = tokio::spawn(driver.run(shutdown.clone()));
     tokio::spawn(failure.run_down_schedule(id, shutdown.clone()));
@@ -133,20 +140,60 @@ async fn accept_loop(
     shared: Arc<Shared>,
     mut shutdown: watch::Receiver<bool>,
 ) {
+    let counter = ConnectionCounter::new(
+        shared.limits.max_connections,
+        shared.limits.max_connections_per_ip,
+    );
+    let mut warnings = LogLimiter::new(CONNECTION_WARN_INTERVAL);
+    let mut backoff = AcceptBackoff::default();
     loop {
         tokio::select! {
             _ = shutdown.changed() => break,
             accepted = listener.accept() => match accepted {
-                Ok((stream, _)) => {
-                    let conn = serve_connection(stream, shared.clone());
-                    tokio::spawn(until_shutdown(conn, shutdown.clone()));
+                Ok((stream, from)) => {
+                    backoff.succeeded();
+                    match counter.try_admit(from.ip()) {
+                        Ok(guard) => {
+                            let conn = serve_connection(stream, shared.clone());
+                            let stop = shutdown.clone();
+                            tokio::spawn(async move {
+                                until_shutdown(conn, stop).await;
+                                drop(guard);
+                            });
+                        }
+                        // Dropping the stream closes it at once: a refused connection
+                        // costs no task, no buffer and no file descriptor past here.
+                        Err(refused) => warn_refused(&mut warnings, shared.id, refused, from),
+                    }
                 }
                 Err(e) => {
-                    tracing::warn!(error = %e, "accept failed");
-                    tokio::time::sleep(Duration::from_millis(10)).await;
+                    let cause = accept_error_cause(&e);
+                    if let Some(held_back) = warnings.allow(cause, std::time::Instant::now()) {
+                        tracing::warn!(replica = shared.id, error = %e, cause, held_back, "accept failed");
+                    }
+                    // Out of descriptors, retrying at once only spins; wait for some to close.
+                    tokio::select! {
+                        _ = shutdown.changed() => break,
+                        _ = tokio::time::sleep(backoff.failed()) => {}
+                    }
                 }
             },
         }
+    }
+}
+
+fn warn_refused(
+    warnings: &mut LogLimiter<&'static str>,
+    replica: ReplicaId,
+    refused: Refused,
+    from: SocketAddr,
+) {
+    let cause = match refused {
+        Refused::ListenerFull { .. } => "listener full",
+        Refused::AddressFull { .. } => "address full",
+    };
+    if let Some(held_back) = warnings.allow(cause, std::time::Instant::now()) {
+        tracing::warn!(replica, %from, %refused, held_back, "connection refused");
     }
 }
 
@@ -167,11 +214,14 @@ async fn serve_connection(mut stream: TcpStream, shared: Arc<Shared>) {
         Ok(Err(e)) => return tracing::debug!(error = %e, "bad connection handshake"),
         Err(_) => return tracing::debug!("connection named no service in time"),
     };
+    let budget = shared.frame_budget.clone();
+    let max_requests = shared.limits.max_requests_per_connection;
     match tag {
         ServiceTag::Replica => {
-            let transport = bincode_transport(stream, REPLICA_MAX_FRAME_BYTES);
+            let limits = shared.limits.replica_frames;
+            let transport = guarded_server_transport(stream, limits, budget);
             BaseChannel::with_defaults(transport)
-                .max_concurrent_requests(MAX_CONCURRENT_REQUESTS_PER_CONNECTION)
+                .max_concurrent_requests(max_requests)
                 .execute(ReplicaServer(shared).serve())
                 .for_each(|fut| async move {
                     tokio::spawn(fut);
@@ -179,9 +229,10 @@ async fn serve_connection(mut stream: TcpStream, shared: Arc<Shared>) {
                 .await
         }
         ServiceTag::Kv => {
-            let transport = bincode_transport(stream, KV_MAX_FRAME_BYTES);
+            let limits = shared.limits.kv_frames;
+            let transport = guarded_server_transport(stream, limits, budget);
             BaseChannel::with_defaults(transport)
-                .max_concurrent_requests(MAX_CONCURRENT_REQUESTS_PER_CONNECTION)
+                .max_concurrent_requests(max_requests)
                 .execute(KvServer(shared).serve())
                 .for_each(|fut| async move {
                     tokio::spawn(fut);

@@ -38,6 +38,10 @@ pub struct Shared {
     pub request_timeout: Duration,
     /// A snapshot being received from a peer, chunk by chunk.
     pub snapshot_in: std::sync::Mutex<Option<SnapshotAssembly>>,
+    /// Bytes of frames being read, over all of this replica's connections.
+    pub frame_budget: paxoskv_service::FrameBudget,
+    /// Connection caps and frame limits.
+    pub limits: crate::limits::ConnectionLimits,
 }
 
 /// Largest snapshot a replica accepts from a peer.
