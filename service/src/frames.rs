@@ -18,6 +18,7 @@
 
 use bytes::{Buf, Bytes, BytesMut};
 use futures::{Sink, Stream};
+use std::collections::VecDeque;
 use std::io;
 use std::pin::Pin;
 use std::sync::{Arc, Mutex};
@@ -27,7 +28,7 @@ use tarpc::tokio_serde::formats::Bincode;
 use tarpc::tokio_util::codec::{FramedWrite, LengthDelimitedCodec};
 use tarpc::{ClientMessage, Response};
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, ReadHalf, WriteHalf};
-use tokio::sync::Notify;
+use tokio::sync::oneshot;
 use tokio::time::Instant;
 
 /// Bytes of the length header (`LengthDelimitedCodec`'s default: u32, big endian).
@@ -139,9 +140,10 @@ impl From<FrameError> for io::Error {
     }
 }
 
-/// Bytes of frames being read, shared by all connections of one replica. Waiting is not
-/// first-come-first-served: a small frame fits into what a large one cannot use, so large
-/// frames from a flood never hold up the small ones peers and clients send.
+/// Bytes of frames being read, shared by all connections of one replica. Waiters are
+/// served first-fit in arrival order: a small frame fits into what a large one cannot use,
+/// so large frames from a flood never hold up the small ones peers and clients send. A
+/// release wakes only the waiters it can grant, never all of them.
 #[derive(Clone, Debug)]
 pub struct FrameBudget {
     inner: Arc<BudgetState>,
@@ -150,8 +152,14 @@ pub struct FrameBudget {
 #[derive(Debug)]
 struct BudgetState {
     total_bytes: usize,
-    available_bytes: Mutex<usize>,
-    released: Notify,
+    ledger: Mutex<Ledger>,
+}
+
+#[derive(Debug)]
+struct Ledger {
+    available_bytes: usize,
+    /// Frames waiting for bytes, oldest first; a grant is sent as the permit itself.
+    waiters: VecDeque<(usize, oneshot::Sender<BudgetPermit>)>,
 }
 
 /// Bytes taken from a [`FrameBudget`], given back on drop.
@@ -167,8 +175,10 @@ impl FrameBudget {
         FrameBudget {
             inner: Arc::new(BudgetState {
                 total_bytes,
-                available_bytes: Mutex::new(total_bytes),
-                released: Notify::new(),
+                ledger: Mutex::new(Ledger {
+                    available_bytes: total_bytes,
+                    waiters: VecDeque::new(),
+                }),
             }),
         }
     }
@@ -180,50 +190,83 @@ impl FrameBudget {
 
     /// What is not taken now.
     pub fn available_bytes(&self) -> usize {
-        *self.lock()
+        self.lock().available_bytes
     }
 
-    fn lock(&self) -> std::sync::MutexGuard<'_, usize> {
-        // The guarded value is a plain counter; a panic elsewhere cannot leave it torn.
-        self.inner
-            .available_bytes
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
+    fn lock(&self) -> std::sync::MutexGuard<'_, Ledger> {
+        // Plain counters and a queue; a panic elsewhere cannot leave them torn.
+        self.inner.ledger.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    fn permit(&self, bytes: usize) -> BudgetPermit {
+        BudgetPermit {
+            budget: self.clone(),
+            bytes,
+        }
     }
 
     /// Takes `bytes` now if they are free.
     pub fn try_acquire(&self, bytes: usize) -> Option<BudgetPermit> {
-        let mut available = self.lock();
-        if *available < bytes {
+        let mut ledger = self.lock();
+        if ledger.available_bytes < bytes {
             return None;
         }
-        *available -= bytes;
-        Some(BudgetPermit {
-            budget: self.clone(),
-            bytes,
-        })
+        ledger.available_bytes -= bytes;
+        Some(self.permit(bytes))
     }
 
     /// Waits until `bytes` are free and takes them. Never completes if `bytes` is over the
-    /// whole budget; callers bound the wait.
+    /// whole budget; callers bound the wait (dropping the future leaves the queue).
     pub async fn acquire(&self, bytes: usize) -> BudgetPermit {
-        loop {
-            let released = self.inner.released.notified();
-            tokio::pin!(released);
-            // Registered before the check, so a release in between is not missed.
-            released.as_mut().enable();
-            if let Some(permit) = self.try_acquire(bytes) {
-                return permit;
+        let granted = {
+            let mut ledger = self.lock();
+            if ledger.available_bytes >= bytes {
+                ledger.available_bytes -= bytes;
+                return self.permit(bytes);
             }
-            released.await;
+            let (grant, granted) = oneshot::channel();
+            ledger.waiters.push_back((bytes, grant));
+            granted
+        };
+        match granted.await {
+            Ok(permit) => permit,
+            // The budget is never dropped while a waiter holds a clone of it.
+            Err(_) => std::future::pending().await,
+        }
+    }
+
+    /// Gives `bytes` back and grants waiters that fit now, oldest first.
+    fn release(&self, bytes: usize) {
+        let mut ledger = self.lock();
+        ledger.available_bytes += bytes;
+        let mut i = 0;
+        while i < ledger.waiters.len() {
+            let (wanted, ref grant) = ledger.waiters[i];
+            if grant.is_closed() {
+                ledger.waiters.remove(i);
+            } else if wanted <= ledger.available_bytes {
+                let Some((_, grant)) = ledger.waiters.remove(i) else {
+                    break;
+                };
+                ledger.available_bytes -= wanted;
+                if let Err(mut unwanted) = grant.send(self.permit(wanted)) {
+                    // The waiter left between the check and the send: take the bytes back
+                    // here, since the permit's own drop would need this lock.
+                    ledger.available_bytes += unwanted.bytes;
+                    unwanted.bytes = 0;
+                }
+            } else {
+                i += 1;
+            }
         }
     }
 }
 
 impl Drop for BudgetPermit {
     fn drop(&mut self) {
-        *self.budget.lock() += self.bytes;
-        self.budget.inner.released.notify_waiters();
+        if self.bytes > 0 {
+            self.budget.release(self.bytes);
+        }
     }
 }
 
