@@ -119,7 +119,10 @@ pub fn raise_fd_limit() -> std::io::Result<u64> {
             );
         }
     }
-    Ok(limit.rlim_cur as u64)
+    // rlim_t is u64 on Linux but not everywhere.
+    #[allow(clippy::unnecessary_cast)]
+    let soft = limit.rlim_cur as u64;
+    Ok(soft)
 }
 
 /// Why a connection was closed at once.
@@ -390,8 +393,10 @@ mod tests {
     #[test]
     fn default_limits_are_consistent() {
         assert!(ConnectionLimits::default().check().is_ok());
-        let mut small_budget = ConnectionLimits::default();
-        small_budget.frame_budget_bytes = 1024;
+        let small_budget = ConnectionLimits {
+            frame_budget_bytes: 1024,
+            ..ConnectionLimits::default()
+        };
         assert!(small_budget.check().is_err());
     }
 }
