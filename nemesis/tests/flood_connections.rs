@@ -21,6 +21,10 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpSocket, TcpStream};
 
 const MIB: u64 = 1024 * 1024;
+
+/// The floods run one at a time: each measures one cluster's memory and descriptors, and
+/// together they would only compete for the CPU.
+static ONE_FLOOD_AT_A_TIME: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
 /// The frame a slowloris announces: just under the replica service's 64 MiB maximum.
 const HUGE_FRAME_BYTES: u32 = 60 * 1024 * 1024;
 
@@ -218,6 +222,7 @@ async fn fast_frame(addr: SocketAddr, frame: Arc<Vec<u8>>, within: Duration) -> 
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn slow_huge_frames_are_cut_off_and_memory_stays_bounded() {
+    let _serial = ONE_FLOOD_AT_A_TIME.lock().await;
     const SLOW_PER_REPLICA: usize = 200;
     const FAST_FRAMES: usize = 8;
     const FLOOD_MS: u64 = 6_000;
@@ -344,6 +349,7 @@ async fn closed_after(mut stream: TcpStream, since: Instant, within: Duration) -
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn ten_thousand_idle_connections_from_one_address_are_capped_and_time_out() {
+    let _serial = ONE_FLOOD_AT_A_TIME.lock().await;
     const IDLE: usize = 10_000;
     const PER_IP: usize = 512;
     const IDLE_TIMEOUT_MS: u64 = 6_000;
@@ -508,6 +514,7 @@ async fn read_response(stream: &mut TcpStream) -> Response<KvRpcResponse> {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_request_deadline_of_u64_max_seconds_is_clamped() {
+    let _serial = ONE_FLOOD_AT_A_TIME.lock().await;
     let cluster = Cluster::start(&[]);
     let mut client = cluster.client();
     put_get_round(&mut client, "before", 3).await;

@@ -14,7 +14,8 @@
 //! Before a request is deserialized its deadline is clamped ([`clamp_request_deadline`]):
 //! tarpc 0.38 adds the wire deadline to `Instant::now()` and panics on overflow.
 //!
-//! Writes go through a plain length-delimited `FramedWrite`.
+//! Writes go through a plain length-delimited `FramedWrite`; a peer that reads none of its
+//! answers for the frame time plus one largest frame at the minimum rate is closed.
 
 use bytes::{Buf, Bytes, BytesMut};
 use futures::{Sink, Stream};
@@ -506,6 +507,49 @@ type FrameStream = Pin<Box<dyn Stream<Item = io::Result<BytesMut>> + Send>>;
 pub struct GuardedFrames<S> {
     frames: FrameStream,
     sink: FramedWrite<WriteHalf<S>, LengthDelimitedCodec>,
+    /// How long writing may be stuck before the connection is closed.
+    write_stall: Duration,
+    /// Running while the sink makes no progress.
+    stalled: Option<Pin<Box<tokio::time::Sleep>>>,
+}
+
+impl<S> GuardedFrames<S> {
+    /// Passes a ready result on (and stops the stall clock); fails a write that has been
+    /// pending for `write_stall`: a peer that reads none of its answers is closed instead of
+    /// piling them up in memory.
+    fn guard_stall(
+        &mut self,
+        cx: &mut Context<'_>,
+        poll: Poll<io::Result<()>>,
+    ) -> Poll<io::Result<()>> {
+        if poll.is_ready() {
+            self.stalled = None;
+            return poll;
+        }
+        let stall = self.write_stall;
+        let timer = self
+            .stalled
+            .get_or_insert_with(|| Box::pin(tokio::time::sleep(stall)));
+        if std::future::Future::poll(timer.as_mut(), cx).is_ready() {
+            return Poll::Ready(Err(io::Error::new(
+                io::ErrorKind::TimedOut,
+                format!("peer read no answer for {} ms", stall.as_millis()),
+            )));
+        }
+        Poll::Pending
+    }
+}
+
+/// How long writing may make no progress: the fixed frame time plus one largest frame at
+/// the minimum rate.
+fn write_stall_timeout(limits: &FrameLimits) -> Duration {
+    FramePace {
+        started: Instant::now(),
+        fixed: Duration::from_millis(limits.frame_timeout_ms),
+        min_rate_bytes_per_s: limits.min_frame_rate_bytes_per_s,
+    }
+    .deadline(limits.max_frame_bytes)
+        - Instant::now()
 }
 
 impl<S> GuardedFrames<S>
@@ -528,6 +572,8 @@ where
         GuardedFrames {
             frames: Box::pin(frames),
             sink: FramedWrite::new(write, crate::frame_codec(limits.max_frame_bytes)),
+            write_stall: write_stall_timeout(&limits),
+            stalled: None,
         }
     }
 }
@@ -544,7 +590,8 @@ impl<S: AsyncWrite> Sink<Bytes> for GuardedFrames<S> {
     type Error = io::Error;
 
     fn poll_ready(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
-        Sink::<Bytes>::poll_ready(Pin::new(&mut self.sink), cx)
+        let poll = Sink::<Bytes>::poll_ready(Pin::new(&mut self.sink), cx);
+        self.guard_stall(cx, poll)
     }
 
     fn start_send(mut self: Pin<&mut Self>, item: Bytes) -> io::Result<()> {
@@ -552,7 +599,8 @@ impl<S: AsyncWrite> Sink<Bytes> for GuardedFrames<S> {
     }
 
     fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
-        Sink::<Bytes>::poll_flush(Pin::new(&mut self.sink), cx)
+        let poll = Sink::<Bytes>::poll_flush(Pin::new(&mut self.sink), cx);
+        self.guard_stall(cx, poll)
     }
 
     fn poll_close(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
@@ -830,6 +878,27 @@ mod tests {
         ));
         assert_eq!(budget.available_bytes(), MIB);
         drop(big_client);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_peer_that_reads_no_answers_is_closed() {
+        use futures::SinkExt;
+        let (client, server) = duplex(4 * 1024);
+        let mut frames = GuardedFrames::new(server, limits(64 * 1024), FrameBudget::new(MIB));
+        let started = Instant::now();
+        let mut sent = 0;
+        let err = loop {
+            match frames.send(Bytes::from(vec![0u8; 16 * 1024])).await {
+                Ok(()) => sent += 1,
+                Err(e) => break e,
+            }
+            assert!(sent < 100, "the sink never stalled");
+        };
+        assert_eq!(err.kind(), io::ErrorKind::TimedOut, "{err}");
+        // 1 s fixed + 64 KiB at 1000 bytes/s.
+        let stall = started.elapsed();
+        assert!(stall >= Duration::from_millis(1_000 + 65_536), "{stall:?}");
+        drop(client);
     }
 
     /// A real request frame (bincode 1 DefaultOptions, as on the wire) with its deadline
