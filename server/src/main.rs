@@ -183,7 +183,7 @@ impl Args {
         }
         let cap = limits.fit_fd_limit(fd_limit, replicas);
         if cap < self.max_connections {
-            tracing::warn!(
+            tracing::info!(
                 requested = self.max_connections,
                 cap,
                 fd_limit,
