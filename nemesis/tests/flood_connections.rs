@@ -55,6 +55,13 @@ fn free_addrs(n: usize) -> Vec<SocketAddr> {
 impl Cluster {
     /// Starts five in-memory replicas with `extra` flags; waits (bounded) until they listen.
     fn start(extra: &[&str]) -> Cluster {
+        Cluster::start_with_fd_limit(extra, None)
+    }
+
+    /// Like [`Cluster::start`]; replica 0 runs with both open-file limits at `fd_limit`
+    /// (as under `ulimit -n`), if given.
+    fn start_with_fd_limit(extra: &[&str], fd_limit: Option<u64>) -> Cluster {
+        use std::os::unix::process::CommandExt;
         let dir = tempfile::tempdir().unwrap();
         let addrs = free_addrs(5);
         let peers: Vec<String> = addrs.iter().map(|a| a.to_string()).collect();
@@ -62,15 +69,31 @@ impl Cluster {
         let mut logs = Vec::new();
         for id in 0..addrs.len() {
             let log = dir.path().join(format!("replica-{id}.log"));
-            let mut child = Command::new(support::server_bin())
+            let mut command = Command::new(support::server_bin());
+            command
                 .args(["--replica", &id.to_string(), "--peers", &peers.join(",")])
                 .arg("--in-memory")
                 .args(extra)
                 .env("RUST_LOG", "warn")
                 .stdout(Stdio::piped())
-                .stderr(std::fs::File::create(&log).unwrap())
-                .spawn()
-                .expect("start paxoskv-server");
+                .stderr(std::fs::File::create(&log).unwrap());
+            if let (0, Some(limit)) = (id, fd_limit) {
+                let limit = libc::rlimit {
+                    rlim_cur: limit as libc::rlim_t,
+                    rlim_max: limit as libc::rlim_t,
+                };
+                // SAFETY: only setrlimit (async-signal-safe) runs between fork and exec.
+                unsafe {
+                    command.pre_exec(move || {
+                        if libc::setrlimit(libc::RLIMIT_NOFILE, &limit) == 0 {
+                            Ok(())
+                        } else {
+                            Err(std::io::Error::last_os_error())
+                        }
+                    });
+                }
+            }
+            let mut child = command.spawn().expect("start paxoskv-server");
             let stdout = child.stdout.take().unwrap();
             let (tx, rx) = mpsc::channel();
             std::thread::spawn(move || {
@@ -462,6 +485,85 @@ async fn ten_thousand_idle_connections_from_one_address_are_capped_and_time_out(
     assert!(
         refusal_lines <= log_bound,
         "{refusal_lines} refusal warnings in {closed_in:?}: more than one a second"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn under_a_low_fd_limit_new_clients_are_still_served() {
+    let _serial = ONE_FLOOD_AT_A_TIME.lock().await;
+    const FD_LIMIT: u64 = 256;
+    /// What the server must cut its cap to: the limit minus 64 + 32 reserved descriptors.
+    const EXPECTED_CAP: usize = 160;
+    const FLOOD: usize = 1_000;
+    support::raise_open_file_limit();
+    let cluster = Cluster::start_with_fd_limit(&[], Some(FD_LIMIT));
+    let mut client = cluster.client();
+    put_get_round(&mut client, "before", 3).await;
+    let pid = cluster.pid(0);
+    let target = cluster.addrs[0];
+    let source = IpAddr::V4(Ipv4Addr::new(127, 0, 0, 3));
+    let started = Instant::now();
+    let mut held = Vec::new();
+    let mut fds_max = 0;
+    for _ in 0..FLOOD / 100 {
+        let wave: Vec<_> = (0..100)
+            .map(|_| tokio::spawn(idle_connection(source, target)))
+            .collect();
+        for c in wave {
+            held.push(c.await.unwrap().expect("connect"));
+        }
+        fds_max = fds_max.max(support::open_fds(pid).unwrap());
+    }
+    // With the cap full, a new client is refused at once (no hang), and once the flood is
+    // gone, served: never a timeout behind a full descriptor table.
+    let direct = tokio::time::timeout(Duration::from_secs(10), async {
+        let kv = connect_kv(target).await?;
+        kv.status(tarpc::context::current())
+            .await
+            .map_err(std::io::Error::other)
+    })
+    .await
+    .expect("a refused client learns it at once");
+    assert!(direct.is_err(), "the cap is full: {direct:?}");
+    drop(held);
+    let deadline = Instant::now() + Duration::from_secs(20);
+    let status = loop {
+        let attempt = async {
+            let kv = connect_kv(target).await?;
+            kv.status(tarpc::context::current())
+                .await
+                .map_err(std::io::Error::other)
+        };
+        match tokio::time::timeout(Duration::from_secs(5), attempt).await {
+            Ok(Ok(status)) => break status,
+            _ if Instant::now() < deadline => tokio::time::sleep(Duration::from_millis(50)).await,
+            other => panic!("replica 0 never served a client again: {other:?}"),
+        }
+    };
+    assert_eq!(status.id, 0);
+    put_get_round(&mut client, "after", 3).await;
+    let elapsed = started.elapsed();
+    let accept_failures = cluster.log_lines_with(0, "accept failed");
+    let refusal_lines = cluster.log_lines_with(0, "connection refused");
+    let (peak, _) = cluster.memory_mib()[0];
+    cluster.assert_no_panic();
+    println!(
+        "ulimit -n {FD_LIMIT}: {FLOOD} connections from {source}; replica 0 held at most \
+         {fds_max} fds, {accept_failures} accept failures and {refusal_lines} refusal lines \
+         logged in {elapsed:?}; peak RSS {peak} MiB"
+    );
+    assert!(fds_max as u64 <= FD_LIMIT, "{fds_max} fds");
+    assert!(
+        fds_max <= EXPECTED_CAP + 32,
+        "{fds_max} fds: the cap was not cut to the limit"
+    );
+    assert_eq!(
+        accept_failures, 0,
+        "the cap keeps accept() away from EMFILE"
+    );
+    assert!(
+        refusal_lines <= elapsed.as_secs() as usize + 2,
+        "{refusal_lines} lines"
     );
 }
 
