@@ -6,6 +6,7 @@
 pub mod certs;
 pub mod driver;
 pub mod failure;
+pub mod limits;
 pub mod local;
 pub mod node;
 pub mod peer;

@@ -5,10 +5,12 @@ use anyhow::{bail, Context, Result};
 use clap::{Parser, Subcommand, ValueEnum};
 use paxoskv::Replica;
 use paxoskv_server::certs::GenCertsArgs;
+use paxoskv_server::limits::{self, ConnectionLimits};
 use paxoskv_server::node::{open_disk_replica, OpenError};
 use paxoskv_server::storage::FaultInjector;
 use paxoskv_server::store::{MemoryStore, ReplicaStore, StoreError};
 use paxoskv_server::{run_replica, FailMode, ReplicaOptions};
+use paxoskv_service::frames;
 use paxoskv_service::tls::{ClientTlsFiles, ServerSecurity, ServerTls, ServerTlsFiles};
 use paxoskv_service::Dialer;
 use std::net::{SocketAddr, ToSocketAddrs};
@@ -128,6 +130,30 @@ struct Args {
     /// entry), e.g. 0.0.0.0:15000 behind NAT.
     #[arg(long, value_name = "ADDR", requires = "replica")]
     listen: Option<String>,
+    /// Connections one replica keeps; more are closed at once. Cut to fit the open-file
+    /// limit (raised to its hard limit at start-up).
+    #[arg(long, default_value_t = limits::DEFAULT_MAX_CONNECTIONS)]
+    max_connections: usize,
+    /// Connections one replica keeps from one source address.
+    #[arg(long, default_value_t = limits::DEFAULT_MAX_CONNECTIONS_PER_IP)]
+    max_connections_per_ip: usize,
+    /// Requests one connection may have in flight; more wait unread.
+    #[arg(long, default_value_t = limits::DEFAULT_MAX_REQUESTS_PER_CONNECTION)]
+    max_requests_per_connection: usize,
+    /// Time every frame gets to arrive (and to find room in the frame budget) before the
+    /// minimum rate applies; a slower frame closes its connection.
+    #[arg(long, default_value_t = frames::DEFAULT_FRAME_TIMEOUT_MS)]
+    frame_timeout_ms: u64,
+    /// Slowest rate a frame may arrive at, past --frame-timeout-ms.
+    #[arg(long, default_value_t = frames::DEFAULT_MIN_FRAME_RATE_BYTES_PER_S)]
+    min_frame_rate_bytes_per_s: u64,
+    /// A connection that starts no frame for this long is closed.
+    #[arg(long, default_value_t = frames::DEFAULT_IDLE_TIMEOUT_MS)]
+    idle_timeout_ms: u64,
+    /// Bytes of frames being read at once per replica, over all its connections; must hold
+    /// one largest replica frame (64 MiB).
+    #[arg(long, default_value_t = frames::DEFAULT_FRAME_BUDGET_BYTES)]
+    frame_budget_bytes: usize,
 }
 
 fn parse_rate(s: &str) -> Result<f64, String> {
@@ -181,6 +207,36 @@ impl Args {
             .map(|i| resolve(&format!("{}:{}", self.host, self.port + i)))
             .collect::<Result<Vec<_>>>()?;
         Ok((addrs, (0..LOCAL_REPLICAS as u32).collect()))
+    }
+
+    /// Connection limits from the flags, checked, with the cap cut to fit `fd_limit`
+    /// shared by `replicas` replicas of this process.
+    fn connection_limits(&self, fd_limit: u64, replicas: usize) -> Result<ConnectionLimits> {
+        let mut limits = ConnectionLimits {
+            max_connections: self.max_connections,
+            max_connections_per_ip: self.max_connections_per_ip,
+            max_requests_per_connection: self.max_requests_per_connection,
+            frame_budget_bytes: self.frame_budget_bytes,
+            ..ConnectionLimits::default()
+        };
+        limits.set_frame_timeouts(
+            self.frame_timeout_ms,
+            self.min_frame_rate_bytes_per_s,
+            self.idle_timeout_ms,
+        );
+        if let Err(e) = limits.check() {
+            bail!("bad connection limits: {e}");
+        }
+        let cap = limits.fit_fd_limit(fd_limit, replicas);
+        if cap < self.max_connections {
+            tracing::info!(
+                requested = self.max_connections,
+                cap,
+                fd_limit,
+                "--max-connections cut to fit the open-file limit"
+            );
+        }
+        Ok(limits)
     }
 }
 
@@ -367,6 +423,8 @@ async fn prepare(args: &Args, addrs: &[SocketAddr], ids: &[u32]) -> Result<Prepa
             ids.len()
         );
     }
+    let fd_limit = limits::raise_fd_limit().context("cannot read the open-file limit")?;
+    let connection_limits = args.connection_limits(fd_limit, ids.len())?;
     let mut listeners = Vec::new();
     let mut securities = Vec::new();
     for &id in ids {
@@ -385,6 +443,7 @@ async fn prepare(args: &Args, addrs: &[SocketAddr], ids: &[u32]) -> Result<Prepa
         let mut options = replica_options(args, id, addrs);
         options.security = security;
         options.peer_dialer = dialer;
+        options.limits = connection_limits.clone();
         let (core, store) = open_state(args, &options)?;
         prepared.push((listener, options, core, store));
     }

@@ -3,6 +3,9 @@
 
 use crate::driver::{Driver, DriverTiming, SnapshotPolicy};
 use crate::failure::{FailMode, FailureInjector};
+use crate::limits::{
+    accept_error_cause, AcceptBackoff, ConnectionCounter, ConnectionLimits, LogLimiter, Refused,
+};
 use crate::peer::PeerLink;
 use crate::refusals::WarnGate;
 use crate::rpc::{KvServer, ReplicaServer, Shared};
@@ -13,8 +16,7 @@ use paxoskv_service::tls::{
     read_preamble, replica_cert_name, write_verdict, PeerIdentity, ServerSecurity,
 };
 use paxoskv_service::{
-    bincode_transport, Caller, Dialer, KvRpc, ReplicaRpc, ServiceTag, KV_MAX_FRAME_BYTES,
-    REPLICA_MAX_FRAME_BYTES,
+    guarded_server_transport, Caller, Dialer, FrameBudget, KvRpc, ReplicaRpc, ServiceTag,
 };
 use std::future::Future;
 use std::net::SocketAddr;
@@ -25,8 +27,8 @@ use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::watch;
 
-/// Requests served at once per connection; more wait in the transport.
-const MAX_CONCURRENT_REQUESTS_PER_CONNECTION: usize = 4096;
+/// Warnings about refused connections or failed accepts, per cause, are this far apart.
+const CONNECTION_WARN_INTERVAL: Duration = Duration::from_secs(1);
 /// A new connection must finish its TLS handshake (if any) and preamble within this time.
 const HANDSHAKE_TIMEOUT_MS: u64 = 5_000;
 
@@ -55,6 +57,8 @@ pub struct ReplicaOptions {
     /// How this replica dials its peers (default: plaintext). With TLS it presents this
     /// replica's certificate and expects `replica-J.paxoskv` from peer J.
     pub peer_dialer: Dialer,
+    /// Connection caps, frame limits and the frame budget.
+    pub limits: ConnectionLimits,
 }
 
 impl ReplicaOptions {
@@ -72,6 +76,7 @@ impl ReplicaOptions {
             fault_control: false,
             security: ServerSecurity::default(),
             peer_dialer: Dialer::plain(),
+            limits: ConnectionLimits::default(),
         }
     }
 
@@ -135,6 +140,8 @@ pub async fn run_replica(
         request_timeout: Duration::from_millis(options.request_timeout_ms),
         snapshot_in: Default::default(),
         security: options.security.clone(),
+        frame_budget: FrameBudget::new(options.limits.frame_budget_bytes),
+        limits: options.limits.clone(),
     });
     let driver_task = tokio::spawn(driver.run(shutdown.clone()));
     tokio::spawn(failure.run_down_schedule(id, shutdown.clone()));
@@ -147,20 +154,60 @@ async fn accept_loop(
     shared: Arc<Shared>,
     mut shutdown: watch::Receiver<bool>,
 ) {
+    let counter = ConnectionCounter::new(
+        shared.limits.max_connections,
+        shared.limits.max_connections_per_ip,
+    );
+    let mut warnings = LogLimiter::new(CONNECTION_WARN_INTERVAL);
+    let mut backoff = AcceptBackoff::default();
     loop {
         tokio::select! {
             _ = shutdown.changed() => break,
             accepted = listener.accept() => match accepted {
-                Ok((stream, _)) => {
-                    let conn = serve_connection(stream, shared.clone());
-                    tokio::spawn(until_shutdown(conn, shutdown.clone()));
+                Ok((stream, from)) => {
+                    backoff.succeeded();
+                    match counter.try_admit(from.ip()) {
+                        Ok(guard) => {
+                            let conn = serve_connection(stream, shared.clone());
+                            let stop = shutdown.clone();
+                            tokio::spawn(async move {
+                                until_shutdown(conn, stop).await;
+                                drop(guard);
+                            });
+                        }
+                        // Dropping the stream closes it at once: a refused connection
+                        // costs no task, no buffer and no file descriptor past here.
+                        Err(refused) => warn_refused(&mut warnings, shared.id, refused, from),
+                    }
                 }
                 Err(e) => {
-                    tracing::warn!(error = %e, "accept failed");
-                    tokio::time::sleep(Duration::from_millis(10)).await;
+                    let cause = accept_error_cause(&e);
+                    if let Some(held_back) = warnings.allow(cause, std::time::Instant::now()) {
+                        tracing::warn!(replica = shared.id, error = %e, cause, held_back, "accept failed");
+                    }
+                    // Out of descriptors, retrying at once only spins; wait for some to close.
+                    tokio::select! {
+                        _ = shutdown.changed() => break,
+                        _ = tokio::time::sleep(backoff.failed()) => {}
+                    }
                 }
             },
         }
+    }
+}
+
+fn warn_refused(
+    warnings: &mut LogLimiter<&'static str>,
+    replica: ReplicaId,
+    refused: Refused,
+    from: SocketAddr,
+) {
+    let cause = match refused {
+        Refused::ListenerFull { .. } => "listener full",
+        Refused::AddressFull { .. } => "address full",
+    };
+    if let Some(held_back) = warnings.allow(cause, std::time::Instant::now()) {
+        tracing::warn!(replica, %from, %refused, held_back, "connection refused");
     }
 }
 
@@ -265,17 +312,20 @@ async fn admit<S: AsyncRead + AsyncWrite + Unpin>(
 
 async fn serve_stream<S>(stream: S, tag: ServiceTag, caller: Caller, shared: Arc<Shared>)
 where
-    S: AsyncRead + AsyncWrite + Send + 'static,
+    S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
 {
+    let budget = shared.frame_budget.clone();
+    let max_requests = shared.limits.max_requests_per_connection;
     match tag {
         ServiceTag::Replica => {
             let peer = match caller {
                 Caller::Replica(id) => Some(id),
                 _ => None,
             };
-            let transport = bincode_transport(stream, REPLICA_MAX_FRAME_BYTES);
+            let limits = shared.limits.replica_frames;
+            let transport = guarded_server_transport(stream, limits, budget);
             BaseChannel::with_defaults(transport)
-                .max_concurrent_requests(MAX_CONCURRENT_REQUESTS_PER_CONNECTION)
+                .max_concurrent_requests(max_requests)
                 .execute(ReplicaServer(shared, peer).serve())
                 .for_each(|fut| async move {
                     tokio::spawn(fut);
@@ -283,9 +333,10 @@ where
                 .await
         }
         ServiceTag::Kv => {
-            let transport = bincode_transport(stream, KV_MAX_FRAME_BYTES);
+            let limits = shared.limits.kv_frames;
+            let transport = guarded_server_transport(stream, limits, budget);
             BaseChannel::with_defaults(transport)
-                .max_concurrent_requests(MAX_CONCURRENT_REQUESTS_PER_CONNECTION)
+                .max_concurrent_requests(max_requests)
                 .execute(KvServer(shared, caller).serve())
                 .for_each(|fut| async move {
                     tokio::spawn(fut);

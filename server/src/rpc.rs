@@ -43,6 +43,10 @@ pub struct Shared {
     pub snapshot_in: std::sync::Mutex<Option<SnapshotAssembly>>,
     /// TLS and token policy of new connections.
     pub security: ServerSecurity,
+    /// Bytes of frames being read, over all of this replica's connections.
+    pub frame_budget: paxoskv_service::FrameBudget,
+    /// Connection caps and frame limits.
+    pub limits: crate::limits::ConnectionLimits,
 }
 
 /// Largest snapshot a replica accepts from a peer.

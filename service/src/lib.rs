@@ -10,10 +10,12 @@
 #![warn(missing_docs)]
 
 mod error;
+pub mod frames;
 pub mod tls;
 mod transport;
 
 pub use error::{error_chain_text, KvError};
+pub use frames::{guarded_server_transport, FrameBudget, FrameLimits};
 pub use tls::{Caller, Dialer, SecurityError};
 pub use transport::{
     bincode_transport, connect_kv, connect_replica, frame_codec, read_service_tag, ServiceTag,
