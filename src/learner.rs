@@ -136,6 +136,9 @@ impl Replica {
         if too_many || c.from_slot == 0 || c.from_slot > next {
             return Err(Refusal::MalformedChosen);
         }
+        if !c.values.iter().all(|v| refuse::value_ok(v, &self.cfg)) {
+            return Err(Refusal::OversizedValue);
+        }
         Ok(())
     }
 
@@ -145,6 +148,8 @@ impl Replica {
         let Some(&(through, _)) = newly.last() else {
             return;
         };
+        // The applied tail is kept for catch-up only, bounded in bytes.
+        self.log.trim_applied(self.cfg.max_log_tail_bytes);
         for (slot, value) in newly {
             for command in &value.commands {
                 let reply = match self.kv.apply(slot, command) {
