@@ -24,6 +24,9 @@ pub(crate) struct FetchState {
     ask_elsewhere: bool,
     /// A peer said it compacted past our position: only a snapshot helps.
     snapshot_from: Option<ReplicaId>,
+    /// Every peer that said so since the last snapshot installed: they push one (the
+    /// runtime pushes a snapshot only in answer to such a fetch), and only theirs is taken.
+    snapshot_sources: crate::quorum::Quorum,
 }
 
 impl Replica {
@@ -97,6 +100,7 @@ impl Replica {
         self.fetch.sent_tick = None;
         if c.snapshot_needed {
             self.fetch.snapshot_from = Some(from);
+            self.fetch.snapshot_sources.insert(from);
             return Ok(());
         }
         if c.values.is_empty() {
@@ -183,6 +187,19 @@ impl Replica {
         self.fetch.snapshot_from
     }
 
+    /// True if `peer` told this replica it compacted past what we need, since the last
+    /// snapshot we installed: a snapshot is expected from it. The runtime refuses snapshot
+    /// transfers from anyone else (a snapshot replaces the whole state, so it is taken only
+    /// when asked for).
+    pub fn expects_snapshot_from(&self, peer: ReplicaId) -> bool {
+        self.fetch.snapshot_sources.contains(peer)
+    }
+
+    /// [`Replica::expects_snapshot_from`] for every peer, as a bitmask (bit `id`).
+    pub fn snapshot_sources_mask(&self) -> u64 {
+        self.fetch.snapshot_sources.bits()
+    }
+
     /// The applied state as a snapshot at the chosen prefix.
     pub fn snapshot(&self) -> Snapshot {
         Snapshot {
@@ -243,6 +260,7 @@ impl Replica {
         }
         self.kv = snapshot.kv;
         self.log.reset_to_snapshot(snapshot.through);
+        self.fetch.snapshot_sources = Default::default();
         self.advance_and_apply();
         self.maybe_fetch();
     }

@@ -3,6 +3,7 @@
 
 #![warn(missing_docs)]
 
+pub mod budget;
 pub mod driver;
 pub mod failure;
 pub mod local;
@@ -10,6 +11,7 @@ pub mod node;
 pub mod peer;
 pub mod refusals;
 pub mod rpc;
+pub mod snapshot_in;
 pub mod storage;
 pub mod store;
 
