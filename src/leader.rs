@@ -15,7 +15,16 @@ pub(crate) struct Inflight {
     value: Value,
     acks: Quorum,
     sent_tick: u64,
+    /// Resends so far: each one waits twice as long as the last (up to a bound), so a
+    /// slow follower is not buried under copies of large values.
+    resends: u32,
 }
+
+/// Resends of one large slot back off up to `resend_ticks << MAX_RESEND_SHIFT`.
+const MAX_RESEND_SHIFT: u32 = 3;
+/// Slots at least this large back off their resends; smaller ones are cheap to resend and
+/// keep the plain period (quick recovery from lost messages).
+const RESEND_BACKOFF_MIN_BYTES: usize = 64 * 1024;
 
 /// The clients waiting for one command, and until when the command is worth proposing.
 #[derive(Debug)]
@@ -301,6 +310,7 @@ impl Replica {
                 value: value.clone(),
                 acks: Quorum::default(),
                 sent_tick: now,
+                resends: 0,
             },
         );
         l.next_slot = l.next_slot.max(slot + 1);
@@ -503,10 +513,17 @@ impl Replica {
         let ballot = l.ballot;
         let mut out = Vec::new();
         for (&slot, inf) in l.inflight.iter_mut() {
-            if now < inf.sent_tick + resend {
+            let shift = if inf.value.size_bytes() >= RESEND_BACKOFF_MIN_BYTES {
+                inf.resends.min(MAX_RESEND_SHIFT)
+            } else {
+                0
+            };
+            let wait = resend << shift;
+            if now < inf.sent_tick + wait {
                 continue;
             }
             inf.sent_tick = now;
+            inf.resends = inf.resends.saturating_add(1);
             for &to in peers.iter().filter(|&&p| !inf.acks.contains(p)) {
                 let accept = Accept {
                     ballot,

@@ -42,6 +42,45 @@ const MAX_CONCURRENT_PUSHES: usize = 1;
 /// votes are never crowded out by large accepts.
 const SMALL_SEND_BYTES: usize = crate::rpc::SMALL_PEER_MESSAGE_BYTES;
 
+/// Timeout of a peer call carrying a large value (the peer syncs it before answering).
+const LARGE_REQUEST_TIMEOUT_MS: u64 = 1000;
+
+/// Large accepts in flight, by (peer, slot, ballot).
+#[derive(Clone, Default)]
+struct LargeSends(Arc<Mutex<std::collections::HashSet<(ReplicaId, Slot, paxoskv::Ballot)>>>);
+
+/// One large accept in flight; dropping it lets the next send of it go.
+struct Sending {
+    set: LargeSends,
+    key: (ReplicaId, Slot, paxoskv::Ballot),
+}
+
+impl LargeSends {
+    /// Claims `request` to `to`, unless the same accept is in flight to it already.
+    fn claim(&self, to: ReplicaId, request: &Request) -> Option<Sending> {
+        let Request::Accept(a) = request else {
+            return Some(Sending {
+                set: self.clone(),
+                key: (to, 0, paxoskv::Ballot::ZERO),
+            });
+        };
+        let key = (to, a.slot, a.ballot);
+        let mut set = self.0.lock().ok()?;
+        set.insert(key).then(|| Sending {
+            set: self.clone(),
+            key,
+        })
+    }
+}
+
+impl Drop for Sending {
+    fn drop(&mut self) {
+        if let Ok(mut set) = self.set.0.lock() {
+            set.remove(&self.key);
+        }
+    }
+}
+
 /// Memory bounds of one driver.
 #[derive(Clone, Copy, Debug)]
 pub struct DriverLimits {
@@ -214,6 +253,8 @@ pub struct Driver {
     refusals: RefusalWarnings,
     /// Per peer (by id): bytes of requests in flight to it.
     send_bytes: Vec<ByteBudget>,
+    /// Large accepts in flight, so a resend does not duplicate one still on its way.
+    large_sends: LargeSends,
     /// Peers the core expects a snapshot from, for the handlers (bit `id`).
     snapshot_sources: Arc<AtomicU64>,
 }
@@ -258,6 +299,7 @@ impl Driver {
                 .map(|_| ByteBudget::new("peer send", limits.max_peer_send_bytes))
                 .collect(),
             snapshot_sources: Arc::default(),
+            large_sends: LargeSends::default(),
         };
         (driver, tx, failed)
     }
@@ -332,9 +374,10 @@ impl Driver {
                 reply,
                 _permit,
             } => {
-                if reply.is_closed() {
-                    // The sender gave up (its call timed out): stepping it now would only
-                    // write and answer for nobody; Paxos treats it as lost.
+                if reply.is_closed() && !matches!(request, Request::Accept(_)) {
+                    // The sender gave up (its call timed out): nobody waits for the answer;
+                    // Paxos treats it as lost. Accepts are still taken: their value is
+                    // here already, and holding it makes the sender's resend cheap.
                     return;
                 }
                 let t = self.token();
@@ -728,30 +771,43 @@ impl Driver {
             return;
         };
         let bytes = crate::rpc::request_bytes(&out.request);
-        let bytes_permit = if bytes >= SMALL_SEND_BYTES {
+        let large = bytes >= SMALL_SEND_BYTES;
+        let (bytes_permit, sending) = if large {
             let Some(budget) = self.send_bytes.get(out.to as usize) else {
                 return;
             };
+            let Some(sending) = self.large_sends.claim(out.to, &out.request) else {
+                // The same accept is still on its way to that peer: a resend now would only
+                // queue a second copy of its value behind the first.
+                return;
+            };
             match budget.try_take(bytes) {
-                Ok(p) => Some(p),
+                Ok(p) => (Some(p), Some(sending)),
                 Err(e) => {
                     tracing::debug!(to = out.to, error = %e, "dropping message");
                     return;
                 }
             }
         } else {
-            None
+            (None, None)
         };
         trace_message(self.core.id(), &out);
         let peer = peer.clone();
         let tx = self.self_tx.clone();
         let me = self.core.id();
-        let timeout = Duration::from_millis(self.timing.peer_timeout_ms);
+        // A large accept waits for the peer's sync of it: give it longer than a heartbeat.
+        let timeout_ms = if large {
+            self.timing.peer_timeout_ms.max(LARGE_REQUEST_TIMEOUT_MS)
+        } else {
+            self.timing.peer_timeout_ms
+        };
+        let timeout = Duration::from_millis(timeout_ms);
         tokio::spawn(async move {
             let from = peer.id;
             if let Some(response) = peer.call(me, out.request, timeout).await {
                 let _ = tx.send(DriverInput::PeerResponse { from, response }).await;
             }
+            drop(sending);
             drop(bytes_permit);
             drop(permit);
         });

@@ -56,3 +56,116 @@ fn build_server() -> PathBuf {
     assert!(bin.is_file(), "{} missing after the build", bin.display());
     bin
 }
+
+// ---- Real-process helpers for the flood tests (issue 10) ----
+
+use std::io::{BufRead, BufReader};
+use std::net::SocketAddr;
+use std::process::{Child, Stdio};
+use std::time::{Duration, Instant};
+
+/// `n` loopback addresses that were free a moment ago.
+#[allow(dead_code)]
+pub fn free_loopback_addrs(n: usize) -> Vec<SocketAddr> {
+    let listeners: Vec<std::net::TcpListener> = (0..n)
+        .map(|_| std::net::TcpListener::bind("127.0.0.1:0").expect("bind port 0"))
+        .collect();
+    listeners
+        .iter()
+        .map(|l| l.local_addr().expect("local addr"))
+        .collect()
+}
+
+/// Starts replica `id` of `addrs` as its own process with `extra` flags, and waits (at most
+/// 20 s) until it says it runs.
+#[allow(dead_code)]
+pub fn spawn_replica_with(id: usize, addrs: &[SocketAddr], data: &Path, extra: &[String]) -> Child {
+    let peers: Vec<String> = addrs.iter().map(|a| a.to_string()).collect();
+    let mut child = Command::new(server_bin())
+        .args(["--replica", &id.to_string(), "--peers", &peers.join(",")])
+        .arg("--data-dir")
+        .arg(data)
+        .args(extra)
+        .env("RUST_LOG", std::env::var("PAXOSKV_TEST_RUST_LOG").unwrap_or_else(|_| "warn".into()))
+        .stdout(Stdio::piped())
+        .stderr(test_log(id))
+        .spawn()
+        .expect("start paxoskv-server");
+    let stdout = child.stdout.take().expect("piped stdout");
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        for line in BufReader::new(stdout).lines().map_while(Result::ok) {
+            if line.contains("is running") {
+                let _ = tx.send(());
+            }
+        }
+    });
+    rx.recv_timeout(Duration::from_secs(20))
+        .expect("replica announced itself");
+    child
+}
+
+/// Where a server's stderr goes: `$PAXOSKV_TEST_LOG_DIR/replica-I.log` when that is set
+/// (to debug a failing test), nowhere otherwise.
+fn test_log(id: usize) -> Stdio {
+    let Some(dir) = std::env::var_os("PAXOSKV_TEST_LOG_DIR") else {
+        return Stdio::null();
+    };
+    let path = Path::new(&dir).join(format!("replica-{id}.log"));
+    match std::fs::OpenOptions::new().create(true).append(true).open(&path) {
+        Ok(file) => Stdio::from(file),
+        Err(_) => Stdio::null(),
+    }
+}
+
+/// Server processes killed when dropped, so none outlives a failed assertion.
+#[allow(dead_code)]
+pub struct Servers(pub Vec<Child>);
+
+impl Drop for Servers {
+    fn drop(&mut self) {
+        for child in &mut self.0 {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+}
+
+/// A `kB` field of `/proc/PID/status` (`VmRSS`, `VmHWM`), in bytes.
+#[allow(dead_code)]
+pub fn proc_status_bytes(pid: u32, field: &str) -> Option<u64> {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
+    let line = status.lines().find(|l| l.starts_with(field))?;
+    let kib: u64 = line.split_whitespace().nth(1)?.parse().ok()?;
+    Some(kib * 1024)
+}
+
+/// Sends SIGTERM to every server and waits for each to exit, bounded by `within`; returns
+/// how long the slowest took, or which did not stop.
+#[allow(dead_code)]
+pub fn terminate_all(servers: &mut Servers, within: Duration) -> Result<Duration, String> {
+    let started = Instant::now();
+    for child in &servers.0 {
+        // SAFETY: kill(2) with a pid we spawned and still own (not yet waited for).
+        unsafe {
+            libc::kill(child.id() as libc::pid_t, libc::SIGTERM);
+        }
+    }
+    let mut slowest = Duration::ZERO;
+    for child in &mut servers.0 {
+        loop {
+            match child.try_wait() {
+                Ok(Some(_)) => {
+                    slowest = slowest.max(started.elapsed());
+                    break;
+                }
+                Ok(None) if started.elapsed() < within => {
+                    std::thread::sleep(Duration::from_millis(20))
+                }
+                Ok(None) => return Err(format!("pid {} still running after {within:?}", child.id())),
+                Err(e) => return Err(format!("wait for pid {}: {e}", child.id())),
+            }
+        }
+    }
+    Ok(slowest)
+}
