@@ -4,6 +4,8 @@
 //!   every replica within seconds, and the cluster works normally afterwards;
 //! - `install_snapshot` chunks announcing 16 GiB from a process the replica never asked:
 //!   refused, RSS stays low, no temp file is left.
+//!
+//! The servers are release builds whatever the test profile (see `release_server_bin`).
 
 mod support;
 
@@ -14,7 +16,10 @@ use std::path::Path;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
-use support::{free_loopback_addrs, proc_status_bytes, spawn_replica_with, terminate_all, Servers};
+use support::{
+    free_loopback_addrs, proc_status_bytes, release_server_bin, spawn_replica_with, terminate_all,
+    Servers,
+};
 
 const MIB: u64 = 1024 * 1024;
 const FLOOD_CLIENTS: usize = 64;
@@ -33,7 +38,9 @@ const STOP_WITHIN: Duration = Duration::from_secs(5);
 /// seconds on a small machine (the defaults are the same mechanism with larger numbers).
 fn modest_limits() -> Vec<String> {
     [
-        ("--max-inflight-bytes", 16 * MIB),
+        // One 1 MiB write in a replica's handlers at a time (it counts twice: see rpc.rs):
+        // the test's own clients are unoptimised in a debug build and push little.
+        ("--max-inflight-bytes", 3 * MIB),
         ("--max-peer-inflight-bytes", 16 * MIB),
         ("--max-peer-send-bytes", 8 * MIB),
         ("--max-pending-bytes", 4 * MIB),
@@ -45,6 +52,9 @@ fn modest_limits() -> Vec<String> {
     .collect()
 }
 
+/// The two floods each want the machine to themselves.
+static ONE_AT_A_TIME: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
+
 fn client_config(addrs: &[SocketAddr]) -> ClientConfig {
     let mut config = ClientConfig::with_servers(addrs.to_vec());
     config.timeout = Duration::from_secs(5);
@@ -52,10 +62,10 @@ fn client_config(addrs: &[SocketAddr]) -> ClientConfig {
     config
 }
 
-fn start_cluster(addrs: &[SocketAddr], data: &Path, extra: &[String]) -> Servers {
+fn start_cluster(bin: &Path, addrs: &[SocketAddr], data: &Path, extra: &[String]) -> Servers {
     Servers(
         (0..addrs.len())
-            .map(|i| spawn_replica_with(i, addrs, data, extra))
+            .map(|i| spawn_replica_with(bin, i, addrs, data, extra))
             .collect(),
     )
 }
@@ -104,12 +114,16 @@ struct FloodCounts {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn sixty_four_clients_of_one_mib_puts_get_busy_and_memory_stays_bounded() {
+    let _alone = ONE_AT_A_TIME.lock().await;
     let data = tempfile::tempdir().unwrap();
     let addrs = free_loopback_addrs(5);
-    let mut servers = start_cluster(&addrs, data.path(), &modest_limits());
+    let mut servers = start_cluster(release_server_bin(), &addrs, data.path(), &modest_limits());
     let pids: Vec<u32> = servers.0.iter().map(|c| c.id()).collect();
     let mut probe = Client::connect(client_config(&addrs)).unwrap();
     wait_until_writable(&mut probe).await;
+    // The probe dials again on its own runtime (connections belong to the runtime that
+    // made them).
+    let probe = Client::connect(client_config(&addrs)).unwrap();
 
     let stop_sampling = Arc::new(AtomicBool::new(false));
     let sampler = sample_rss(pids.clone(), stop_sampling.clone());
@@ -139,35 +153,16 @@ async fn sixty_four_clients_of_one_mib_puts_get_busy_and_memory_stays_bounded() 
         }));
     }
 
-    // Meanwhile a small client: a put and a linearizable get every 100 ms.
-    let mut probe_ok = 0u64;
-    let mut probe_failed = 0u64;
-    let mut longest_gap = Duration::ZERO;
-    let mut last_ok = Instant::now();
-    let mut i = 0u64;
-    while Instant::now() < flood_until {
-        i += 1;
-        let key = format!("probe-{}", i % 8);
-        let value = format!("v{i}").into_bytes();
-        let done = match probe.put(&key, value.clone()).await {
-            Ok(_) => probe.get(&key).await.map(|got| got == Some(value)),
-            Err(e) => Err(e),
-        };
-        match done {
-            Ok(true) => {
-                probe_ok += 1;
-                longest_gap = longest_gap.max(last_ok.elapsed());
-                last_ok = Instant::now();
-            }
-            Ok(false) => panic!("probe read back something else for {key}"),
-            Err(e) => {
-                probe_failed += 1;
-                eprintln!("probe operation failed during the flood: {e}");
-            }
-        }
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
-    longest_gap = longest_gap.max(last_ok.elapsed());
+    // Meanwhile a small client on a thread and runtime of its own (the flood's clients
+    // must not starve it inside this process): a put and a linearizable get every 100 ms.
+    let probe_thread = std::thread::spawn(move || {
+        let runtime = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .expect("probe runtime");
+        runtime.block_on(probe_until(probe, flood_until))
+    });
+    let (probe_ok, probe_failed, longest_gap) = probe_thread.join().unwrap();
 
     let mut busy_answers = 0;
     for f in flooders {
@@ -222,11 +217,43 @@ async fn sixty_four_clients_of_one_mib_puts_get_busy_and_memory_stays_bounded() 
     println!("SIGTERM: all five stopped within {took:?}");
 
     // And a restarted cluster still has the data.
-    let _servers = start_cluster(&addrs, data.path(), &modest_limits());
+    let _servers = start_cluster(release_server_bin(), &addrs, data.path(), &modest_limits());
     let mut again = Client::connect(client_config(&addrs)).unwrap();
     wait_until_writable(&mut again).await;
     assert_eq!(again.get("after-flood").await.unwrap(), Some(b"2".to_vec()));
     normal_sequence(&mut again).await;
+}
+
+/// Small puts and reads until `until`: (successes, failures, longest time without success).
+async fn probe_until(mut probe: Client, until: Instant) -> (u64, u64, Duration) {
+    let mut probe_ok = 0u64;
+    let mut probe_failed = 0u64;
+    let mut longest_gap = Duration::ZERO;
+    let mut last_ok = Instant::now();
+    let mut i = 0u64;
+    while Instant::now() < until {
+        i += 1;
+        let key = format!("probe-{}", i % 8);
+        let value = format!("v{i}").into_bytes();
+        let done = match probe.put(&key, value.clone()).await {
+            Ok(_) => probe.get(&key).await.map(|got| got == Some(value)),
+            Err(e) => Err(e),
+        };
+        match done {
+            Ok(true) => {
+                probe_ok += 1;
+                longest_gap = longest_gap.max(last_ok.elapsed());
+                last_ok = Instant::now();
+            }
+            Ok(false) => panic!("probe read back something else for {key}"),
+            Err(e) => {
+                probe_failed += 1;
+                eprintln!("probe operation failed during the flood: {e}");
+            }
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    (probe_ok, probe_failed, longest_gap.max(last_ok.elapsed()))
 }
 
 /// The demo's put/get/delete sequence, checked.
@@ -287,19 +314,23 @@ fn temp_snapshot_files(dir: &Path) -> Vec<String> {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn snapshot_chunks_announcing_16_gib_from_an_unasked_sender_are_refused() {
+    let _alone = ONE_AT_A_TIME.lock().await;
     const CHUNKS: u64 = 64;
     const TOTAL_BYTES: u64 = 16 << 30;
     const MAX_RSS_BYTES: u64 = 128 * MIB;
     let data = tempfile::tempdir().unwrap();
     let addrs = free_loopback_addrs(3);
-    let _servers = start_cluster(&addrs, data.path(), &[]);
+    // No load here: the test profile's server will do.
+    let _servers = start_cluster(support::server_bin(), &addrs, data.path(), &[]);
     let target = _servers.0[0].id();
     let mut client = Client::connect(client_config(&addrs)).unwrap();
     wait_until_writable(&mut client).await;
     let before = proc_status_bytes(target, "VmHWM").unwrap_or(0);
 
     // Plaintext loopback: the sender simply claims to be replica 1.
-    let raw = connect_replica(addrs[0]).await.expect("raw replica connection");
+    let raw = connect_replica(addrs[0])
+        .await
+        .expect("raw replica connection");
     let mut refused = Vec::new();
     for i in 0..CHUNKS {
         let chunk = SnapshotChunk {
@@ -329,7 +360,11 @@ async fn snapshot_chunks_announcing_16_gib_from_an_unasked_sender_are_refused() 
         before / MIB,
         after / MIB
     );
-    assert!(after < MAX_RSS_BYTES, "replica 0 peaked at {} MiB", after / MIB);
+    assert!(
+        after < MAX_RSS_BYTES,
+        "replica 0 peaked at {} MiB",
+        after / MIB
+    );
     let left = temp_snapshot_files(data.path());
     assert!(left.is_empty(), "temp files left: {left:?}");
     // The replica still works.

@@ -79,14 +79,23 @@ pub fn free_loopback_addrs(n: usize) -> Vec<SocketAddr> {
 /// Starts replica `id` of `addrs` as its own process with `extra` flags, and waits (at most
 /// 20 s) until it says it runs.
 #[allow(dead_code)]
-pub fn spawn_replica_with(id: usize, addrs: &[SocketAddr], data: &Path, extra: &[String]) -> Child {
+pub fn spawn_replica_with(
+    bin: &Path,
+    id: usize,
+    addrs: &[SocketAddr],
+    data: &Path,
+    extra: &[String],
+) -> Child {
     let peers: Vec<String> = addrs.iter().map(|a| a.to_string()).collect();
-    let mut child = Command::new(server_bin())
+    let mut child = Command::new(bin)
         .args(["--replica", &id.to_string(), "--peers", &peers.join(",")])
         .arg("--data-dir")
         .arg(data)
         .args(extra)
-        .env("RUST_LOG", std::env::var("PAXOSKV_TEST_RUST_LOG").unwrap_or_else(|_| "warn".into()))
+        .env(
+            "RUST_LOG",
+            std::env::var("PAXOSKV_TEST_RUST_LOG").unwrap_or_else(|_| "warn".into()),
+        )
         .stdout(Stdio::piped())
         .stderr(test_log(id))
         .spawn()
@@ -112,7 +121,11 @@ fn test_log(id: usize) -> Stdio {
         return Stdio::null();
     };
     let path = Path::new(&dir).join(format!("replica-{id}.log"));
-    match std::fs::OpenOptions::new().create(true).append(true).open(&path) {
+    match std::fs::OpenOptions::new()
+        .create(true)
+        .append(true)
+        .open(&path)
+    {
         Ok(file) => Stdio::from(file),
         Err(_) => Stdio::null(),
     }
@@ -162,10 +175,50 @@ pub fn terminate_all(servers: &mut Servers, within: Duration) -> Result<Duration
                 Ok(None) if started.elapsed() < within => {
                     std::thread::sleep(Duration::from_millis(20))
                 }
-                Ok(None) => return Err(format!("pid {} still running after {within:?}", child.id())),
+                Ok(None) => {
+                    return Err(format!("pid {} still running after {within:?}", child.id()))
+                }
                 Err(e) => return Err(format!("wait for pid {}: {e}", child.id())),
             }
         }
     }
     Ok(slowest)
+}
+
+/// Path of an up-to-date release `paxoskv-server` in the same target directory, built on
+/// first use. For load tests: a debug server spends its time in unoptimised hashing and
+/// copying of large values and would measure nothing but that.
+#[allow(dead_code)]
+pub fn release_server_bin() -> &'static Path {
+    static BIN: OnceLock<PathBuf> = OnceLock::new();
+    BIN.get_or_init(|| {
+        let exe = std::env::current_exe().expect("path of the test executable");
+        let target_dir = exe
+            .parent()
+            .and_then(Path::parent)
+            .and_then(Path::parent)
+            .expect("test executable in <target>/<profile>/deps");
+        let cargo = std::env::var_os("CARGO").unwrap_or_else(|| "cargo".into());
+        let status = Command::new(cargo)
+            .args([
+                "build",
+                "--quiet",
+                "--release",
+                "-p",
+                "paxoskv-server",
+                "--bin",
+                "paxoskv-server",
+            ])
+            .arg("--target-dir")
+            .arg(target_dir)
+            .current_dir(env!("CARGO_MANIFEST_DIR"))
+            .status()
+            .expect("run cargo to build paxoskv-server");
+        assert!(status.success(), "building paxoskv-server failed: {status}");
+        let bin = target_dir
+            .join("release")
+            .join(format!("paxoskv-server{}", std::env::consts::EXE_SUFFIX));
+        assert!(bin.is_file(), "{} missing after the build", bin.display());
+        bin
+    })
 }
