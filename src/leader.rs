@@ -143,22 +143,22 @@ impl Leader {
 
     /// Removes queued commands whose deadline passed; returns the clients to tell.
     fn drop_expired(&mut self, now_tick: u64) -> Vec<ClientToken> {
-        let mut kept = VecDeque::with_capacity(self.queue.len());
-        let mut tokens = Vec::new();
-        for command in std::mem::take(&mut self.queue) {
-            if self.expired(&command.id, now_tick) {
-                self.queue_bytes -= command.op.size_bytes();
-                tokens.extend(
-                    self.waiters
-                        .remove(&command.id)
-                        .into_iter()
-                        .flat_map(|w| w.tokens),
-                );
-            } else {
-                kept.push_back(command);
+        let waiters = &self.waiters;
+        let mut gone = Vec::new();
+        self.queue.retain(|c| {
+            let expired = waiters
+                .get(&c.id)
+                .is_some_and(|w| w.deadline_tick < now_tick);
+            if expired {
+                gone.push((c.id, c.op.size_bytes()));
             }
+            !expired
+        });
+        let mut tokens = Vec::new();
+        for (id, size) in gone {
+            self.queue_bytes -= size;
+            tokens.extend(self.waiters.remove(&id).into_iter().flat_map(|w| w.tokens));
         }
-        self.queue = kept;
         tokens
     }
 
