@@ -324,3 +324,24 @@ pub fn open_disk_replica(
     );
     Ok((core, Box::new(store)))
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn memory_bounds_that_cannot_hold_the_largest_write_are_refused() {
+        let addrs = vec!["127.0.0.1:1".parse().expect("addr")];
+        let mut options = ReplicaOptions::new(0, addrs);
+        assert_eq!(options.validate(), Ok(()));
+        options.max_inflight_bytes = options.largest_write_bytes() - 1;
+        let e = options.validate().expect_err("too small");
+        assert!(e.contains("--max-inflight-bytes"), "{e}");
+        options.max_inflight_bytes = DEFAULT_MAX_INFLIGHT_BYTES;
+        options.max_peer_send_bytes = 1000;
+        let e = options.validate().expect_err("too small");
+        assert!(e.contains("--max-peer-send-bytes"), "{e}");
+        let cfg = ReplicaOptions::new(0, vec!["127.0.0.1:1".parse().expect("addr")]).core_config();
+        assert_eq!(cfg.max_value_bytes, paxoskv::DEFAULT_MAX_VALUE_BYTES);
+    }
+}
