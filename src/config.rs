@@ -92,9 +92,11 @@ impl Config {
             max_batch_bytes: 256 * 1024,
             max_batch_commands: 4096,
             max_pending_commands: 50_000,
-            max_pending_bytes: 64 * 1024 * 1024,
-            max_log_tail_bytes: 64 * 1024 * 1024,
-            max_open_bytes: 64 * 1024 * 1024,
+            // Measured with 64 clients of 1 MiB puts (nemesis/tests/flood_puts.rs): larger
+            // queues only add latency and memory once the disk is the bottleneck.
+            max_pending_bytes: 8 * 1024 * 1024,
+            max_log_tail_bytes: 16 * 1024 * 1024,
+            max_open_bytes: 32 * 1024 * 1024,
             max_value_bytes: crate::types::DEFAULT_MAX_VALUE_BYTES,
             max_pending_reads: 50_000,
             fetch_max_entries: 512,

@@ -92,7 +92,7 @@ pub struct DriverLimits {
 impl Default for DriverLimits {
     fn default() -> Self {
         DriverLimits {
-            max_peer_send_bytes: 32 * 1024 * 1024,
+            max_peer_send_bytes: 8 * 1024 * 1024,
         }
     }
 }

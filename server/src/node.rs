@@ -66,9 +66,9 @@ pub struct ReplicaOptions {
 }
 
 /// Default of [`ReplicaOptions::max_inflight_bytes`].
-pub const DEFAULT_MAX_INFLIGHT_BYTES: usize = 128 * 1024 * 1024;
+pub const DEFAULT_MAX_INFLIGHT_BYTES: usize = 32 * 1024 * 1024;
 /// Default of [`ReplicaOptions::max_peer_inflight_bytes`].
-pub const DEFAULT_MAX_PEER_INFLIGHT_BYTES: usize = 128 * 1024 * 1024;
+pub const DEFAULT_MAX_PEER_INFLIGHT_BYTES: usize = 32 * 1024 * 1024;
 
 impl ReplicaOptions {
     /// Defaults for replica `id` of `addrs`.
