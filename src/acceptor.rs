@@ -77,6 +77,10 @@ impl Replica {
         if !refuse::slot_ok(a.slot) || !refuse::position_ok(a.commit) {
             return Err(Refusal::SlotOutOfRange);
         }
+        if !refuse::value_ok(&a.value, &self.cfg) {
+            // Never stored, so never applied, whatever the ballot.
+            return Err(Refusal::OversizedValue);
+        }
         if a.ballot < self.promised {
             #[cfg(feature = "broken-acceptor")]
             if self.cfg.unsafe_skip_promise_check {
@@ -89,7 +93,11 @@ impl Replica {
         }
         self.check_accept_slot(&a)?;
         self.follow(from, a.ballot);
-        if a.slot > self.log.compacted_through() && !self.log.is_chosen(a.slot) {
+        let open = a.slot > self.log.compacted_through() && !self.log.is_chosen(a.slot);
+        // A resent accept we hold already needs no new record: the answer waits for the
+        // batch holding the first one (the durability module holds it until then), and the
+        // disk and memory do not grow with resends.
+        if open && !self.log.holds(a.slot, a.ballot, &a.value) {
             self.log.accept(a.slot, a.ballot, a.value.clone());
             self.persist(Record::Accepted {
                 slot: a.slot,
@@ -116,6 +124,18 @@ impl Replica {
             // Keeps the log bounded whatever the slot. An honest leader this far ahead is
             // resent to after we catch up through its heartbeats' commit index.
             return Err(Refusal::SlotBeyondWindow);
+        }
+        // The same bound in bytes, for a slot not held yet. Slots close to the chosen prefix
+        // are always taken, so the log can always advance and free room.
+        let near = self
+            .log
+            .chosen_through()
+            .saturating_add(self.cfg.max_inflight_slots as u64);
+        let new_slot = self.log.get(a.slot).is_none();
+        let over =
+            self.log.open_bytes().saturating_add(a.value.size_bytes()) > self.cfg.max_open_bytes;
+        if new_slot && a.slot > near && over {
+            return Err(Refusal::OpenLogFull);
         }
         let conflicts =
             self.log.is_chosen(a.slot) && self.log.get(a.slot).is_some_and(|e| e.value != a.value);

@@ -25,6 +25,10 @@ pub struct Config {
     pub max_batch_commands: usize,
     /// Commands waiting for a slot, at most; more get `Busy`.
     pub max_pending_commands: usize,
+    /// Bytes of commands waiting for a slot (`Op::size_bytes`), at most; more get `Busy`.
+    /// One command is always accepted into an empty queue, so this never starves a command
+    /// that is itself larger.
+    pub max_pending_bytes: usize,
     /// Linearizable reads waiting for confirmation, at most; more get `Busy`.
     pub max_pending_reads: usize,
     /// Chosen values per catch-up answer, at most.
@@ -33,6 +37,20 @@ pub struct Config {
     pub fetch_max_bytes: usize,
     /// Client sessions remembered for exactly-once, at most.
     pub max_sessions: usize,
+    /// Bytes of chosen and applied log entries kept in memory for peers that are slightly
+    /// behind, at most: older ones are dropped (a peer behind them gets a snapshot). The
+    /// runtime's own compaction after a durable snapshot may drop more, never less.
+    pub max_log_tail_bytes: usize,
+    /// Bytes of log entries above the chosen prefix (accepted, not yet applied), at most: a
+    /// leader opens no new slot beyond it, and an acceptor refuses an accept for a new slot
+    /// beyond it unless the slot is within `max_inflight_slots` of its chosen prefix (so
+    /// progress is always possible). Bounds the pipeline in bytes as `max_open_slots` does
+    /// in slots.
+    pub max_open_bytes: usize,
+    /// Largest value a put may carry, checked on the accept path too (an accept or chosen
+    /// entry carrying more, a bad key, or a batch over `max_batch_bytes` /
+    /// `max_batch_commands` is refused and never applied).
+    pub max_value_bytes: usize,
     /// Slots above the chosen prefix a replica accepts into its log, at most: an accept
     /// further ahead is refused (the follower catches up by fetching first), a leader stops
     /// opening new slots further ahead, and a promise reporting entries further ahead of its
@@ -74,6 +92,12 @@ impl Config {
             max_batch_bytes: 256 * 1024,
             max_batch_commands: 4096,
             max_pending_commands: 50_000,
+            // Measured with 64 clients of 1 MiB puts (nemesis/tests/flood_puts.rs): larger
+            // queues only add latency and memory once the disk is the bottleneck.
+            max_pending_bytes: 8 * 1024 * 1024,
+            max_log_tail_bytes: 16 * 1024 * 1024,
+            max_open_bytes: 32 * 1024 * 1024,
+            max_value_bytes: crate::types::DEFAULT_MAX_VALUE_BYTES,
             max_pending_reads: 50_000,
             fetch_max_entries: 512,
             fetch_max_bytes: 8 * 1024 * 1024,

@@ -15,6 +15,24 @@ pub(crate) struct Inflight {
     value: Value,
     acks: Quorum,
     sent_tick: u64,
+    /// Resends so far: each one waits twice as long as the last (up to a bound), so a
+    /// slow follower is not buried under copies of large values.
+    resends: u32,
+}
+
+/// Resends of one large slot back off up to `resend_ticks << MAX_RESEND_SHIFT`.
+const MAX_RESEND_SHIFT: u32 = 3;
+/// Slots at least this large back off their resends; smaller ones are cheap to resend and
+/// keep the plain period (quick recovery from lost messages).
+const RESEND_BACKOFF_MIN_BYTES: usize = 64 * 1024;
+
+/// The clients waiting for one command, and until when the command is worth proposing.
+#[derive(Debug)]
+struct Waiting {
+    tokens: Vec<ClientToken>,
+    /// A command still queued at this tick is dropped instead of proposed: every client
+    /// waiting for it has given up. `u64::MAX` for no deadline.
+    deadline_tick: u64,
 }
 
 #[derive(Debug)]
@@ -36,8 +54,10 @@ pub(crate) struct Leader {
     recovery_end: Slot,
     inflight: BTreeMap<Slot, Inflight>,
     queue: VecDeque<Command>,
+    /// `Op::size_bytes` of everything in `queue`.
+    queue_bytes: usize,
     /// Ordered so that failing them all on a step-down emits replies in a deterministic order.
-    waiters: BTreeMap<CommandId, Vec<ClientToken>>,
+    waiters: BTreeMap<CommandId, Waiting>,
     reads: VecDeque<PendingRead>,
     /// Last confirmation round sent.
     round: u64,
@@ -56,6 +76,7 @@ impl Leader {
             recovery_end: next_slot - 1,
             inflight: BTreeMap::new(),
             queue: VecDeque::new(),
+            queue_bytes: 0,
             waiters: BTreeMap::new(),
             reads: VecDeque::new(),
             round: 0,
@@ -78,23 +99,67 @@ impl Leader {
         self.reads.len()
     }
 
+    pub(crate) fn pending_bytes(&self) -> usize {
+        self.queue_bytes
+    }
+
     pub(crate) fn enqueue(
         &mut self,
         token: ClientToken,
         command: Command,
-        max_pending: usize,
+        deadline_tick: u64,
+        limits: QueueLimits,
     ) -> Result<(), ClientError> {
-        if let Some(tokens) = self.waiters.get_mut(&command.id) {
-            // A retry of a command already queued or in flight: answer both when it applies.
-            tokens.push(token);
+        if let Some(w) = self.waiters.get_mut(&command.id) {
+            // A retry of a command already queued or in flight: answer both when it applies,
+            // and keep it queued as long as the more patient of them waits.
+            w.tokens.push(token);
+            w.deadline_tick = w.deadline_tick.max(deadline_tick);
             return Ok(());
         }
-        if self.queue.len() >= max_pending {
+        let size = command.op.size_bytes();
+        let over_bytes =
+            !self.queue.is_empty() && self.queue_bytes.saturating_add(size) > limits.max_bytes;
+        if self.queue.len() >= limits.max_commands || over_bytes {
             return Err(ClientError::Busy);
         }
-        self.waiters.insert(command.id, vec![token]);
+        self.waiters.insert(
+            command.id,
+            Waiting {
+                tokens: vec![token],
+                deadline_tick,
+            },
+        );
+        self.queue_bytes += size;
         self.queue.push_back(command);
         Ok(())
+    }
+
+    fn expired(&self, id: &CommandId, now_tick: u64) -> bool {
+        self.waiters
+            .get(id)
+            .is_some_and(|w| w.deadline_tick < now_tick)
+    }
+
+    /// Removes queued commands whose deadline passed; returns the clients to tell.
+    fn drop_expired(&mut self, now_tick: u64) -> Vec<ClientToken> {
+        let waiters = &self.waiters;
+        let mut gone = Vec::new();
+        self.queue.retain(|c| {
+            let expired = waiters
+                .get(&c.id)
+                .is_some_and(|w| w.deadline_tick < now_tick);
+            if expired {
+                gone.push((c.id, c.op.size_bytes()));
+            }
+            !expired
+        });
+        let mut tokens = Vec::new();
+        for (id, size) in gone {
+            self.queue_bytes -= size;
+            tokens.extend(self.waiters.remove(&id).into_iter().flat_map(|w| w.tokens));
+        }
+        tokens
     }
 
     pub(crate) fn enqueue_read(
@@ -116,17 +181,32 @@ impl Leader {
         Ok(())
     }
 
-    /// Takes the next batch off the queue, bounded in bytes and commands.
-    fn next_batch(&mut self, max_bytes: usize, max_commands: usize) -> Value {
+    /// Takes the next batch off the queue, bounded in bytes and commands. Commands whose
+    /// deadline passed are dropped on the way; their clients are added to `expired`.
+    fn next_batch(
+        &mut self,
+        max_bytes: usize,
+        max_commands: usize,
+        now_tick: u64,
+        expired: &mut Vec<ClientToken>,
+    ) -> Value {
         let mut commands = Vec::new();
         let mut bytes = 0;
         while let Some(c) = self.queue.front() {
             let size = c.op.size_bytes();
+            if self.expired(&c.id, now_tick) {
+                let id = c.id;
+                self.queue.pop_front();
+                self.queue_bytes -= size;
+                expired.extend(self.waiters.remove(&id).into_iter().flat_map(|w| w.tokens));
+                continue;
+            }
             let full = commands.len() >= max_commands || bytes + size > max_bytes;
             if full && !commands.is_empty() {
                 break;
             }
             bytes += size;
+            self.queue_bytes -= size;
             commands.extend(self.queue.pop_front());
         }
         Value { commands }
@@ -153,12 +233,20 @@ impl Leader {
     fn drain_waiters(&mut self) -> Vec<ClientToken> {
         let mut tokens: Vec<ClientToken> = std::mem::take(&mut self.waiters)
             .into_values()
-            .flatten()
+            .flat_map(|w| w.tokens)
             .collect();
         tokens.extend(self.reads.drain(..).map(|r| r.token));
         self.queue.clear();
+        self.queue_bytes = 0;
         tokens
     }
+}
+
+/// Bounds of a leader's queue.
+#[derive(Clone, Copy, Debug)]
+pub(crate) struct QueueLimits {
+    pub(crate) max_commands: usize,
+    pub(crate) max_bytes: usize,
 }
 
 impl Replica {
@@ -222,6 +310,7 @@ impl Replica {
                 value: value.clone(),
                 acks: Quorum::default(),
                 sent_tick: now,
+                resends: 0,
             },
         );
         l.next_slot = l.next_slot.max(slot + 1);
@@ -261,17 +350,35 @@ impl Replica {
         );
         // Followers refuse accepts beyond this (`Config::max_open_slots`); so does the leader.
         let window_end = self.log.chosen_through() + self.cfg.max_open_slots;
+        let max_open_bytes = self.cfg.max_open_bytes;
+        let now = self.now_tick;
+        let mut expired = Vec::new();
         loop {
-            let Some(l) = self.leader_mut() else { return };
-            let full = l.inflight.len() >= max_inflight || l.next_slot > window_end;
+            let open_bytes = self.log.open_bytes();
+            let Some(l) = self.leader_mut() else { break };
+            // In bytes too. Half the followers' bound: a follower's open log also holds slots
+            // it does not know chosen yet, so it may hold more than ours. One slot always
+            // fits into an empty pipeline.
+            let bytes_full = !l.inflight.is_empty() && open_bytes >= max_open_bytes / 2;
+            let full = l.inflight.len() >= max_inflight || l.next_slot > window_end || bytes_full;
             if l.queue.is_empty() || full {
                 break;
             }
             let slot = l.next_slot;
-            let batch = l.next_batch(max_bytes, max_cmds);
+            let batch = l.next_batch(max_bytes, max_cmds, now, &mut expired);
+            if batch.commands.is_empty() {
+                continue; // Everything left had expired.
+            }
             self.propose_slot(slot, batch);
         }
+        self.fail_expired(expired);
         self.flush_reads();
+    }
+
+    fn fail_expired(&mut self, tokens: Vec<ClientToken>) {
+        for token in tokens {
+            self.reply(token, ClientReply::Failed(ClientError::DeadlinePassed));
+        }
     }
 
     /// Starts one confirmation round for all reads that arrived since the last one.
@@ -367,10 +474,10 @@ impl Replica {
     /// Answers the clients waiting for `command`, which was just applied.
     pub(crate) fn notify_applied(&mut self, id: CommandId, reply: ClientReply) {
         let Some(l) = self.leader_mut() else { return };
-        let Some(tokens) = l.waiters.remove(&id) else {
+        let Some(waiting) = l.waiters.remove(&id) else {
             return;
         };
-        for token in tokens {
+        for token in waiting.tokens {
             self.reply(token, reply.clone());
         }
     }
@@ -382,6 +489,13 @@ impl Replica {
         let Some(l) = self.leader_mut() else { return };
         let heartbeat_due = now >= l.round_sent_tick + hb;
         let read_stuck = !l.reads.is_empty() && now >= l.round_sent_tick + resend;
+        // Commands stuck behind a full pipeline must not outlive their clients' patience.
+        let expired = if now.is_multiple_of(hb) {
+            l.drop_expired(now)
+        } else {
+            Vec::new()
+        };
+        self.fail_expired(expired);
         if heartbeat_due || read_stuck {
             self.send_learn_round();
         }
@@ -399,10 +513,17 @@ impl Replica {
         let ballot = l.ballot;
         let mut out = Vec::new();
         for (&slot, inf) in l.inflight.iter_mut() {
-            if now < inf.sent_tick + resend {
+            let shift = if inf.value.size_bytes() >= RESEND_BACKOFF_MIN_BYTES {
+                inf.resends.min(MAX_RESEND_SHIFT)
+            } else {
+                0
+            };
+            let wait = resend << shift;
+            if now < inf.sent_tick + wait {
                 continue;
             }
             inf.sent_tick = now;
+            inf.resends = inf.resends.saturating_add(1);
             for &to in peers.iter().filter(|&&p| !inf.acks.contains(p)) {
                 let accept = Accept {
                     ballot,

@@ -24,6 +24,9 @@ pub(crate) struct FetchState {
     ask_elsewhere: bool,
     /// A peer said it compacted past our position: only a snapshot helps.
     snapshot_from: Option<ReplicaId>,
+    /// Every peer that said so since the last snapshot installed: they push one (the
+    /// runtime pushes a snapshot only in answer to such a fetch), and only theirs is taken.
+    snapshot_sources: crate::quorum::Quorum,
 }
 
 impl Replica {
@@ -97,6 +100,7 @@ impl Replica {
         self.fetch.sent_tick = None;
         if c.snapshot_needed {
             self.fetch.snapshot_from = Some(from);
+            self.fetch.snapshot_sources.insert(from);
             return Ok(());
         }
         if c.values.is_empty() {
@@ -136,6 +140,9 @@ impl Replica {
         if too_many || c.from_slot == 0 || c.from_slot > next {
             return Err(Refusal::MalformedChosen);
         }
+        if !c.values.iter().all(|v| refuse::value_ok(v, &self.cfg)) {
+            return Err(Refusal::OversizedValue);
+        }
         Ok(())
     }
 
@@ -145,6 +152,8 @@ impl Replica {
         let Some(&(through, _)) = newly.last() else {
             return;
         };
+        // The applied tail is kept for catch-up only, bounded in bytes.
+        self.log.trim_applied(self.cfg.max_log_tail_bytes);
         for (slot, value) in newly {
             for command in &value.commands {
                 let reply = match self.kv.apply(slot, command) {
@@ -176,6 +185,19 @@ impl Replica {
     /// The peer to fetch a snapshot from, when the log we need has been compacted away.
     pub fn snapshot_needed(&self) -> Option<ReplicaId> {
         self.fetch.snapshot_from
+    }
+
+    /// True if `peer` told this replica it compacted past what we need, since the last
+    /// snapshot we installed: a snapshot is expected from it. The runtime refuses snapshot
+    /// transfers from anyone else (a snapshot replaces the whole state, so it is taken only
+    /// when asked for).
+    pub fn expects_snapshot_from(&self, peer: ReplicaId) -> bool {
+        self.fetch.snapshot_sources.contains(peer)
+    }
+
+    /// [`Replica::expects_snapshot_from`] for every peer, as a bitmask (bit `id`).
+    pub fn snapshot_sources_mask(&self) -> u64 {
+        self.fetch.snapshot_sources.bits()
     }
 
     /// The applied state as a snapshot at the chosen prefix.
@@ -238,6 +260,7 @@ impl Replica {
         }
         self.kv = snapshot.kv;
         self.log.reset_to_snapshot(snapshot.through);
+        self.fetch.snapshot_sources = Default::default();
         self.advance_and_apply();
         self.maybe_fetch();
     }

@@ -23,6 +23,10 @@ pub struct Log {
     chosen_through: Slot,
     /// Entries up to here were dropped after a snapshot.
     compacted_through: Slot,
+    /// `Value::size_bytes` of every entry held.
+    held_bytes: usize,
+    /// `Value::size_bytes` of the entries at or below `chosen_through` (the applied tail).
+    applied_bytes: usize,
 }
 
 impl Log {
@@ -32,6 +36,26 @@ impl Log {
             entries: BTreeMap::new(),
             chosen_through: through,
             compacted_through: through,
+            held_bytes: 0,
+            applied_bytes: 0,
+        }
+    }
+
+    /// Bytes of the applied entries still held (kept for peers that are slightly behind).
+    pub fn applied_bytes(&self) -> usize {
+        self.applied_bytes
+    }
+
+    /// Bytes of the entries above the chosen prefix.
+    pub fn open_bytes(&self) -> usize {
+        self.held_bytes - self.applied_bytes
+    }
+
+    /// Replaces the value of a held entry, keeping the byte counts right.
+    fn count_replaced(&mut self, slot: Slot, old: usize, new: usize) {
+        self.held_bytes = self.held_bytes - old + new;
+        if slot <= self.chosen_through {
+            self.applied_bytes = self.applied_bytes - old + new;
         }
     }
 
@@ -86,10 +110,13 @@ impl Log {
                     ballot >= e.ballot,
                     "accepted ballots only grow (slot {slot})"
                 );
+                let (old, new) = (e.value.size_bytes(), value.size_bytes());
                 e.ballot = ballot;
                 e.value = value;
+                self.count_replaced(slot, old, new);
             }
             None => {
+                self.held_bytes += value.size_bytes();
                 self.entries.insert(
                     slot,
                     Entry {
@@ -100,6 +127,14 @@ impl Log {
                 );
             }
         }
+    }
+
+    /// True if `slot` already holds `value` accepted under `ballot` (a resent accept: nothing
+    /// new to record).
+    pub fn holds(&self, slot: Slot, ballot: Ballot, value: &Value) -> bool {
+        self.entries
+            .get(&slot)
+            .is_some_and(|e| e.ballot == ballot && e.value == *value)
     }
 
     /// Marks `slot` chosen if the local entry was accepted under `ballot` (a leader proposes
@@ -125,10 +160,13 @@ impl Log {
                 assert_eq!(e.value, value, "a chosen value never changes (slot {slot})");
             }
             Some(e) => {
+                let (old, new) = (e.value.size_bytes(), value.size_bytes());
                 e.value = value;
                 e.chosen = true;
+                self.count_replaced(slot, old, new);
             }
             None => {
+                self.held_bytes += value.size_bytes();
                 self.entries.insert(
                     slot,
                     Entry {
@@ -158,6 +196,7 @@ impl Log {
                 break;
             }
             self.chosen_through += 1;
+            self.applied_bytes += e.value.size_bytes();
             out.push((self.chosen_through, e.value.clone()));
         }
         out
@@ -186,12 +225,48 @@ impl Log {
             Some(first_kept) => self.entries.split_off(&first_kept),
             None => BTreeMap::new(),
         };
+        self.recount_bytes();
+    }
+
+    fn recount_bytes(&mut self) {
+        let chosen_through = self.chosen_through;
+        let (mut held, mut applied) = (0, 0);
+        for (&slot, e) in &self.entries {
+            let size = e.value.size_bytes();
+            held += size;
+            if slot <= chosen_through {
+                applied += size;
+            }
+        }
+        self.held_bytes = held;
+        self.applied_bytes = applied;
+    }
+
+    /// Drops the oldest applied entries until those kept take at most `max_bytes`; returns
+    /// the new compaction point. Applied values live in the map (and on disk until the next
+    /// snapshot), so the log keeps them only for peers that are slightly behind; a peer
+    /// behind what is kept gets a snapshot instead.
+    pub fn trim_applied(&mut self, max_bytes: usize) -> Slot {
+        while self.applied_bytes > max_bytes {
+            let Some(entry) = self.entries.first_entry() else {
+                break;
+            };
+            let slot = *entry.key();
+            if slot > self.chosen_through {
+                break;
+            }
+            let size = entry.remove().value.size_bytes();
+            self.held_bytes -= size;
+            self.applied_bytes -= size;
+            self.compacted_through = self.compacted_through.max(slot);
+        }
+        self.compacted_through
     }
 
     /// Replaces everything with a snapshot's position.
     pub fn reset_to_snapshot(&mut self, through: Slot) {
-        self.drop_through(through);
         self.chosen_through = through;
         self.compacted_through = through;
+        self.drop_through(through);
     }
 }

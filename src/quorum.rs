@@ -48,6 +48,11 @@ impl Quorum {
         self.members == 0
     }
 
+    /// The members as a bitmask (bit `id` set for each member).
+    pub fn bits(&self) -> u64 {
+        self.members
+    }
+
     /// True once the set is a majority of `replicas`.
     pub fn is_majority(&self, replicas: u32) -> bool {
         self.len() >= majority(replicas)

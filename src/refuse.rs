@@ -16,7 +16,8 @@
 //!   a window) on accepted slots never overflows. Slot 0 is never used and is refused where
 //!   a real slot is expected.
 
-use crate::types::{Ballot, ReplicaId, Slot};
+use crate::config::Config;
+use crate::types::{check_key, check_value, Ballot, Op, ReplicaId, Slot, Value};
 
 /// Highest round accepted from any input.
 pub const MAX_ROUND: u64 = u64::MAX / 2;
@@ -65,11 +66,20 @@ pub enum Refusal {
     /// A snapshot that is not ahead of our chosen prefix (a late duplicate, or forged).
     #[error("snapshot not ahead of us")]
     StaleSnapshot,
+    /// An accept or chosen entry whose value breaks the key/value/batch limits a correct
+    /// leader keeps (`Config::max_value_bytes`, `MAX_KEY_BYTES`, `max_batch_bytes`,
+    /// `max_batch_commands`).
+    #[error("value over the key/value/batch limits")]
+    OversizedValue,
+    /// An accept for a new slot that would put the entries above the chosen prefix over
+    /// `Config::max_open_bytes`.
+    #[error("accept would overfill the open log")]
+    OpenLogFull,
 }
 
 impl Refusal {
     /// Every cause, in a fixed order.
-    pub const ALL: [Refusal; 11] = [
+    pub const ALL: [Refusal; 13] = [
         Refusal::NotAPeer,
         Refusal::BallotOutOfRange,
         Refusal::BallotNotSender,
@@ -81,6 +91,8 @@ impl Refusal {
         Refusal::UnsentRound,
         Refusal::MalformedSnapshot,
         Refusal::StaleSnapshot,
+        Refusal::OversizedValue,
+        Refusal::OpenLogFull,
     ];
 
     fn index(self) -> usize {
@@ -153,4 +165,20 @@ pub(crate) fn check_own_ballot(
         return Err(Refusal::BallotNotSender);
     }
     Ok(())
+}
+
+/// A slot's value as a correct leader builds it: every key and value within the limits, and
+/// the batch within `max_batch_commands` and `max_batch_bytes` (a single command may exceed
+/// the batch bytes: the leader gives a large command a slot of its own).
+pub(crate) fn value_ok(value: &Value, cfg: &Config) -> bool {
+    let commands_ok = value.commands.iter().all(|c| match &c.op {
+        Op::Put { key, value } => {
+            check_key(key).is_ok() && check_value(value, cfg.max_value_bytes).is_ok()
+        }
+        Op::Delete { key } => check_key(key).is_ok(),
+        Op::Register => true,
+    });
+    let batch_ok = value.commands.len() <= cfg.max_batch_commands
+        && (value.commands.len() <= 1 || value.size_bytes() <= cfg.max_batch_bytes);
+    commands_ok && batch_ok
 }

@@ -44,6 +44,9 @@ pub enum ClientError {
     /// The session is not (or no longer) in the table: the request was not applied now, and
     /// whether an earlier attempt was is unknown. Open a new session.
     SessionExpired,
+    /// The command waited in the leader's queue past its deadline and was dropped without
+    /// being proposed: it was not applied.
+    DeadlinePassed,
 }
 
 /// The answer to a client request.
@@ -125,6 +128,13 @@ pub struct Footprint {
     pub inflight_slots: usize,
     /// A leader's queued commands: at most `max_pending_commands`.
     pub pending_commands: usize,
+    /// Their bytes: at most `max_pending_bytes` plus one command.
+    pub pending_bytes: usize,
+    /// Bytes of the log entries above the chosen prefix: at most `max_open_bytes` plus
+    /// what `max_inflight_slots` near the prefix hold.
+    pub open_bytes: usize,
+    /// Bytes of applied entries kept for catch-up: at most `max_log_tail_bytes`.
+    pub applied_bytes: usize,
     /// A leader's waiting reads: at most `max_pending_reads`.
     pub pending_reads: usize,
     /// A candidate's collected promises: at most `replicas`.
@@ -247,6 +257,8 @@ impl Replica {
     pub fn footprint(&self) -> Footprint {
         let mut f = Footprint {
             open_entries: self.log.open_entries(),
+            open_bytes: self.log.open_bytes(),
+            applied_bytes: self.log.applied_bytes(),
             held_outputs: self.durability.held_len(),
             unbatched_records: self.durability.unbatched_len() + self.out.persist.len(),
             ..Footprint::default()
@@ -255,6 +267,7 @@ impl Replica {
             Role::Leader(l) => {
                 f.inflight_slots = l.inflight_len();
                 f.pending_commands = l.pending_len();
+                f.pending_bytes = l.pending_bytes();
                 f.pending_reads = l.reads_len();
             }
             Role::Candidate(c) => f.promises = c.promises_len(),
@@ -311,6 +324,25 @@ impl Replica {
 
     /// Submits a client command; the reply appears in [`Ready::client_replies`].
     pub fn propose(&mut self, token: ClientToken, command: Command) {
+        self.propose_with_deadline(token, command, u64::MAX);
+    }
+
+    /// Logical time: ticks since this core was built (the runtime converts its clock's
+    /// deadlines into ticks with it).
+    pub fn now_tick(&self) -> u64 {
+        self.now_tick
+    }
+
+    /// Like [`Replica::propose`], for a client that waits only until tick `deadline_tick`:
+    /// if the command is still queued (not proposed) after it, it is dropped and the client
+    /// gets [`ClientError::DeadlinePassed`], so a backlog of abandoned commands is never
+    /// proposed.
+    pub fn propose_with_deadline(
+        &mut self,
+        token: ClientToken,
+        command: Command,
+        deadline_tick: u64,
+    ) {
         if let Some(done) = self.kv.already_applied(command.id) {
             let reply = match done.outcome() {
                 Some(o) => ClientReply::Applied(o.clone()),
@@ -325,7 +357,10 @@ impl Replica {
             return;
         }
         let leader = self.leader();
-        let max_pending = self.cfg.max_pending_commands;
+        let limits = crate::leader::QueueLimits {
+            max_commands: self.cfg.max_pending_commands,
+            max_bytes: self.cfg.max_pending_bytes,
+        };
         let Role::Leader(l) = &mut self.role else {
             self.reply(
                 token,
@@ -333,7 +368,7 @@ impl Replica {
             );
             return;
         };
-        if let Err(e) = l.enqueue(token, command, max_pending) {
+        if let Err(e) = l.enqueue(token, command, deadline_tick, limits) {
             self.reply(token, ClientReply::Failed(e));
         }
     }

@@ -365,6 +365,12 @@ impl Harness {
         assert!(f.open_entries <= 2 * window, "{f:?}");
         assert!(f.inflight_slots <= window + cfg.max_inflight_slots, "{f:?}");
         assert!(f.pending_commands <= cfg.max_pending_commands, "{f:?}");
+        assert!(f.applied_bytes <= cfg.max_log_tail_bytes, "{f:?}");
+        let one_command = cfg.max_value_bytes + paxoskv::MAX_KEY_BYTES + 64;
+        assert!(
+            f.pending_bytes <= cfg.max_pending_bytes + one_command,
+            "{f:?}"
+        );
         assert!(f.pending_reads <= cfg.max_pending_reads, "{f:?}");
         assert!(f.promises <= cfg.replicas as usize, "{f:?}");
         // Held outputs wait for the runtime's sync: at most what the inputs since the last

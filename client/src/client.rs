@@ -8,7 +8,7 @@ use paxoskv_service::{GetReply, KvError, KvRpcClient, ReadMode, ReplicaStatus, W
 use std::error::Error as StdError;
 use std::future::Future;
 use std::net::SocketAddr;
-use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 use tarpc::client::RpcError;
@@ -75,6 +75,8 @@ pub struct Client {
     client_id: u64,
     seq: u64,
     served_by: AtomicUsize,
+    /// `Busy` answers seen by this session and those sharing its connections.
+    busy_answers: Arc<AtomicU64>,
 }
 
 impl Client {
@@ -83,22 +85,37 @@ impl Client {
         config.validate().map_err(ClientError::Config)?;
         let dialer = config.security.dialer().map_err(ClientError::Config)?;
         let pool = Arc::new(Pool::new(&config.servers, dialer));
-        Ok(Client::with_pool(Arc::new(config), pool))
+        Ok(Client::with_pool(Arc::new(config), pool, Arc::default()))
     }
 
-    fn with_pool(config: Arc<ClientConfig>, pool: Arc<Pool>) -> Client {
+    fn with_pool(
+        config: Arc<ClientConfig>,
+        pool: Arc<Pool>,
+        busy_answers: Arc<AtomicU64>,
+    ) -> Client {
         Client {
             config,
             pool,
             client_id: random_client_id(),
             seq: 0,
             served_by: AtomicUsize::new(NOBODY),
+            busy_answers,
         }
     }
 
     /// Another session (new client id) sharing this one's connections and leader guess.
     pub fn new_session(&self) -> Client {
-        Client::with_pool(self.config.clone(), self.pool.clone())
+        Client::with_pool(
+            self.config.clone(),
+            self.pool.clone(),
+            self.busy_answers.clone(),
+        )
+    }
+
+    /// `Busy` answers replicas gave this session and every session made from it with
+    /// [`Client::new_session`] (each was backed off from and retried within the deadline).
+    pub fn busy_answers(&self) -> u64 {
+        self.busy_answers.load(Ordering::Relaxed)
     }
 
     /// This session's random client id.
@@ -397,6 +414,12 @@ impl Client {
         match &kv {
             KvError::NotLeader { leader_addr, .. } => {
                 Ok(self.follow_hint(index, leader_addr.as_deref()))
+            }
+            KvError::Busy(_) => {
+                // Overloaded, not gone: back off and ask the same replica again (another
+                // one would forward to the same leader and hold a copy meanwhile).
+                self.busy_answers.fetch_add(1, Ordering::Relaxed);
+                Ok(Next::Retry(index))
             }
             e if e.is_retryable() => Ok(Next::Retry(next)),
             _ => Err(ClientError::Server(kv)),

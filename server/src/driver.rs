@@ -6,6 +6,7 @@
 //! snapshots (in the background), pushes snapshots to replicas behind the compacted log,
 //! installs snapshots it receives, and rebuilds the core from disk after a storage failure.
 
+use crate::budget::{ByteBudget, BytePermit};
 use crate::failure::FailureInjector;
 use crate::peer::PeerLink;
 use crate::refusals::RefusalWarnings;
@@ -17,6 +18,7 @@ use paxoskv::{
 };
 use paxoskv_service::{SnapshotChunk, SNAPSHOT_CHUNK_BYTES};
 use std::collections::{BTreeSet, HashMap};
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 use tokio::sync::{mpsc, oneshot, watch, Semaphore};
@@ -33,6 +35,67 @@ const MAX_PEER_CALLS_IN_FLIGHT: usize = 8192;
 const REOPEN_INTERVAL_MS: u64 = 1000;
 /// Deadline of one snapshot chunk.
 const SNAPSHOT_CHUNK_TIMEOUT_MS: u64 = 10_000;
+/// Snapshot pushes at once: each holds a copy of the map and its encoding, so pushes to
+/// several lagging peers go one after the other (the others ask again).
+const MAX_CONCURRENT_PUSHES: usize = 1;
+/// Requests smaller than this do not count against a peer's send budget, so heartbeats and
+/// votes are never crowded out by large accepts.
+const SMALL_SEND_BYTES: usize = crate::rpc::SMALL_PEER_MESSAGE_BYTES;
+
+/// Timeout of a peer call carrying a large value (the peer syncs it before answering).
+const LARGE_REQUEST_TIMEOUT_MS: u64 = 1000;
+
+/// Large accepts in flight, by (peer, slot, ballot).
+#[derive(Clone, Default)]
+struct LargeSends(Arc<Mutex<std::collections::HashSet<(ReplicaId, Slot, paxoskv::Ballot)>>>);
+
+/// One large accept in flight; dropping it lets the next send of it go.
+struct Sending {
+    set: LargeSends,
+    key: (ReplicaId, Slot, paxoskv::Ballot),
+}
+
+impl LargeSends {
+    /// Claims `request` to `to`, unless the same accept is in flight to it already.
+    fn claim(&self, to: ReplicaId, request: &Request) -> Option<Sending> {
+        let Request::Accept(a) = request else {
+            return Some(Sending {
+                set: self.clone(),
+                key: (to, 0, paxoskv::Ballot::ZERO),
+            });
+        };
+        let key = (to, a.slot, a.ballot);
+        let mut set = self.0.lock().ok()?;
+        set.insert(key).then(|| Sending {
+            set: self.clone(),
+            key,
+        })
+    }
+}
+
+impl Drop for Sending {
+    fn drop(&mut self) {
+        if let Ok(mut set) = self.set.0.lock() {
+            set.remove(&self.key);
+        }
+    }
+}
+
+/// Memory bounds of one driver.
+#[derive(Clone, Copy, Debug)]
+pub struct DriverLimits {
+    /// Bytes of requests (accept values) in flight to one peer at most; beyond it large
+    /// requests are dropped (Paxos tolerates loss; the core resends).
+    pub max_peer_send_bytes: usize,
+}
+
+impl Default for DriverLimits {
+    fn default() -> Self {
+        DriverLimits {
+            max_peer_send_bytes: 8 * 1024 * 1024,
+        }
+    }
+}
 
 /// Something for the driver to do.
 pub enum DriverInput {
@@ -44,6 +107,8 @@ pub enum DriverInput {
         request: Request,
         /// Where to answer.
         reply: oneshot::Sender<Response>,
+        /// The request's share of the peer budget, returned once the core has it.
+        _permit: Option<BytePermit>,
     },
     /// A peer answered one of our requests.
     PeerResponse {
@@ -56,6 +121,8 @@ pub enum DriverInput {
     Propose {
         /// The command.
         command: Command,
+        /// The client gives up then: a command still queued after it is never proposed.
+        deadline: Instant,
         /// Where to answer.
         reply: oneshot::Sender<ClientReply>,
     },
@@ -80,6 +147,8 @@ pub enum DriverInput {
     },
     /// A complete snapshot received from a peer.
     InstallSnapshot {
+        /// The sender.
+        from: ReplicaId,
         /// The snapshot.
         snapshot: Box<Snapshot>,
         /// Ok once durable and installed.
@@ -182,6 +251,12 @@ pub struct Driver {
     failure: Arc<FailureInjector>,
     syncing: Option<Syncing>,
     refusals: RefusalWarnings,
+    /// Per peer (by id): bytes of requests in flight to it.
+    send_bytes: Vec<ByteBudget>,
+    /// Large accepts in flight, so a resend does not duplicate one still on its way.
+    large_sends: LargeSends,
+    /// Peers the core expects a snapshot from, for the handlers (bit `id`).
+    snapshot_sources: Arc<AtomicU64>,
 }
 
 impl Driver {
@@ -192,10 +267,12 @@ impl Driver {
         peers: Arc<Vec<Option<Arc<PeerLink>>>>,
         timing: DriverTiming,
         policy: SnapshotPolicy,
+        limits: DriverLimits,
         failure: Arc<FailureInjector>,
     ) -> (Driver, mpsc::Sender<DriverInput>, FailedFlag) {
         let (tx, rx) = mpsc::channel(DRIVER_QUEUE_LEN);
         let failed: FailedFlag = Arc::default();
+        let peers_len = peers.len();
         let snapshot_slot = core.chosen_through();
         let driver = Driver {
             core,
@@ -218,8 +295,23 @@ impl Driver {
             refusals: RefusalWarnings::default(),
             failure,
             syncing: None,
+            send_bytes: (0..peers_len)
+                .map(|_| ByteBudget::new("peer send", limits.max_peer_send_bytes))
+                .collect(),
+            snapshot_sources: Arc::default(),
+            large_sends: LargeSends::default(),
         };
         (driver, tx, failed)
+    }
+
+    /// Peers the core expects a snapshot from (bit `id`), kept current by the driver.
+    pub fn snapshot_sources(&self) -> Arc<AtomicU64> {
+        self.snapshot_sources.clone()
+    }
+
+    fn publish(&self) {
+        self.snapshot_sources
+            .store(self.core.snapshot_sources_mask(), Ordering::Relaxed);
     }
 
     /// Runs until `shutdown` becomes true. While a batch is being synced the driver keeps
@@ -243,6 +335,7 @@ impl Driver {
                 _ = ticker.tick() => self.on_tick().await,
             }
             self.perform_ready();
+            self.publish();
             if self.syncing.is_none() {
                 self.maybe_snapshot().await;
             }
@@ -279,7 +372,14 @@ impl Driver {
                 from,
                 request,
                 reply,
+                _permit,
             } => {
+                if reply.is_closed() && !matches!(request, Request::Accept(_)) {
+                    // The sender gave up (its call timed out): nobody waits for the answer;
+                    // Paxos treats it as lost. Accepts are still taken: their value is
+                    // here already, and holding it makes the sender's resend cheap.
+                    return;
+                }
                 let t = self.token();
                 self.peer_waiters.insert(t, (from, reply));
                 self.core.handle_request(from, PeerToken(t), request);
@@ -287,10 +387,19 @@ impl Driver {
             DriverInput::PeerResponse { from, response } => {
                 self.core.handle_response(from, response);
             }
-            DriverInput::Propose { command, reply } => {
+            DriverInput::Propose {
+                command,
+                deadline,
+                reply,
+            } => {
+                if reply.is_closed() {
+                    return; // The client's handler is gone: nobody waits for it.
+                }
                 let t = self.token();
                 self.client_waiters.insert(t, reply);
-                self.core.propose(ClientToken(t), command);
+                let deadline_tick = self.deadline_tick(deadline);
+                self.core
+                    .propose_with_deadline(ClientToken(t), command, deadline_tick);
             }
             DriverInput::Read { key, reply } => {
                 let t = self.token();
@@ -303,14 +412,28 @@ impl Driver {
             DriverInput::Status { reply } => {
                 let _ = reply.send(self.core.status());
             }
-            DriverInput::InstallSnapshot { snapshot, reply } => {
-                let result = self.install_snapshot(*snapshot).await;
+            DriverInput::InstallSnapshot {
+                from,
+                snapshot,
+                reply,
+            } => {
+                let result = self.install_snapshot(from, *snapshot).await;
                 let _ = reply.send(result);
             }
             DriverInput::PushDone { to } => {
                 self.pushing.remove(&to);
             }
         }
+    }
+
+    /// The core tick by which `deadline` has passed. Ticks may run late (never early), so
+    /// the core drops a command no sooner than the client gave up.
+    fn deadline_tick(&self, deadline: Instant) -> u64 {
+        let left_ms = deadline
+            .saturating_duration_since(Instant::now())
+            .as_millis() as u64;
+        let ticks = left_ms / self.timing.tick_ms.max(1);
+        self.core.now_tick().saturating_add(ticks)
     }
 
     async fn on_tick(&mut self) {
@@ -569,9 +692,20 @@ impl Driver {
     }
 
     /// Makes a received snapshot durable, then hands it to the core.
-    async fn install_snapshot(&mut self, snapshot: Snapshot) -> Result<(), String> {
+    async fn install_snapshot(
+        &mut self,
+        from: ReplicaId,
+        snapshot: Snapshot,
+    ) -> Result<(), String> {
         if snapshot.through <= self.core.chosen_through() {
             return Ok(());
+        }
+        if !self.core.expects_snapshot_from(from) {
+            // Checked when the transfer started too; the core may have caught up since.
+            return Err(format!(
+                "replica {} does not expect a snapshot from replica {from}",
+                self.core.id()
+            ));
         }
         if let Some(reason) = self.failed_reason() {
             return Err(reason);
@@ -603,7 +737,7 @@ impl Driver {
         let Some(Some(peer)) = self.peers.get(to as usize) else {
             return;
         };
-        if !self.pushing.insert(to) {
+        if self.pushing.len() >= MAX_CONCURRENT_PUSHES || !self.pushing.insert(to) {
             return;
         }
         let snapshot = self.core.snapshot();
@@ -636,16 +770,45 @@ impl Driver {
             );
             return;
         };
+        let bytes = crate::rpc::request_bytes(&out.request);
+        let large = bytes >= SMALL_SEND_BYTES;
+        let (bytes_permit, sending) = if large {
+            let Some(budget) = self.send_bytes.get(out.to as usize) else {
+                return;
+            };
+            let Some(sending) = self.large_sends.claim(out.to, &out.request) else {
+                // The same accept is still on its way to that peer: a resend now would only
+                // queue a second copy of its value behind the first.
+                return;
+            };
+            match budget.try_take(bytes) {
+                Ok(p) => (Some(p), Some(sending)),
+                Err(e) => {
+                    tracing::debug!(to = out.to, error = %e, "dropping message");
+                    return;
+                }
+            }
+        } else {
+            (None, None)
+        };
         trace_message(self.core.id(), &out);
         let peer = peer.clone();
         let tx = self.self_tx.clone();
         let me = self.core.id();
-        let timeout = Duration::from_millis(self.timing.peer_timeout_ms);
+        // A large accept waits for the peer's sync of it: give it longer than a heartbeat.
+        let timeout_ms = if large {
+            self.timing.peer_timeout_ms.max(LARGE_REQUEST_TIMEOUT_MS)
+        } else {
+            self.timing.peer_timeout_ms
+        };
+        let timeout = Duration::from_millis(timeout_ms);
         tokio::spawn(async move {
             let from = peer.id;
             if let Some(response) = peer.call(me, out.request, timeout).await {
                 let _ = tx.send(DriverInput::PeerResponse { from, response }).await;
             }
+            drop(sending);
+            drop(bytes_permit);
             drop(permit);
         });
     }

@@ -3,6 +3,7 @@
 
 #![warn(missing_docs)]
 
+pub mod budget;
 pub mod certs;
 pub mod driver;
 pub mod failure;
@@ -12,6 +13,7 @@ pub mod node;
 pub mod peer;
 pub mod refusals;
 pub mod rpc;
+pub mod snapshot_in;
 pub mod storage;
 pub mod store;
 

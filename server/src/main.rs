@@ -154,6 +154,35 @@ struct Args {
     /// one largest replica frame (64 MiB).
     #[arg(long, default_value_t = frames::DEFAULT_FRAME_BUDGET_BYTES)]
     frame_budget_bytes: usize,
+    /// Bytes of client commands a replica holds in its handlers at once (key + value +
+    /// overhead, twice while a copy is kept for forwarding; forwarded writes count on the
+    /// leader too). Beyond it writes are answered `Busy` and the client backs off.
+    #[arg(long, default_value_t = paxoskv_server::node::DEFAULT_MAX_INFLIGHT_BYTES)]
+    max_inflight_bytes: usize,
+    /// Bytes of large peer requests (accepts of 64 KiB or more) queued for the replica's
+    /// core at once; more are dropped unanswered and the leader resends.
+    #[arg(long, default_value_t = paxoskv_server::node::DEFAULT_MAX_PEER_INFLIGHT_BYTES)]
+    max_peer_inflight_bytes: usize,
+    /// Bytes of large requests in flight to one peer at once; more are dropped (resent).
+    #[arg(long, default_value_t = paxoskv_server::driver::DriverLimits::default().max_peer_send_bytes)]
+    max_peer_send_bytes: usize,
+    /// Bytes of commands waiting in the leader's queue; more get `Busy`.
+    #[arg(long, default_value_t = paxoskv::Config::new(0, 1).max_pending_bytes)]
+    max_pending_bytes: usize,
+    /// Bytes of applied log entries kept in memory for peers slightly behind (older ones
+    /// are dropped; a peer behind them gets a snapshot).
+    #[arg(long, default_value_t = paxoskv::Config::new(0, 1).max_log_tail_bytes)]
+    max_log_tail_bytes: usize,
+    /// Bytes of log entries above the chosen prefix (the pipeline) in memory.
+    #[arg(long, default_value_t = paxoskv::Config::new(0, 1).max_open_bytes)]
+    max_open_bytes: usize,
+    /// Largest snapshot accepted from a peer (it streams to a temp file in the data
+    /// directory; the free disk space is checked too).
+    #[arg(long, default_value_t = paxoskv_server::snapshot_in::SnapshotReceiveLimits::default().max_bytes)]
+    max_snapshot_bytes: u64,
+    /// A snapshot transfer with no chunk for this long is abandoned and its file deleted.
+    #[arg(long, default_value_t = 10_000)]
+    snapshot_stall_ms: u64,
 }
 
 fn parse_rate(s: &str) -> Result<f64, String> {
@@ -404,8 +433,15 @@ fn run(args: Args) -> Result<()> {
         builder.enable_all().build()
     }
     .context("cannot start the async runtime")?;
-    runtime.block_on(serve(args))
+    let result = runtime.block_on(serve(args));
+    // Dropping a runtime waits for every blocking task (a long fsync or snapshot write);
+    // a stopping server must not hang on one: what was not synced was not acknowledged.
+    runtime.shutdown_timeout(std::time::Duration::from_millis(SHUTDOWN_BLOCKING_WAIT_MS));
+    result
 }
+
+/// How long exit waits for blocking storage tasks still running.
+const SHUTDOWN_BLOCKING_WAIT_MS: u64 = 1000;
 
 /// Replicas bound and opened, not yet running.
 type Prepared = Vec<(TcpListener, ReplicaOptions, Replica, Box<dyn ReplicaStore>)>;
@@ -441,6 +477,7 @@ async fn prepare(args: &Args, addrs: &[SocketAddr], ids: &[u32]) -> Result<Prepa
     let mut prepared = Vec::new();
     for ((&id, listener), (security, dialer)) in ids.iter().zip(listeners).zip(securities) {
         let mut options = replica_options(args, id, addrs);
+        options.validate().map_err(anyhow::Error::msg)?;
         options.security = security;
         options.peer_dialer = dialer;
         options.limits = connection_limits.clone();
@@ -459,6 +496,14 @@ fn replica_options(args: &Args, id: u32, addrs: &[SocketAddr]) -> ReplicaOptions
     options.fault_control = args.enable_fault_control;
     options.snapshot_policy.every_slots = args.snapshot_every_slots;
     options.snapshot_policy.log_bytes = args.snapshot_log_bytes;
+    options.max_inflight_bytes = args.max_inflight_bytes;
+    options.max_peer_inflight_bytes = args.max_peer_inflight_bytes;
+    options.max_peer_send_bytes = args.max_peer_send_bytes;
+    options.max_pending_bytes = args.max_pending_bytes;
+    options.max_log_tail_bytes = args.max_log_tail_bytes;
+    options.max_open_bytes = args.max_open_bytes;
+    options.snapshot_receive.max_bytes = args.max_snapshot_bytes;
+    options.snapshot_receive.stall = std::time::Duration::from_millis(args.snapshot_stall_ms);
     options
 }
 

@@ -1,7 +1,8 @@
 //! One replica's whole runtime: listener, both services, driver, peer links and failure
 //! injection. `run_replica` takes an already bound listener, so tests can bind port 0.
 
-use crate::driver::{Driver, DriverTiming, SnapshotPolicy};
+use crate::budget::ByteBudget;
+use crate::driver::{Driver, DriverLimits, DriverTiming, SnapshotPolicy};
 use crate::failure::{FailMode, FailureInjector};
 use crate::limits::{
     accept_error_cause, AcceptBackoff, ConnectionCounter, ConnectionLimits, LogLimiter, Refused,
@@ -9,6 +10,7 @@ use crate::limits::{
 use crate::peer::PeerLink;
 use crate::refusals::WarnGate;
 use crate::rpc::{KvServer, ReplicaServer, Shared};
+use crate::snapshot_in::{SnapshotReceiveLimits, SnapshotReceiver};
 use crate::store::ReplicaStore;
 use futures::StreamExt;
 use paxoskv::{Config, Replica, ReplicaId};
@@ -59,11 +61,33 @@ pub struct ReplicaOptions {
     pub peer_dialer: Dialer,
     /// Connection caps, frame limits and the frame budget.
     pub limits: ConnectionLimits,
+    /// Bytes of client commands in this replica's handlers at once (forwarded ones
+    /// included); more get `Busy`.
+    pub max_inflight_bytes: usize,
+    /// Bytes of large peer requests between the handlers and the driver at once; more are
+    /// dropped unanswered (the sender resends).
+    pub max_peer_inflight_bytes: usize,
+    /// Bytes of large requests in flight to one peer at once; more are dropped.
+    pub max_peer_send_bytes: usize,
+    /// Bytes of commands in the leader's queue (`Config::max_pending_bytes`).
+    pub max_pending_bytes: usize,
+    /// Bytes of applied log entries kept in memory (`Config::max_log_tail_bytes`).
+    pub max_log_tail_bytes: usize,
+    /// Bytes of log entries above the chosen prefix (`Config::max_open_bytes`).
+    pub max_open_bytes: usize,
+    /// Bounds of receiving a snapshot.
+    pub snapshot_receive: SnapshotReceiveLimits,
 }
+
+/// Default of [`ReplicaOptions::max_inflight_bytes`].
+pub const DEFAULT_MAX_INFLIGHT_BYTES: usize = 32 * 1024 * 1024;
+/// Default of [`ReplicaOptions::max_peer_inflight_bytes`].
+pub const DEFAULT_MAX_PEER_INFLIGHT_BYTES: usize = 32 * 1024 * 1024;
 
 impl ReplicaOptions {
     /// Defaults for replica `id` of `addrs`.
     pub fn new(id: ReplicaId, addrs: Vec<SocketAddr>) -> ReplicaOptions {
+        let defaults = Config::new(0, 1);
         ReplicaOptions {
             id,
             addrs,
@@ -77,6 +101,13 @@ impl ReplicaOptions {
             security: ServerSecurity::default(),
             peer_dialer: Dialer::plain(),
             limits: ConnectionLimits::default(),
+            max_inflight_bytes: DEFAULT_MAX_INFLIGHT_BYTES,
+            max_peer_inflight_bytes: DEFAULT_MAX_PEER_INFLIGHT_BYTES,
+            max_peer_send_bytes: DriverLimits::default().max_peer_send_bytes,
+            max_pending_bytes: defaults.max_pending_bytes,
+            max_log_tail_bytes: defaults.max_log_tail_bytes,
+            max_open_bytes: defaults.max_open_bytes,
+            snapshot_receive: SnapshotReceiveLimits::default(),
         }
     }
 
@@ -84,7 +115,41 @@ impl ReplicaOptions {
     pub fn core_config(&self) -> Config {
         let mut cfg = Config::new(self.id, self.addrs.len() as u32);
         cfg.seed = rand::random();
+        cfg.max_value_bytes = self.max_value_bytes;
+        cfg.max_pending_bytes = self.max_pending_bytes;
+        cfg.max_log_tail_bytes = self.max_log_tail_bytes;
+        cfg.max_open_bytes = self.max_open_bytes;
         cfg
+    }
+
+    /// Bytes the largest write holds in a handler's budget.
+    pub fn largest_write_bytes(&self) -> usize {
+        // Key, value and overhead, twice (a copy kept for forwarding): see `rpc.rs`.
+        2 * (self.max_value_bytes + paxoskv::MAX_KEY_BYTES + 32 + 256)
+    }
+
+    /// Checks that the bounds fit together, e.g. that the largest value fits the budgets.
+    pub fn validate(&self) -> Result<(), String> {
+        let largest = self.largest_write_bytes();
+        if self.max_inflight_bytes < largest {
+            return Err(format!(
+                "--max-inflight-bytes {} cannot hold one write of the largest value ({} bytes needed for --max-value-bytes {})",
+                self.max_inflight_bytes, largest, self.max_value_bytes
+            ));
+        }
+        let one_slot = self.max_value_bytes + paxoskv::MAX_KEY_BYTES + 32;
+        for (flag, bytes) in [
+            ("--max-peer-inflight-bytes", self.max_peer_inflight_bytes),
+            ("--max-peer-send-bytes", self.max_peer_send_bytes),
+            ("--max-open-bytes", self.max_open_bytes),
+        ] {
+            if bytes < one_slot {
+                return Err(format!(
+                    "{flag} {bytes} cannot hold one accept of the largest value ({one_slot} bytes)"
+                ));
+            }
+        }
+        Ok(())
     }
 }
 
@@ -113,6 +178,16 @@ pub async fn run_replica(
         peer_timeout_ms: options.peer_timeout_ms,
     };
     tracing::info!(replica = id, storage = %store.describe(), "starting replica");
+    let receiver = SnapshotReceiver::new(id, store.scratch_dir(), options.snapshot_receive.clone());
+    let snapshot_receiver = match receiver {
+        Ok(r) => r,
+        Err(e) => {
+            return tracing::error!(replica = id, error = %e, "cannot prepare the snapshot temp directory; replica not started")
+        }
+    };
+    let limits = DriverLimits {
+        max_peer_send_bytes: options.max_peer_send_bytes,
+    };
     let failure = FailureInjector::new(options.fail_mode);
     if options.fault_control {
         failure.enable_control();
@@ -127,8 +202,10 @@ pub async fn run_replica(
         peers.clone(),
         timing,
         options.snapshot_policy,
+        limits,
         failure.clone(),
     );
+    let snapshot_sources = driver.snapshot_sources();
     let shared = Arc::new(Shared {
         id,
         addrs: options.addrs.clone(),
@@ -138,10 +215,13 @@ pub async fn run_replica(
         failure: failure.clone(),
         max_value_bytes: options.max_value_bytes,
         request_timeout: Duration::from_millis(options.request_timeout_ms),
-        snapshot_in: Default::default(),
         security: options.security.clone(),
         frame_budget: FrameBudget::new(options.limits.frame_budget_bytes),
         limits: options.limits.clone(),
+        snapshot_receiver,
+        snapshot_sources,
+        client_bytes: ByteBudget::new("client in-flight", options.max_inflight_bytes),
+        peer_in_bytes: ByteBudget::new("peer in-flight", options.max_peer_inflight_bytes),
     });
     let driver_task = tokio::spawn(driver.run(shutdown.clone()));
     tokio::spawn(failure.run_down_schedule(id, shutdown.clone()));
@@ -398,4 +478,25 @@ pub fn open_disk_replica(
         "recovered from disk"
     );
     Ok((core, Box::new(store)))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn memory_bounds_that_cannot_hold_the_largest_write_are_refused() {
+        let addrs = vec!["127.0.0.1:1".parse().expect("addr")];
+        let mut options = ReplicaOptions::new(0, addrs);
+        assert_eq!(options.validate(), Ok(()));
+        options.max_inflight_bytes = options.largest_write_bytes() - 1;
+        let e = options.validate().expect_err("too small");
+        assert!(e.contains("--max-inflight-bytes"), "{e}");
+        options.max_inflight_bytes = DEFAULT_MAX_INFLIGHT_BYTES;
+        options.max_peer_send_bytes = 1000;
+        let e = options.validate().expect_err("too small");
+        assert!(e.contains("--max-peer-send-bytes"), "{e}");
+        let cfg = ReplicaOptions::new(0, vec!["127.0.0.1:1".parse().expect("addr")]).core_config();
+        assert_eq!(cfg.max_value_bytes, paxoskv::DEFAULT_MAX_VALUE_BYTES);
+    }
 }

@@ -1,12 +1,13 @@
 //! tarpc handlers. They only validate, inject failures and talk to the driver; every state
 //! change happens inside the driver task.
 
+use crate::budget::ByteBudget;
 use crate::driver::{DriverInput, FailedFlag};
 use crate::failure::FailureInjector;
 use crate::peer::PeerLink;
 use crate::refusals::WarnGate;
+use crate::snapshot_in::{ChunkOutcome, SnapshotReceiver};
 use paxoskv::message::{Accept, FetchChosen, Learn, Prepare, Request, Response};
-use paxoskv::Snapshot;
 use paxoskv::{
     check_key, check_value, ClientError, ClientReply, Command, CommandId, Op, ReplicaId,
 };
@@ -16,6 +17,7 @@ use paxoskv_service::{
     WriteReply,
 };
 use std::net::SocketAddr;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 use tarpc::context::Context;
@@ -39,64 +41,36 @@ pub struct Shared {
     pub max_value_bytes: usize,
     /// Longest a client request waits inside the server.
     pub request_timeout: Duration,
-    /// A snapshot being received from a peer, chunk by chunk.
-    pub snapshot_in: std::sync::Mutex<Option<SnapshotAssembly>>,
     /// TLS and token policy of new connections.
     pub security: ServerSecurity,
     /// Bytes of frames being read, over all of this replica's connections.
     pub frame_budget: paxoskv_service::FrameBudget,
     /// Connection caps and frame limits.
     pub limits: crate::limits::ConnectionLimits,
+    /// Receives snapshots pushed by peers, through a temp file.
+    pub snapshot_receiver: SnapshotReceiver,
+    /// Peers the core expects a snapshot from (bit `id`), published by the driver.
+    pub snapshot_sources: Arc<AtomicU64>,
+    /// Bytes of client commands in flight in this replica's handlers (forwarded ones
+    /// included): over it, writes get `Busy`.
+    pub client_bytes: ByteBudget,
+    /// Bytes of peer requests between the handlers and the driver: over it, large ones are
+    /// dropped unanswered (Paxos resends).
+    pub peer_in_bytes: ByteBudget,
 }
 
-/// Largest snapshot a replica accepts from a peer.
-const MAX_SNAPSHOT_BYTES: u64 = 16 << 30;
+/// Bytes a client command holds besides its key and value (ids, framing, bookkeeping);
+/// charged to the in-flight budget with it.
+const COMMAND_OVERHEAD_BYTES: usize = 256;
+/// Peer requests smaller than this do not count against the peer budget: heartbeats, votes
+/// and small accepts must never be crowded out by large ones (they hold little memory).
+pub const SMALL_PEER_MESSAGE_BYTES: usize = 64 * 1024;
 
-/// The chunks of one incoming snapshot received so far.
-pub struct SnapshotAssembly {
-    from: ReplicaId,
-    through: u64,
-    total_bytes: u64,
-    bytes: Vec<u8>,
-}
-
-impl SnapshotAssembly {
-    /// Adds a chunk; returns the whole snapshot once complete.
-    fn add(
-        slot: &mut Option<SnapshotAssembly>,
-        from: ReplicaId,
-        chunk: SnapshotChunk,
-    ) -> Result<Option<Vec<u8>>, String> {
-        if chunk.total_bytes > MAX_SNAPSHOT_BYTES {
-            return Err(format!(
-                "snapshot of {} bytes is over the limit",
-                chunk.total_bytes
-            ));
-        }
-        if chunk.offset == 0 {
-            *slot = Some(SnapshotAssembly {
-                from,
-                through: chunk.through,
-                total_bytes: chunk.total_bytes,
-                bytes: Vec::with_capacity(chunk.total_bytes.min(1 << 30) as usize),
-            });
-        }
-        let Some(a) = slot.as_mut() else {
-            return Err("no snapshot transfer in progress; start at offset 0".into());
-        };
-        let fits = a.from == from
-            && a.through == chunk.through
-            && a.total_bytes == chunk.total_bytes
-            && a.bytes.len() as u64 == chunk.offset
-            && chunk.offset + chunk.data.len() as u64 <= a.total_bytes;
-        if !fits {
-            return Err(format!("unexpected chunk at offset {}", chunk.offset));
-        }
-        a.bytes.extend_from_slice(&chunk.data);
-        if (a.bytes.len() as u64) < a.total_bytes {
-            return Ok(None);
-        }
-        Ok(slot.take().map(|a| a.bytes))
+/// Bytes a peer request holds in memory, roughly (its values; the rest is small).
+pub fn request_bytes(request: &Request) -> usize {
+    match request {
+        Request::Accept(a) => a.value.size_bytes(),
+        Request::Prepare(_) | Request::Learn(_) | Request::FetchChosen(_) => 0,
     }
 }
 
@@ -204,11 +178,25 @@ impl ReplicaServer {
             // deadline makes tarpc drop this future.
             return std::future::pending().await;
         }
+        let bytes = request_bytes(&request);
+        let permit = if bytes >= SMALL_PEER_MESSAGE_BYTES {
+            match self.0.peer_in_bytes.try_take(bytes) {
+                Ok(p) => Some(p),
+                Err(e) => {
+                    // As if lost: the sender resends once the driver caught up.
+                    tracing::debug!(replica = self.0.id, from, error = %e, "peer request dropped");
+                    return std::future::pending().await;
+                }
+            }
+        } else {
+            None
+        };
         let (tx, rx) = oneshot::channel();
         let input = DriverInput::PeerRequest {
             from,
             request,
             reply: tx,
+            _permit: permit,
         };
         if self.0.driver.send(input).await.is_err() {
             return std::future::pending().await;
@@ -252,27 +240,27 @@ impl ReplicaRpc for ReplicaServer {
         if self.0.failure.blocks(from) {
             return std::future::pending().await;
         }
-        let next = chunk.offset + chunk.data.len() as u64;
-        let complete = {
-            let mut slot = self.0.snapshot_in.lock().map_err(|e| e.to_string())?;
-            SnapshotAssembly::add(&mut slot, from, chunk)?
+        let expected =
+            from < 64 && self.0.snapshot_sources.load(Ordering::Relaxed) & (1 << from) != 0;
+        let total_bytes = chunk.total_bytes;
+        let snapshot = match self
+            .0
+            .snapshot_receiver
+            .receive(from, expected, chunk)
+            .await?
+        {
+            ChunkOutcome::More { next_offset } => return Ok(next_offset),
+            ChunkOutcome::Complete(snapshot) => snapshot,
         };
-        let Some(bytes) = complete else {
-            return Ok(next);
-        };
-        let snapshot =
-            tokio::task::spawn_blocking(move || bincode::deserialize::<Snapshot>(&bytes))
-                .await
-                .map_err(|e| e.to_string())?
-                .map_err(|e| format!("undecodable snapshot: {e}"))?;
         let (tx, rx) = oneshot::channel();
         let input = DriverInput::InstallSnapshot {
-            snapshot: Box::new(snapshot),
+            from,
+            snapshot,
             reply: tx,
         };
         self.0.driver.send(input).await.map_err(|e| e.to_string())?;
         rx.await.map_err(|e| e.to_string())??;
-        Ok(next)
+        Ok(total_bytes)
     }
 }
 
@@ -309,14 +297,27 @@ impl KvServer {
         forwarded: bool,
     ) -> Result<WriteReply, KvError> {
         self.validate(&command.op)?;
+        // Held until this handler ends (RAII): the command's bytes, twice when a copy is
+        // kept for forwarding it to the leader.
+        let copies = if forwarded { 1 } else { 2 };
+        let bytes = (command.op.size_bytes() + COMMAND_OVERHEAD_BYTES) * copies;
+        let _permit = self
+            .0
+            .client_bytes
+            .try_take(bytes)
+            .map_err(|e| KvError::Busy(format!("replica {}: {e}; retry later", self.0.id)))?;
         let budget = self.0.budget(ctx);
         let started = Instant::now();
-        let cmd = command.clone();
+        let deadline = started + budget;
+        let seq = command.id.seq;
+        // A forwarded write is never forwarded again: no copy needed.
+        let kept = (!forwarded).then(|| command.clone());
         let reply = self
             .0
             .ask(
                 |reply| DriverInput::Propose {
-                    command: cmd,
+                    command,
+                    deadline,
                     reply,
                 },
                 budget,
@@ -330,14 +331,19 @@ impl KvServer {
                 })
             }
             ClientReply::Failed(ClientError::NotLeader { leader }) => leader,
-            other => return Err(map_failure(other, command.id.seq)),
+            ClientReply::Failed(ClientError::DeadlinePassed) => {
+                return Err(KvError::Timeout {
+                    timeout_ms: budget.as_millis() as u64,
+                })
+            }
+            other => return Err(map_failure(other, seq)),
         };
-        match leader.filter(|&l| l != self.0.id && !forwarded) {
-            Some(l) => {
+        match (leader.filter(|&l| l != self.0.id), kept) {
+            (Some(l), Some(command)) => {
                 self.forward(l, command, budget.saturating_sub(started.elapsed()))
                     .await
             }
-            None => Err(KvError::NotLeader {
+            _ => Err(KvError::NotLeader {
                 leader,
                 leader_addr: self.0.addr_of(leader),
             }),
@@ -376,6 +382,7 @@ fn map_failure(reply: ClientReply, seq: u64) -> KvError {
             leader_addr: None,
         },
         ClientReply::Failed(ClientError::SessionExpired) => KvError::SessionExpired,
+        ClientReply::Failed(ClientError::DeadlinePassed) => KvError::Timeout { timeout_ms: 0 },
         other => KvError::InvalidRequest(format!("unexpected reply {other:?}")),
     }
 }

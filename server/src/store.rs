@@ -66,6 +66,12 @@ pub trait ReplicaStore: Send + 'static {
 
     /// Short description for logs ("in-memory", a directory...).
     fn describe(&self) -> String;
+
+    /// The directory for this replica's temp files (a snapshot being received), if it has
+    /// one; without, the runtime uses a private temp directory.
+    fn scratch_dir(&self) -> Option<PathBuf> {
+        None
+    }
 }
 
 /// Keeps nothing: state lives only in the replica's memory and dies with the process.
@@ -178,5 +184,9 @@ impl ReplicaStore for DiskStore {
 
     fn describe(&self) -> String {
         format!("{}", self.dir.display())
+    }
+
+    fn scratch_dir(&self) -> Option<PathBuf> {
+        Some(self.dir.clone())
     }
 }

@@ -349,7 +349,9 @@ impl Clients {
                 op.retry_step = Some(now + 1);
                 Ok(())
             }
-            ClientError::NotLeader { leader: None } | ClientError::Busy => {
+            ClientError::NotLeader { leader: None }
+            | ClientError::Busy
+            | ClientError::DeadlinePassed => {
                 c.target = (from + 1) % replicas;
                 op.retry_step = Some(now + BACKOFF_STEPS);
                 Ok(())

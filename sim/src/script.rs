@@ -458,6 +458,7 @@ fn render_reply(r: &ClientReply) -> String {
         ClientReply::Failed(ClientError::Stale { last_applied }) => format!("stale {last_applied}"),
         ClientReply::Applied(Outcome::Registered) => "registered".into(),
         ClientReply::Failed(ClientError::SessionExpired) => "session-expired".into(),
+        ClientReply::Failed(ClientError::DeadlinePassed) => "deadline-passed".into(),
     }
 }
 

@@ -35,6 +35,10 @@ const SNAPSHOT_RETRY_STEPS: u64 = 20;
 const SNAPSHOT_WRITE_MAX_STEPS: u64 = 30;
 /// Trace lines kept (the last ones; the end of a run is where a violation shows).
 const MAX_TRACE_LINES: usize = 20_000;
+/// A client write waits this many of the receiving core's ticks in a leader's queue at most
+/// (as the server's driver converts a client's deadline), so the core's dropping of expired
+/// queued commands runs in every simulation.
+const PROPOSE_DEADLINE_TICKS: u64 = 40;
 
 /// What one replica has made durable.
 #[derive(Clone, Debug, Default)]
@@ -633,7 +637,10 @@ impl World {
             return;
         };
         match call {
-            ClientCall::Write(command) => r.propose(token, command),
+            ClientCall::Write(command) => {
+                let deadline_tick = r.now_tick().saturating_add(PROPOSE_DEADLINE_TICKS);
+                r.propose_with_deadline(token, command, deadline_tick)
+            }
             ClientCall::Read(key) => r.read(token, key),
         }
         self.flush(to);

@@ -178,3 +178,141 @@ pub fn raise_open_file_limit() -> u64 {
     let soft = limit.rlim_cur as u64;
     soft
 }
+
+// ---- Real-process helpers for the flood tests (issue 10) ----
+
+use std::io::{BufRead, BufReader};
+use std::net::SocketAddr;
+use std::process::{Child, Stdio};
+use std::time::{Duration, Instant};
+
+/// Starts replica `id` of `addrs` as its own process with `extra` flags, and waits (at most
+/// 20 s) until it says it runs.
+#[allow(dead_code)]
+pub fn spawn_replica_with(
+    bin: &Path,
+    id: usize,
+    addrs: &[SocketAddr],
+    data: &Path,
+    extra: &[String],
+) -> Child {
+    let peers: Vec<String> = addrs.iter().map(|a| a.to_string()).collect();
+    let mut child = Command::new(bin)
+        .args(["--replica", &id.to_string(), "--peers", &peers.join(",")])
+        .arg("--data-dir")
+        .arg(data)
+        .args(extra)
+        .env(
+            "RUST_LOG",
+            std::env::var("PAXOSKV_TEST_RUST_LOG").unwrap_or_else(|_| "warn".into()),
+        )
+        .stdout(Stdio::piped())
+        .stderr(test_log(id))
+        .spawn()
+        .expect("start paxoskv-server");
+    let stdout = child.stdout.take().expect("piped stdout");
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        for line in BufReader::new(stdout).lines().map_while(Result::ok) {
+            if line.contains("is running") {
+                let _ = tx.send(());
+            }
+        }
+    });
+    rx.recv_timeout(Duration::from_secs(20))
+        .expect("replica announced itself");
+    child
+}
+
+/// Where a server's stderr goes: `$PAXOSKV_TEST_LOG_DIR/replica-I.log` when that is set
+/// (to debug a failing test), nowhere otherwise.
+fn test_log(id: usize) -> Stdio {
+    let Some(dir) = std::env::var_os("PAXOSKV_TEST_LOG_DIR") else {
+        return Stdio::null();
+    };
+    let path = Path::new(&dir).join(format!("replica-{id}.log"));
+    match std::fs::OpenOptions::new()
+        .create(true)
+        .append(true)
+        .open(&path)
+    {
+        Ok(file) => Stdio::from(file),
+        Err(_) => Stdio::null(),
+    }
+}
+
+/// A `kB` field of `/proc/PID/status` (`VmRSS`, `VmHWM`), in bytes.
+#[allow(dead_code)]
+pub fn proc_status_bytes(pid: u32, field: &str) -> Option<u64> {
+    Some(proc_status_kib(pid, field)? * 1024)
+}
+
+/// Sends SIGTERM to every server and waits for each to exit, bounded by `within`; returns
+/// how long the slowest took, or which did not stop.
+#[allow(dead_code)]
+pub fn terminate_all(servers: &mut Processes, within: Duration) -> Result<Duration, String> {
+    let started = Instant::now();
+    for child in &servers.0 {
+        // SAFETY: kill(2) with a pid we spawned and still own (not yet waited for).
+        unsafe {
+            libc::kill(child.id() as libc::pid_t, libc::SIGTERM);
+        }
+    }
+    let mut slowest = Duration::ZERO;
+    for child in &mut servers.0 {
+        loop {
+            match child.try_wait() {
+                Ok(Some(_)) => {
+                    slowest = slowest.max(started.elapsed());
+                    break;
+                }
+                Ok(None) if started.elapsed() < within => {
+                    std::thread::sleep(Duration::from_millis(20))
+                }
+                Ok(None) => {
+                    return Err(format!("pid {} still running after {within:?}", child.id()))
+                }
+                Err(e) => return Err(format!("wait for pid {}: {e}", child.id())),
+            }
+        }
+    }
+    Ok(slowest)
+}
+
+/// Path of an up-to-date release `paxoskv-server` in the same target directory, built on
+/// first use. For load tests: a debug server spends its time in unoptimised hashing and
+/// copying of large values and would measure nothing but that.
+#[allow(dead_code)]
+pub fn release_server_bin() -> &'static Path {
+    static BIN: OnceLock<PathBuf> = OnceLock::new();
+    BIN.get_or_init(|| {
+        let exe = std::env::current_exe().expect("path of the test executable");
+        let target_dir = exe
+            .parent()
+            .and_then(Path::parent)
+            .and_then(Path::parent)
+            .expect("test executable in <target>/<profile>/deps");
+        let cargo = std::env::var_os("CARGO").unwrap_or_else(|| "cargo".into());
+        let status = Command::new(cargo)
+            .args([
+                "build",
+                "--quiet",
+                "--release",
+                "-p",
+                "paxoskv-server",
+                "--bin",
+                "paxoskv-server",
+            ])
+            .arg("--target-dir")
+            .arg(target_dir)
+            .current_dir(env!("CARGO_MANIFEST_DIR"))
+            .status()
+            .expect("run cargo to build paxoskv-server");
+        assert!(status.success(), "building paxoskv-server failed: {status}");
+        let bin = target_dir
+            .join("release")
+            .join(format!("paxoskv-server{}", std::env::consts::EXE_SUFFIX));
+        assert!(bin.is_file(), "{} missing after the build", bin.display());
+        bin
+    })
+}
