@@ -1,6 +1,8 @@
 //! Real replicas on free loopback ports, driven through the client library.
 
-use paxoskv_client::{Client, ClientConfig, ClientError, KvError, Outcome};
+mod support;
+
+use paxoskv_client::{Client, ClientConfig, ClientError, KvError};
 use paxoskv_server::{FailMode, LocalCluster};
 use std::collections::HashMap;
 use std::time::{Duration, Instant};
@@ -43,26 +45,7 @@ async fn wait_converged(client: &Client, live: usize, within: Duration) -> Vec<(
 async fn demo_sequence_with_failures() {
     let cluster = cluster(FAIL_25).await;
     let mut c = client(&cluster, Duration::from_secs(10));
-    for i in 1..=10 {
-        let key = format!("key{i}");
-        c.put(&key, format!("value{i}").into_bytes()).await.unwrap();
-    }
-    assert_eq!(c.get("key3").await.unwrap(), Some(b"value3".to_vec()));
-    assert_eq!(
-        c.put("key3", b"new".to_vec()).await.unwrap(),
-        Outcome::Put { replaced: true }
-    );
-    assert_eq!(c.get("key3").await.unwrap(), Some(b"new".to_vec()));
-    for i in 1..=5 {
-        let outcome = c.delete(&format!("key{i}")).await.unwrap();
-        assert_eq!(outcome, Outcome::Delete { existed: true });
-    }
-    assert_eq!(c.get("key1").await.unwrap(), None);
-    assert_eq!(
-        c.delete("key1").await.unwrap(),
-        Outcome::Delete { existed: false }
-    );
-    assert_eq!(c.get("key9").await.unwrap(), Some(b"value9".to_vec()));
+    support::demo_sequence(&mut c).await;
     let views = wait_converged(&c, 5, Duration::from_secs(10)).await;
     assert!(views.windows(2).all(|w| w[0] == w[1]), "{views:?}");
     let dropped: u64 = c

@@ -5,7 +5,7 @@ mod support;
 
 use paxoskv::message::{Accept, FetchChosen, Learn, Prepare, Response};
 use paxoskv::{Ballot, Command, CommandId, Op, Value};
-use paxoskv_client::{Client, ClientConfig, ClientError, ClientSecurity, KvError, Outcome};
+use paxoskv_client::{Client, ClientConfig, ClientError, ClientSecurity, KvError};
 use paxoskv_service::tls::{security_error, ClientTlsFiles, SecurityError};
 use paxoskv_service::{connect_kv, connect_replica, Dialer, ReplicaStatus, SnapshotChunk};
 use std::net::SocketAddr;
@@ -94,29 +94,6 @@ async fn converged(client: &Client) -> Vec<ReplicaStatus> {
     }
 }
 
-async fn demo_sequence(c: &mut Client) {
-    for i in 1..=10 {
-        let key = format!("key{i}");
-        c.put(&key, format!("value{i}").into_bytes()).await.unwrap();
-    }
-    assert_eq!(c.get("key3").await.unwrap(), Some(b"value3".to_vec()));
-    assert_eq!(
-        c.put("key3", b"new".to_vec()).await.unwrap(),
-        Outcome::Put { replaced: true }
-    );
-    assert_eq!(c.get("key3").await.unwrap(), Some(b"new".to_vec()));
-    for i in 1..=5 {
-        let outcome = c.delete(&format!("key{i}")).await.unwrap();
-        assert_eq!(outcome, Outcome::Delete { existed: true });
-    }
-    assert_eq!(c.get("key1").await.unwrap(), None);
-    assert_eq!(
-        c.delete("key1").await.unwrap(),
-        Outcome::Delete { existed: false }
-    );
-    assert_eq!(c.get("key9").await.unwrap(), Some(b"value9".to_vec()));
-}
-
 fn forged_put() -> Command {
     Command {
         id: CommandId {
@@ -194,7 +171,7 @@ async fn tls_cluster_authenticates_peers_and_clients() {
 
     // The demo sequence over TLS with client certificates (replicas talk over TLS too).
     let mut c = Client::connect(client_config(&addrs, client_certs(good))).unwrap();
-    demo_sequence(&mut c).await;
+    support::demo_sequence(&mut c).await;
     let before = converged(&c).await;
 
     // No peer certificate: no replica connection, whatever else is presented.

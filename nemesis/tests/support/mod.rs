@@ -10,24 +10,43 @@ use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::sync::OnceLock;
 
-/// Path of an up-to-date `paxoskv-server`, built on first use (once per test process).
+/// Path of an up-to-date `paxoskv-server` in the test executable's own profile, built on
+/// first use (once per test process).
 pub fn server_bin() -> &'static Path {
     static BIN: OnceLock<PathBuf> = OnceLock::new();
-    BIN.get_or_init(build_server)
+    BIN.get_or_init(|| {
+        let profile_dir = test_profile_dir();
+        let profile = profile_dir
+            .file_name()
+            .and_then(|n| n.to_str())
+            .expect("a profile directory name")
+            .to_string();
+        build_server(&profile)
+    })
 }
 
-fn build_server() -> PathBuf {
-    // The test executable lives in `<target-dir>/<profile>/deps/`.
+/// Path of an up-to-date release `paxoskv-server` in the same target directory, built on
+/// first use. For load tests: a debug server spends its time in unoptimised hashing and
+/// copying of large values and would measure nothing but that.
+#[allow(dead_code)]
+pub fn release_server_bin() -> &'static Path {
+    static BIN: OnceLock<PathBuf> = OnceLock::new();
+    BIN.get_or_init(|| build_server("release"))
+}
+
+/// `<target-dir>/<profile>`: the test executable lives in its `deps/`.
+fn test_profile_dir() -> PathBuf {
     let exe = std::env::current_exe().expect("path of the test executable");
-    let profile_dir = exe
-        .parent()
+    exe.parent()
         .and_then(Path::parent)
-        .expect("test executable in <target>/<profile>/deps");
+        .expect("test executable in <target>/<profile>/deps")
+        .to_path_buf()
+}
+
+/// Builds `paxoskv-server` with the Cargo that runs the tests, into their target directory.
+fn build_server(profile: &str) -> PathBuf {
+    let profile_dir = test_profile_dir();
     let target_dir = profile_dir.parent().expect("a target directory");
-    let profile = profile_dir
-        .file_name()
-        .and_then(|n| n.to_str())
-        .expect("a profile directory name");
     let cargo = std::env::var_os("CARGO").unwrap_or_else(|| "cargo".into());
     let mut cmd = Command::new(cargo);
     cmd.args([
@@ -52,9 +71,38 @@ fn build_server() -> PathBuf {
     }
     let status = cmd.status().expect("run cargo to build paxoskv-server");
     assert!(status.success(), "building paxoskv-server failed: {status}");
-    let bin = profile_dir.join(format!("paxoskv-server{}", std::env::consts::EXE_SUFFIX));
+    let bin = target_dir
+        .join(profile)
+        .join(format!("paxoskv-server{}", std::env::consts::EXE_SUFFIX));
     assert!(bin.is_file(), "{} missing after the build", bin.display());
     bin
+}
+
+/// The demo's checked sequence through the client library: ten puts, an overwrite, five
+/// deletes, and reads that see each of them.
+#[allow(dead_code)]
+pub async fn demo_sequence(c: &mut paxoskv_client::Client) {
+    use paxoskv_client::Outcome;
+    for i in 1..=10 {
+        let key = format!("key{i}");
+        c.put(&key, format!("value{i}").into_bytes()).await.unwrap();
+    }
+    assert_eq!(c.get("key3").await.unwrap(), Some(b"value3".to_vec()));
+    assert_eq!(
+        c.put("key3", b"new".to_vec()).await.unwrap(),
+        Outcome::Put { replaced: true }
+    );
+    assert_eq!(c.get("key3").await.unwrap(), Some(b"new".to_vec()));
+    for i in 1..=5 {
+        let outcome = c.delete(&format!("key{i}")).await.unwrap();
+        assert_eq!(outcome, Outcome::Delete { existed: true });
+    }
+    assert_eq!(c.get("key1").await.unwrap(), None);
+    assert_eq!(
+        c.delete("key1").await.unwrap(),
+        Outcome::Delete { existed: false }
+    );
+    assert_eq!(c.get("key9").await.unwrap(), Some(b"value9".to_vec()));
 }
 
 // ---- Real clusters of server processes (TLS tests). Not every test file uses all of it.
@@ -277,42 +325,4 @@ pub fn terminate_all(servers: &mut Processes, within: Duration) -> Result<Durati
         }
     }
     Ok(slowest)
-}
-
-/// Path of an up-to-date release `paxoskv-server` in the same target directory, built on
-/// first use. For load tests: a debug server spends its time in unoptimised hashing and
-/// copying of large values and would measure nothing but that.
-#[allow(dead_code)]
-pub fn release_server_bin() -> &'static Path {
-    static BIN: OnceLock<PathBuf> = OnceLock::new();
-    BIN.get_or_init(|| {
-        let exe = std::env::current_exe().expect("path of the test executable");
-        let target_dir = exe
-            .parent()
-            .and_then(Path::parent)
-            .and_then(Path::parent)
-            .expect("test executable in <target>/<profile>/deps");
-        let cargo = std::env::var_os("CARGO").unwrap_or_else(|| "cargo".into());
-        let status = Command::new(cargo)
-            .args([
-                "build",
-                "--quiet",
-                "--release",
-                "-p",
-                "paxoskv-server",
-                "--bin",
-                "paxoskv-server",
-            ])
-            .arg("--target-dir")
-            .arg(target_dir)
-            .current_dir(env!("CARGO_MANIFEST_DIR"))
-            .status()
-            .expect("run cargo to build paxoskv-server");
-        assert!(status.success(), "building paxoskv-server failed: {status}");
-        let bin = target_dir
-            .join("release")
-            .join(format!("paxoskv-server{}", std::env::consts::EXE_SUFFIX));
-        assert!(bin.is_file(), "{} missing after the build", bin.display());
-        bin
-    })
 }
