@@ -57,10 +57,20 @@ impl Replica {
     }
 
     /// Pre-vote: agree only if this replica would promise and hears no live leader, so a
-    /// replica cut off for a moment cannot depose a healthy leader.
+    /// replica cut off for a moment cannot depose a healthy leader; and only if the candidate
+    /// is not behind what this replica compacted. Such a candidate could only learn the
+    /// missing slots through a snapshot, and a leader that installs one steps down: elected,
+    /// it would leave the cluster leaderless for another election timeout (the simulator
+    /// found laggards winning one election after another). Refusing a vote is always safe,
+    /// and never blocks every candidate: nobody has compacted past the most advanced live
+    /// replica's chosen prefix.
     fn on_probe(&mut self, p: Prepare) -> Response {
         let would_promise = p.ballot > self.promised;
-        if would_promise && !self.hears_leader() {
+        let can_catch_up = p.first_unchosen > self.log.compacted_through();
+        // The leader we follow probing means it stepped down (after installing a snapshot)
+        // and stands again at once: no healthy leader is deposed by agreeing.
+        let from_our_leader = self.leader_hint == Some(p.ballot.replica) && !self.is_leader();
+        if would_promise && can_catch_up && (from_our_leader || !self.hears_leader()) {
             Response::Promise(Promise {
                 ballot: p.ballot,
                 accepted: Vec::new(),

@@ -80,7 +80,7 @@ impl Replica {
         }
     }
 
-    fn start_election(&mut self) {
+    pub(crate) fn start_election(&mut self) {
         if let Role::Leader(_) = self.role {
             return;
         }

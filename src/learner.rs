@@ -253,9 +253,11 @@ impl Replica {
             self.refuse(Refusal::MalformedSnapshot);
             return;
         }
-        if self.is_leader() {
-            // Our pipeline's next slots may now lie inside the snapshot; a leader this far
-            // behind steps down and lets a caught-up replica lead.
+        let was_leader = self.is_leader();
+        if was_leader {
+            // Our pipeline's next slots may now lie inside the snapshot: step down, and
+            // (below) stand again at once from the new position rather than leave the
+            // cluster leaderless for an election timeout.
             self.become_follower(None);
         }
         self.kv = snapshot.kv;
@@ -263,6 +265,9 @@ impl Replica {
         self.fetch.snapshot_sources = Default::default();
         self.advance_and_apply();
         self.maybe_fetch();
+        if was_leader {
+            self.start_election();
+        }
     }
 
     /// Rebuilds a replica from its newest snapshot and the log records written after it.
