@@ -225,9 +225,9 @@ async fn metrics_move_with_the_load_and_readyz_follows_the_quorum() {
         .copied()
         .unwrap_or(0.0);
     assert!(batches > 0.0, "the leader persisted batches");
-    for id in 0..REPLICAS {
-        assert_eq!(value(&after[id], "paxoskv_leader_id", id), leader as f64);
-        assert_eq!(value(&after[id], "paxoskv_storage_fenced", id), 0.0);
+    for (id, scrape) in after.iter().enumerate() {
+        assert_eq!(value(scrape, "paxoskv_leader_id", id), leader as f64);
+        assert_eq!(value(scrape, "paxoskv_storage_fenced", id), 0.0);
     }
 
     // Cut one follower off from everyone, in both directions.

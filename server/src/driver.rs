@@ -291,12 +291,12 @@ impl Driver {
         policy: SnapshotPolicy,
         limits: DriverLimits,
         failure: Arc<FailureInjector>,
-        metrics: Arc<ReplicaMetrics>,
     ) -> (Driver, mpsc::Sender<DriverInput>, FailedFlag) {
         let (tx, rx) = mpsc::channel(DRIVER_QUEUE_LEN);
         let failed: FailedFlag = Arc::default();
         let peers_len = peers.len();
         let snapshot_slot = core.chosen_through();
+        let core_id = core.id();
         let driver = Driver {
             core,
             store: Some(store),
@@ -323,13 +323,18 @@ impl Driver {
                 .collect(),
             snapshot_sources: Arc::default(),
             large_sends: LargeSends::default(),
-            metrics,
+            metrics: ReplicaMetrics::unregistered(core_id, peers_len as u32),
             leader_contact: None,
             peer_answered: vec![None; peers_len],
             snapshot_started: None,
             logged: Logged::default(),
         };
         (driver, tx, failed)
+    }
+
+    /// Publishes into `metrics` (by default into handles registered nowhere).
+    pub fn set_metrics(&mut self, metrics: Arc<ReplicaMetrics>) {
+        self.metrics = metrics;
     }
 
     /// Peers the core expects a snapshot from (bit `id`), kept current by the driver.

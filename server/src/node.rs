@@ -210,7 +210,7 @@ pub async fn run_replica(
             "fault control enabled: clients may partition this replica"
         );
     }
-    let (driver, tx, failed) = Driver::new(
+    let (mut driver, tx, failed) = Driver::new(
         core,
         store,
         peers.clone(),
@@ -218,8 +218,8 @@ pub async fn run_replica(
         options.snapshot_policy,
         limits,
         failure.clone(),
-        metrics.clone(),
     );
+    driver.set_metrics(metrics.clone());
     let snapshot_sources = driver.snapshot_sources();
     let shared = Arc::new(Shared {
         id,
