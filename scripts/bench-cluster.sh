@@ -15,6 +15,8 @@
 #   PORT       first of five consecutive ports (default: a free block at random)
 #   WORKLOADS  which runs, in order (default "put1 put get mixed failover")
 #   SKIP_BUILD=1 uses the binaries already in target/release; KEEP_DATA=1 keeps logs/data.
+#   METRICS=1  each replica also serves --metrics-addr on a free loopback port, scraped once
+#              per second during the runs (to measure the cost of metrics).
 # Exits non-zero if a run failed; leaves no process behind.
 set -euo pipefail
 
@@ -39,7 +41,9 @@ PEERS=""
 BASE_PORT=""
 FAILED=0
 TLS=0
-declare -a PID=() ROWS=() NOTES=() TLS_SERVER=() TLS_CLIENT=()
+declare -a PID=() ROWS=() NOTES=() TLS_SERVER=() TLS_CLIENT=() METRICS_SERVER=()
+SCRAPER=""
+readonly SCRAPE_INTERVAL_S=1
 
 log() { printf '[bench-cluster %s] %s\n' "$(date +%H:%M:%S)" "$*" >&2; }
 die() {
@@ -74,6 +78,7 @@ cleanup() {
     local code=$?
     set +e
     trap - EXIT INT TERM
+    stop_scraper
     stop_replicas
     if [[ -n $TMP && -d $TMP ]]; then
         if [[ ${KEEP_DATA:-0} == 1 ]]; then
@@ -105,7 +110,7 @@ start_cluster() {
     done
     for ((i = 0; i < REPLICAS; i++)); do
         "$SERVER" --replica "$i" --peers "$PEERS" --data-dir "$RUN_DIR/data" "${TLS_SERVER[@]}" \
-            </dev/null >"$RUN_DIR/replica-$i.log" 2>&1 &
+            "${METRICS_SERVER[@]}" </dev/null >"$RUN_DIR/replica-$i.log" 2>&1 &
         PID[i]=$!
         echo "${PID[i]}" >"$TMP/pids/$((BASE_PORT + i))"
     done
@@ -122,9 +127,39 @@ start_cluster() {
         ((SECONDS < deadline)) || die "no leader after ${LEADER_WAIT_S}s"
         sleep 0.2
     done
+    [[ ${METRICS:-0} == 1 ]] && start_scraper
+    return 0
+}
+
+# Scrapes every replica's /metrics once per second in the background (METRICS=1), as a
+# Prometheus server would (more often than its default 15 s, to show any cost).
+start_scraper() {
+    local urls=() i addr
+    command -v curl >/dev/null || die "METRICS=1 needs curl"
+    for ((i = 0; i < REPLICAS; i++)); do
+        addr=$(sed -n 's|^Metrics at http://\([^/]*\)/metrics.*|\1|p' "$RUN_DIR/replica-$i.log")
+        [[ -n $addr ]] || die "replica $i printed no metrics address"
+        urls+=("http://$addr/metrics")
+    done
+    (
+        while true; do
+            for url in "${urls[@]}"; do curl -s -o /dev/null --max-time 2 "$url" || true; done
+            sleep "$SCRAPE_INTERVAL_S"
+        done
+    ) &
+    SCRAPER=$!
+}
+
+stop_scraper() {
+    if [[ -n $SCRAPER ]]; then
+        kill "$SCRAPER" 2>/dev/null || true
+        wait "$SCRAPER" 2>/dev/null || true
+        SCRAPER=""
+    fi
 }
 
 stop_cluster() {
+    stop_scraper
     stop_replicas
     [[ ${KEEP_DATA:-0} == 1 ]] || rm -rf "$RUN_DIR"
 }
@@ -221,6 +256,11 @@ main() {
         TLS_SERVER=(--tls-dir "$TMP/certs")
         TLS_CLIENT=(--cacert "$TMP/certs/ca.pem" --cert "$TMP/certs/client.pem" --key "$TMP/certs/client-key.pem")
         log "TLS on: certificates in $TMP/certs"
+    fi
+
+    if [[ ${METRICS:-0} == 1 ]]; then
+        METRICS_SERVER=(--metrics-addr 127.0.0.1:0)
+        log "metrics on: each replica serves /metrics, scraped every ${SCRAPE_INTERVAL_S}s"
     fi
 
     local w

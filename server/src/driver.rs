@@ -8,6 +8,7 @@
 
 use crate::budget::{ByteBudget, BytePermit};
 use crate::failure::FailureInjector;
+use crate::metrics::{Readiness, ReplicaMetrics};
 use crate::peer::PeerLink;
 use crate::refusals::RefusalWarnings;
 use crate::store::{ReplicaStore, SnapshotJob, StoreError};
@@ -182,6 +183,9 @@ pub struct DriverTiming {
     pub tick_ms: u64,
     /// Timeout of one peer call.
     pub peer_timeout_ms: u64,
+    /// How recently the leader (for a follower) or a majority (for a leader) must have been
+    /// heard from for the replica to be ready.
+    pub ready_contact: Duration,
 }
 
 /// When to snapshot and how much log to keep in memory for peers that are slightly behind.
@@ -257,6 +261,24 @@ pub struct Driver {
     large_sends: LargeSends,
     /// Peers the core expects a snapshot from, for the handlers (bit `id`).
     snapshot_sources: Arc<AtomicU64>,
+    /// Metric handles and readiness of this replica.
+    metrics: Arc<ReplicaMetrics>,
+    /// When a request from the leader we know last arrived (followers' readiness).
+    leader_contact: Option<Instant>,
+    /// Per peer (by id): when it last answered us (a leader's readiness).
+    peer_answered: Vec<Option<Instant>>,
+    /// When an own snapshot write started (its duration metric).
+    snapshot_started: Option<Instant>,
+    /// What was last logged, so role and slot changes are logged once.
+    logged: Logged,
+}
+
+/// The last role, leader, ballot and applied slot logged (debug phase lines).
+#[derive(Default)]
+struct Logged {
+    role: &'static str,
+    leader: Option<ReplicaId>,
+    applied: Slot,
 }
 
 impl Driver {
@@ -274,6 +296,7 @@ impl Driver {
         let failed: FailedFlag = Arc::default();
         let peers_len = peers.len();
         let snapshot_slot = core.chosen_through();
+        let core_id = core.id();
         let driver = Driver {
             core,
             store: Some(store),
@@ -300,8 +323,18 @@ impl Driver {
                 .collect(),
             snapshot_sources: Arc::default(),
             large_sends: LargeSends::default(),
+            metrics: ReplicaMetrics::unregistered(core_id, peers_len as u32),
+            leader_contact: None,
+            peer_answered: vec![None; peers_len],
+            snapshot_started: None,
+            logged: Logged::default(),
         };
         (driver, tx, failed)
+    }
+
+    /// Publishes into `metrics` (by default into handles registered nowhere).
+    pub fn set_metrics(&mut self, metrics: Arc<ReplicaMetrics>) {
+        self.metrics = metrics;
     }
 
     /// Peers the core expects a snapshot from (bit `id`), kept current by the driver.
@@ -309,9 +342,83 @@ impl Driver {
         self.snapshot_sources.clone()
     }
 
-    fn publish(&self) {
+    fn publish(&mut self) {
         self.snapshot_sources
             .store(self.core.snapshot_sources_mask(), Ordering::Relaxed);
+        let status = self.core.status();
+        let fenced = self.failed_reason().is_some();
+        self.metrics
+            .publish_status(&status, self.core.refused(), fenced);
+        let stats = self.failure.stats();
+        self.metrics
+            .publish_injected(stats.dropped_messages, stats.passed_messages);
+        self.metrics
+            .set_readiness(self.readiness(&status, fenced, Instant::now()));
+        self.log_changes(&status);
+    }
+
+    /// Ready means: storage works, a leader is known, and we are in touch with a quorum
+    /// through it (a follower heard from it recently; a leader heard from a majority).
+    fn readiness(&self, status: &CoreStatus, fenced: bool, now: Instant) -> Readiness {
+        let recent = |t: &Option<Instant>| {
+            t.is_some_and(|t| now.duration_since(t) <= self.timing.ready_contact)
+        };
+        if fenced {
+            return Readiness::Fenced;
+        }
+        let Some(leader) = status.leader else {
+            return Readiness::NoLeader;
+        };
+        if leader != self.core.id() {
+            return if recent(&self.leader_contact) {
+                Readiness::Ready
+            } else {
+                Readiness::LeaderSilent
+            };
+        }
+        let answering = 1 + self.peer_answered.iter().filter(|t| recent(t)).count();
+        if answering as u32 >= paxoskv::quorum::majority(self.peers.len() as u32) {
+            Readiness::Ready
+        } else {
+            Readiness::NoQuorum
+        }
+    }
+
+    /// Debug lines for what the core's status shows changed: role, leader, chosen prefix.
+    fn log_changes(&mut self, status: &CoreStatus) {
+        let me = status.id;
+        if status.role != self.logged.role || status.leader != self.logged.leader {
+            let reason = match (status.role, status.leader) {
+                ("leader", _) => "won phase 1: a majority promised our ballot",
+                ("candidate", _) => "election timeout: no leader heard; running phase 1",
+                (_, Some(_)) if self.logged.role == "leader" => {
+                    "stepped down: a higher ballot was seen"
+                }
+                (_, Some(_)) => "heard from a leader",
+                (_, None) => "no leader known",
+            };
+            tracing::debug!(
+                replica = me,
+                role = status.role,
+                leader = ?status.leader,
+                ballot = %status.promised,
+                reason,
+                "became {}",
+                status.role
+            );
+            self.logged.role = status.role;
+            self.logged.leader = status.leader;
+        }
+        if status.chosen_through > self.logged.applied {
+            tracing::debug!(
+                replica = me,
+                ballot = %status.promised,
+                from_slot = self.logged.applied + 1,
+                slot = status.chosen_through,
+                "chosen and applied"
+            );
+        }
+        self.logged.applied = status.chosen_through;
     }
 
     /// Runs until `shutdown` becomes true. While a batch is being synced the driver keeps
@@ -382,9 +489,17 @@ impl Driver {
                 }
                 let t = self.token();
                 self.peer_waiters.insert(t, (from, reply));
+                let from_leader_kind = !matches!(request, Request::FetchChosen(_));
                 self.core.handle_request(from, PeerToken(t), request);
+                if from_leader_kind && self.core.leader() == Some(from) {
+                    self.leader_contact = Some(Instant::now());
+                }
             }
             DriverInput::PeerResponse { from, response } => {
+                if let Some(t) = self.peer_answered.get_mut(from as usize) {
+                    *t = Some(Instant::now());
+                }
+                log_response_in(self.core.id(), from, &response);
                 self.core.handle_response(from, response);
             }
             DriverInput::Propose {
@@ -395,6 +510,7 @@ impl Driver {
                 if reply.is_closed() {
                     return; // The client's handler is gone: nobody waits for it.
                 }
+                self.metrics.proposals.inc();
                 let t = self.token();
                 self.client_waiters.insert(t, reply);
                 let deadline_tick = self.deadline_tick(deadline);
@@ -402,11 +518,13 @@ impl Driver {
                     .propose_with_deadline(ClientToken(t), command, deadline_tick);
             }
             DriverInput::Read { key, reply } => {
+                self.metrics.reads.inc();
                 let t = self.token();
                 self.client_waiters.insert(t, reply);
                 self.core.read(ClientToken(t), key);
             }
             DriverInput::StaleRead { key, reply } => {
+                self.metrics.reads.inc();
                 let _ = reply.send(self.core.read_local(&key).map(<[u8]>::to_vec));
             }
             DriverInput::Status { reply } => {
@@ -504,8 +622,12 @@ impl Driver {
         let Some(mut store) = self.store.take() else {
             return self.mark_failed("storage is gone");
         };
+        self.metrics.batch_records.observe(persist.len() as f64);
+        let fsync_seconds = self.metrics.fsync_seconds.clone();
         let task = tokio::task::spawn_blocking(move || {
+            let started = Instant::now();
             let result = store.persist(&persist);
+            fsync_seconds.observe(started.elapsed().as_secs_f64());
             (store, result)
         });
         self.syncing = Some(Syncing { task, batch });
@@ -546,7 +668,11 @@ impl Driver {
     }
 
     fn respond_all(&mut self, responses: Vec<(PeerToken, Response)>) {
+        let me = self.core.id();
         for (token, response) in responses {
+            if let Some((to, _)) = self.peer_waiters.get(&token.0) {
+                log_response_out(me, *to, &response);
+            }
             self.respond(token, response);
         }
         // Requests the core chose not to answer must not leak their waiters.
@@ -653,6 +779,7 @@ impl Driver {
                 let writer = job.clone();
                 let task = tokio::task::spawn_blocking(move || writer.write(&snapshot));
                 self.snapshot_task = Some((job, task));
+                self.snapshot_started = Some(Instant::now());
                 tracing::info!(replica = self.core.id(), through, "snapshot started");
             }
             Ok(None) => self.compact(through), // Nothing to write: memory-only replica.
@@ -668,6 +795,13 @@ impl Driver {
         match task.await {
             Ok(Ok(bytes)) => {
                 self.snapshot_bytes = bytes;
+                self.metrics.snapshots.inc();
+                self.metrics.snapshot_bytes.inc_by(bytes);
+                if let Some(started) = self.snapshot_started.take() {
+                    self.metrics
+                        .snapshot_seconds
+                        .observe(started.elapsed().as_secs_f64());
+                }
                 let done = job.clone();
                 match self.with_store(move |s| s.finish_snapshot(&done)).await {
                     Ok(()) => self.compact(self.snapshot_slot),
@@ -724,6 +858,8 @@ impl Driver {
         let snapshot = snapshot.inspect_err(|reason| self.mark_failed(reason))?;
         self.core.install_snapshot(snapshot);
         self.snapshot_slot = through;
+        self.metrics.snapshots.inc();
+        self.metrics.snapshot_installs.inc();
         tracing::info!(
             replica = self.core.id(),
             through,
@@ -741,6 +877,7 @@ impl Driver {
             return;
         }
         let snapshot = self.core.snapshot();
+        self.metrics.snapshot_pushes.inc();
         let (me, peer, tx) = (self.core.id(), peer.clone(), self.self_tx.clone());
         tracing::info!(
             replica = me,
@@ -802,9 +939,13 @@ impl Driver {
             self.timing.peer_timeout_ms
         };
         let timeout = Duration::from_millis(timeout_ms);
+        let metrics = self.metrics.clone();
         tokio::spawn(async move {
             let from = peer.id;
-            if let Some(response) = peer.call(me, out.request, timeout).await {
+            let started = Instant::now();
+            let answer = peer.call(me, out.request, timeout).await;
+            metrics.observe_peer_call(from, started.elapsed(), answer.is_some());
+            if let Some(response) = answer {
                 let _ = tx.send(DriverInput::PeerResponse { from, response }).await;
             }
             drop(sending);
@@ -861,6 +1002,86 @@ fn trace_message(me: ReplicaId, out: &Outbound) {
                 from_slot = f.from_slot,
                 "catch-up fetch"
             )
+        }
+    }
+}
+
+/// Debug line for an answer this replica sends (1b promise, 2b accepted, nack, catch-up).
+fn log_response_out(me: ReplicaId, to: ReplicaId, response: &Response) {
+    match response {
+        Response::Promise(p) if p.probe => {
+            tracing::debug!(replica = me, to, ballot = %p.ballot, "phase 1 probe answered (pre-vote granted)")
+        }
+        Response::Promise(p) => tracing::debug!(
+            replica = me,
+            to,
+            ballot = %p.ballot,
+            accepted = p.accepted.len(),
+            chosen_through = p.chosen_through,
+            "phase 1b promise"
+        ),
+        Response::Accepted(a) => {
+            tracing::debug!(replica = me, to, ballot = %a.ballot, slot = a.slot, "phase 2b accepted")
+        }
+        Response::Nack(n) => tracing::debug!(
+            replica = me,
+            to,
+            ballot = %n.ballot,
+            promised = %n.promised,
+            slot = ?n.slot,
+            "nack: promised a higher ballot"
+        ),
+        Response::Chosen(c) => tracing::debug!(
+            replica = me,
+            to,
+            from_slot = c.from_slot,
+            values = c.values.len(),
+            chosen_through = c.chosen_through,
+            snapshot_needed = c.snapshot_needed,
+            "catch-up: sending chosen values"
+        ),
+        Response::LearnAck(a) => {
+            tracing::trace!(replica = me, to, ballot = %a.ballot, round = a.round, "learn ack")
+        }
+    }
+}
+
+/// Debug line for an answer this replica receives from `from`.
+fn log_response_in(me: ReplicaId, from: ReplicaId, response: &Response) {
+    match response {
+        Response::Promise(p) => tracing::debug!(
+            replica = me,
+            from,
+            ballot = %p.ballot,
+            probe = p.probe,
+            accepted = p.accepted.len(),
+            "phase 1b promise received"
+        ),
+        Response::Accepted(a) => tracing::debug!(
+            replica = me,
+            from,
+            ballot = %a.ballot,
+            slot = a.slot,
+            "phase 2b accepted received"
+        ),
+        Response::Nack(n) => tracing::debug!(
+            replica = me,
+            from,
+            ballot = %n.ballot,
+            promised = %n.promised,
+            slot = ?n.slot,
+            "nack received"
+        ),
+        Response::Chosen(c) => tracing::debug!(
+            replica = me,
+            from,
+            from_slot = c.from_slot,
+            values = c.values.len(),
+            chosen_through = c.chosen_through,
+            "catch-up: chosen values received"
+        ),
+        Response::LearnAck(a) => {
+            tracing::trace!(replica = me, from, ballot = %a.ballot, round = a.round, "learn ack received")
         }
     }
 }

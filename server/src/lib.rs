@@ -9,6 +9,8 @@ pub mod driver;
 pub mod failure;
 pub mod limits;
 pub mod local;
+pub mod metrics;
+pub mod metrics_http;
 pub mod node;
 pub mod peer;
 pub mod refusals;

@@ -183,6 +183,27 @@ struct Args {
     /// A snapshot transfer with no chunk for this long is abandoned and its file deleted.
     #[arg(long, default_value_t = 10_000)]
     snapshot_stall_ms: u64,
+    /// Serve Prometheus metrics at http://ADDR/metrics, with /healthz and /readyz
+    /// (plaintext HTTP). One-process mode serves all five replicas on this one endpoint,
+    /// each series labelled `replica="I"`; /readyz?replica=I asks one, bare /readyz needs
+    /// all. A non-loopback ADDR needs TLS on the replica ports or --insecure.
+    #[arg(long, value_name = "ADDR")]
+    metrics_addr: Option<String>,
+    /// /readyz says ready only if the leader (for a leader: a majority) was heard from
+    /// within this many milliseconds.
+    #[arg(long, default_value_t = paxoskv_server::metrics::DEFAULT_READY_CONTACT_MS)]
+    ready_contact_ms: u64,
+    /// Log format on stderr: text for people, json (one object per line) for log shippers.
+    #[arg(long, value_enum, default_value_t = LogFormat::Text)]
+    log_format: LogFormat,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
+enum LogFormat {
+    /// Human-readable lines.
+    Text,
+    /// One JSON object per line.
+    Json,
 }
 
 fn parse_rate(s: &str) -> Result<f64, String> {
@@ -371,17 +392,19 @@ fn resolve(addr: &str) -> Result<SocketAddr> {
 
 /// `RUST_LOG` as given (default `info`); tarpc's own per-request error logs (every dropped
 /// or timed-out peer call) stay off unless `RUST_LOG` names tarpc explicitly.
-fn init_tracing() {
+fn init_tracing(format: LogFormat) {
     use std::io::IsTerminal;
     let mut spec = std::env::var("RUST_LOG").unwrap_or_else(|_| "info".into());
     if !spec.contains("tarpc") {
         spec.push_str(",tarpc=off");
     }
-    tracing_subscriber::fmt()
+    let builder = tracing_subscriber::fmt()
         .with_env_filter(tracing_subscriber::EnvFilter::new(spec))
-        .with_ansi(std::io::stderr().is_terminal())
-        .with_writer(std::io::stderr)
-        .init();
+        .with_writer(std::io::stderr);
+    match format {
+        LogFormat::Text => builder.with_ansi(std::io::stderr().is_terminal()).init(),
+        LogFormat::Json => builder.json().init(),
+    }
 }
 
 fn main() -> ExitCode {
@@ -389,7 +412,7 @@ fn main() -> ExitCode {
     if let Some(Tool::GenCerts(gen)) = &args.tool {
         return gen_certs(gen);
     }
-    init_tracing();
+    init_tracing(args.log_format);
     // User errors (busy port, locked directory, bad flags) are one line, never a backtrace.
     match run(args) {
         Ok(()) => ExitCode::SUCCESS,
@@ -504,6 +527,7 @@ fn replica_options(args: &Args, id: u32, addrs: &[SocketAddr]) -> ReplicaOptions
     options.max_open_bytes = args.max_open_bytes;
     options.snapshot_receive.max_bytes = args.max_snapshot_bytes;
     options.snapshot_receive.stall = std::time::Duration::from_millis(args.snapshot_stall_ms);
+    options.ready_contact_ms = args.ready_contact_ms;
     options
 }
 
@@ -557,11 +581,50 @@ fn remove_created(dir: &Path) {
     }
 }
 
+/// Binds `--metrics-addr`, keeping the protected-mode rule of the replica ports: plaintext
+/// HTTP off loopback only with TLS on the replicas or --insecure (metrics carry no keys or
+/// values, but do tell who leads and how busy it is).
+async fn bind_metrics(args: &Args, tls: bool) -> Result<Option<TcpListener>> {
+    let Some(addr) = &args.metrics_addr else {
+        return Ok(None);
+    };
+    let addr = resolve(addr)?;
+    if !(tls || args.insecure || addr.ip().is_loopback()) {
+        bail!(
+            "--metrics-addr {addr} is not a loopback address: give --insecure (or TLS on the \
+             replica ports) to serve metrics beyond this machine"
+        );
+    }
+    let listener = TcpListener::bind(addr)
+        .await
+        .with_context(|| format!("metrics cannot listen on {addr}"))?;
+    Ok(Some(listener))
+}
+
 async fn serve(args: Args) -> Result<()> {
     let (addrs, ids) = args.layout()?;
     let fail_mode = args.fail_mode();
-    let prepared = prepare(&args, &addrs, &ids).await?;
+    let mut prepared = prepare(&args, &addrs, &ids).await?;
     let (stop_tx, stop_rx) = watch::channel(false);
+    let tls = prepared.iter().all(|p| p.1.security.tls.is_some());
+    if let Some(listener) = bind_metrics(&args, tls).await? {
+        let metrics = Arc::new(paxoskv_server::metrics::ProcessMetrics::new(
+            &ids,
+            addrs.len() as u32,
+        ));
+        for (_, options, _, _) in &mut prepared {
+            options.metrics = metrics.replica(options.id);
+        }
+        let shown = listener
+            .local_addr()
+            .context("metrics listener has no address")?;
+        tokio::spawn(paxoskv_server::metrics_http::serve(
+            listener,
+            metrics,
+            stop_rx.clone(),
+        ));
+        println!("Metrics at http://{shown}/metrics (health: /healthz, /readyz)");
+    }
     let mut replicas = JoinSet::new();
     for (listener, options, core, store) in prepared {
         let (id, port) = (options.id, addrs[options.id as usize].port());

@@ -7,6 +7,7 @@ use crate::failure::{FailMode, FailureInjector};
 use crate::limits::{
     accept_error_cause, AcceptBackoff, ConnectionCounter, ConnectionLimits, LogLimiter, Refused,
 };
+use crate::metrics::ReplicaMetrics;
 use crate::peer::PeerLink;
 use crate::refusals::WarnGate;
 use crate::rpc::{KvServer, ReplicaServer, Shared};
@@ -77,6 +78,12 @@ pub struct ReplicaOptions {
     pub max_open_bytes: usize,
     /// Bounds of receiving a snapshot.
     pub snapshot_receive: SnapshotReceiveLimits,
+    /// Metric handles (registered in the process's `--metrics-addr` registry; `None`: kept
+    /// but exported nowhere).
+    pub metrics: Option<Arc<ReplicaMetrics>>,
+    /// How recently the leader (or, for a leader, a majority) must have been heard from
+    /// for `/readyz` to say ready.
+    pub ready_contact_ms: u64,
 }
 
 /// Default of [`ReplicaOptions::max_inflight_bytes`].
@@ -108,6 +115,8 @@ impl ReplicaOptions {
             max_log_tail_bytes: defaults.max_log_tail_bytes,
             max_open_bytes: defaults.max_open_bytes,
             snapshot_receive: SnapshotReceiveLimits::default(),
+            metrics: None,
+            ready_contact_ms: crate::metrics::DEFAULT_READY_CONTACT_MS,
         }
     }
 
@@ -176,7 +185,12 @@ pub async fn run_replica(
     let timing = DriverTiming {
         tick_ms: options.tick_ms,
         peer_timeout_ms: options.peer_timeout_ms,
+        ready_contact: Duration::from_millis(options.ready_contact_ms),
     };
+    let metrics = options
+        .metrics
+        .clone()
+        .unwrap_or_else(|| ReplicaMetrics::unregistered(id, options.addrs.len() as u32));
     tracing::info!(replica = id, storage = %store.describe(), "starting replica");
     let receiver = SnapshotReceiver::new(id, store.scratch_dir(), options.snapshot_receive.clone());
     let snapshot_receiver = match receiver {
@@ -196,7 +210,7 @@ pub async fn run_replica(
             "fault control enabled: clients may partition this replica"
         );
     }
-    let (driver, tx, failed) = Driver::new(
+    let (mut driver, tx, failed) = Driver::new(
         core,
         store,
         peers.clone(),
@@ -205,6 +219,7 @@ pub async fn run_replica(
         limits,
         failure.clone(),
     );
+    driver.set_metrics(metrics.clone());
     let snapshot_sources = driver.snapshot_sources();
     let shared = Arc::new(Shared {
         id,
@@ -222,6 +237,7 @@ pub async fn run_replica(
         snapshot_sources,
         client_bytes: ByteBudget::new("client in-flight", options.max_inflight_bytes),
         peer_in_bytes: ByteBudget::new("peer in-flight", options.max_peer_inflight_bytes),
+        metrics,
     });
     let driver_task = tokio::spawn(driver.run(shutdown.clone()));
     tokio::spawn(failure.run_down_schedule(id, shutdown.clone()));
@@ -250,9 +266,12 @@ async fn accept_loop(
                         Ok(guard) => {
                             let conn = serve_connection(stream, shared.clone());
                             let stop = shutdown.clone();
+                            let open = shared.metrics.connections_open.clone();
+                            open.inc();
                             tokio::spawn(async move {
                                 until_shutdown(conn, stop).await;
                                 drop(guard);
+                                open.dec();
                             });
                         }
                         // Dropping the stream closes it at once: a refused connection

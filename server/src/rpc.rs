@@ -57,6 +57,8 @@ pub struct Shared {
     /// Bytes of peer requests between the handlers and the driver: over it, large ones are
     /// dropped unanswered (Paxos resends).
     pub peer_in_bytes: ByteBudget,
+    /// Metric handles of this replica.
+    pub metrics: Arc<crate::metrics::ReplicaMetrics>,
 }
 
 /// Bytes a client command holds besides its key and value (ids, framing, bookkeeping);
@@ -107,6 +109,14 @@ impl Shared {
         }
     }
 
+    /// Counts a `Busy` answer on its way to the client.
+    fn count_busy(&self, error: KvError) -> KvError {
+        if matches!(error, KvError::Busy(_)) {
+            self.metrics.busy.inc();
+        }
+        error
+    }
+
     /// How long a request may wait: the caller's deadline, capped by ours.
     fn budget(&self, ctx: &Context) -> Duration {
         let caller = ctx.deadline.saturating_duration_since(Instant::now());
@@ -123,6 +133,7 @@ impl Shared {
         }
         let (tx, rx) = oneshot::channel();
         if self.driver.try_send(make(tx)).is_err() {
+            self.metrics.busy.inc();
             return Err(KvError::Busy("replica request queue is full".into()));
         }
         match tokio::time::timeout(budget, rx).await {
@@ -301,11 +312,10 @@ impl KvServer {
         // kept for forwarding it to the leader.
         let copies = if forwarded { 1 } else { 2 };
         let bytes = (command.op.size_bytes() + COMMAND_OVERHEAD_BYTES) * copies;
-        let _permit = self
-            .0
-            .client_bytes
-            .try_take(bytes)
-            .map_err(|e| KvError::Busy(format!("replica {}: {e}; retry later", self.0.id)))?;
+        let _permit = self.0.client_bytes.try_take(bytes).map_err(|e| {
+            self.0.metrics.busy.inc();
+            KvError::Busy(format!("replica {}: {e}; retry later", self.0.id))
+        })?;
         let budget = self.0.budget(ctx);
         let started = Instant::now();
         let deadline = started + budget;
@@ -336,7 +346,7 @@ impl KvServer {
                     timeout_ms: budget.as_millis() as u64,
                 })
             }
-            other => return Err(map_failure(other, seq)),
+            other => return Err(self.0.count_busy(map_failure(other, seq))),
         };
         match (leader.filter(|&l| l != self.0.id), kept) {
             (Some(l), Some(command)) => {
@@ -419,7 +429,7 @@ impl KvRpc for KvServer {
                 leader,
                 leader_addr: leader_addr(leader),
             }),
-            other => Err(map_failure(other, 0)),
+            other => Err(self.0.count_busy(map_failure(other, 0))),
         }
     }
 
