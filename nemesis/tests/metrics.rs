@@ -99,11 +99,10 @@ fn sum(scrapes: &[HashMap<String, f64>], name: &str) -> f64 {
 
 /// Starts one in-memory replica per process, each with its own metrics endpoint.
 fn start(addrs: &[SocketAddr], metrics: &[SocketAddr]) -> Processes {
-    use std::io::{BufRead, BufReader};
     let peers: Vec<String> = addrs.iter().map(|a| a.to_string()).collect();
     let mut procs = Processes(Vec::new());
     for (id, m) in metrics.iter().enumerate() {
-        let mut child = Command::new(server_bin())
+        let child = Command::new(server_bin())
             .args(["--replica", &id.to_string(), "--peers", &peers.join(",")])
             .args(["--in-memory", "--enable-fault-control"])
             .args(["--metrics-addr", &m.to_string()])
@@ -112,18 +111,9 @@ fn start(addrs: &[SocketAddr], metrics: &[SocketAddr]) -> Processes {
             .stderr(Stdio::null())
             .spawn()
             .expect("start paxoskv-server");
-        let stdout = child.stdout.take().expect("piped stdout");
-        procs.0.push(child);
-        let (tx, rx) = std::sync::mpsc::channel();
-        std::thread::spawn(move || {
-            for line in BufReader::new(stdout).lines().map_while(Result::ok) {
-                if line.contains("is running") {
-                    let _ = tx.send(());
-                }
-            }
-        });
-        rx.recv_timeout(Duration::from_secs(10))
-            .expect("replica announced itself");
+        procs.0.push(child); // pushed first: killed on drop even if it never announces itself
+        let started = procs.0.last_mut().expect("just pushed");
+        support::wait_announced(started, Duration::from_secs(10));
     }
     procs
 }

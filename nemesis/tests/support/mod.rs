@@ -153,7 +153,6 @@ impl Drop for Processes {
 /// arguments (`{id}` replaced by the replica id); waits, bounded, until each announces itself.
 #[allow(dead_code)]
 pub fn start_cluster(addrs: &[std::net::SocketAddr], extra: &[String]) -> Processes {
-    use std::io::{BufRead, BufReader};
     let peers: Vec<String> = addrs.iter().map(|a| a.to_string()).collect();
     let mut procs = Processes(Vec::new());
     for id in 0..addrs.len() {
@@ -161,7 +160,7 @@ pub fn start_cluster(addrs: &[std::net::SocketAddr], extra: &[String]) -> Proces
             .iter()
             .map(|a| a.replace("{id}", &id.to_string()))
             .collect();
-        let mut child = Command::new(server_bin())
+        let child = Command::new(server_bin())
             .args(["--replica", &id.to_string(), "--peers", &peers.join(",")])
             .arg("--in-memory")
             .args(&args)
@@ -170,18 +169,9 @@ pub fn start_cluster(addrs: &[std::net::SocketAddr], extra: &[String]) -> Proces
             .stderr(std::process::Stdio::null())
             .spawn()
             .expect("start paxoskv-server");
-        let stdout = child.stdout.take().expect("piped stdout");
-        procs.0.push(child);
-        let (tx, rx) = std::sync::mpsc::channel();
-        std::thread::spawn(move || {
-            for line in BufReader::new(stdout).lines().map_while(Result::ok) {
-                if line.contains("is running") {
-                    let _ = tx.send(());
-                }
-            }
-        });
-        rx.recv_timeout(std::time::Duration::from_secs(10))
-            .expect("replica announced itself");
+        procs.0.push(child); // pushed first: killed on drop even if it never announces itself
+        let started = procs.0.last_mut().expect("just pushed");
+        wait_announced(started, Duration::from_secs(10));
     }
     procs
 }
@@ -258,17 +248,7 @@ pub fn spawn_replica_with(
         .stderr(test_log(id))
         .spawn()
         .expect("start paxoskv-server");
-    let stdout = child.stdout.take().expect("piped stdout");
-    let (tx, rx) = std::sync::mpsc::channel();
-    std::thread::spawn(move || {
-        for line in BufReader::new(stdout).lines().map_while(Result::ok) {
-            if line.contains("is running") {
-                let _ = tx.send(());
-            }
-        }
-    });
-    rx.recv_timeout(Duration::from_secs(20))
-        .expect("replica announced itself");
+    wait_announced(&mut child, Duration::from_secs(20));
     child
 }
 
@@ -325,4 +305,19 @@ pub fn terminate_all(servers: &mut Processes, within: Duration) -> Result<Durati
         }
     }
     Ok(slowest)
+}
+
+/// Waits (at most `within`) until a server started with piped stdout prints that it runs.
+#[allow(dead_code)]
+pub fn wait_announced(child: &mut Child, within: Duration) {
+    let stdout = child.stdout.take().expect("piped stdout");
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        for line in BufReader::new(stdout).lines().map_while(Result::ok) {
+            if line.contains("is running") {
+                let _ = tx.send(());
+            }
+        }
+    });
+    rx.recv_timeout(within).expect("replica announced itself");
 }
