@@ -363,6 +363,9 @@ pub struct ReplicaMetrics {
     readiness: AtomicU8,
     /// What the driver last published, to turn cumulative core counts into counter steps.
     seen: Mutexless,
+    /// `fsync_seconds` alone, so the dashboard can read its buckets (prometheus-client has
+    /// no public bucket getter; its text encoding is the supported way out).
+    fsync_view: Registry,
 }
 
 /// Last values copied from cumulative sources; touched only by the driver task (atomics so
@@ -384,7 +387,7 @@ impl ReplicaMetrics {
             peer: p,
         };
         let role = ROLES.map(|role| child(&f.role, &RoleLabels { replica: id, role }));
-        let m = ReplicaMetrics {
+        let mut m = ReplicaMetrics {
             id,
             role,
             ballot_round: child(&f.ballot_round, &one),
@@ -436,9 +439,12 @@ impl ReplicaMetrics {
             ready_gauge: child(&f.ready, &one),
             readiness: AtomicU8::new(Readiness::Starting as u8),
             seen: Mutexless::default(),
+            fsync_view: Registry::default(),
         };
         m.leader_id.set(-1);
         m.seen.leader.store(-1, Ordering::Relaxed);
+        let fsync = m.fsync_seconds.clone();
+        m.fsync_view.register("fsync_seconds", "", fsync);
         m
     }
 
@@ -531,11 +537,13 @@ fn clamp_i64(v: u64) -> i64 {
 pub struct ProcessMetrics {
     registry: Registry,
     replicas: Vec<Arc<ReplicaMetrics>>,
+    cluster_size: u32,
 }
 
 impl ProcessMetrics {
     /// Metrics for replicas `ids` of a cluster of `replicas`.
     pub fn new(ids: &[ReplicaId], replicas: u32) -> ProcessMetrics {
+        let replicas_total = replicas;
         let families = Families::new();
         let mut registry = Registry::default();
         families.register(&mut registry);
@@ -543,7 +551,11 @@ impl ProcessMetrics {
             .iter()
             .map(|&id| Arc::new(ReplicaMetrics::new(&families, id, replicas)))
             .collect();
-        ProcessMetrics { registry, replicas }
+        ProcessMetrics {
+            registry,
+            replicas,
+            cluster_size: replicas_total,
+        }
     }
 
     /// Replica `id`'s handles.
@@ -578,5 +590,183 @@ impl ProcessMetrics {
         } else {
             Err(not_ready.join("; "))
         }
+    }
+}
+
+/// One replica's state as the dashboard's `/api/status` shows it: the same values as the
+/// Prometheus series, read from the same handles.
+#[derive(Clone, Debug, PartialEq, serde::Serialize)]
+pub struct ReplicaSnapshot {
+    /// The replica.
+    pub id: ReplicaId,
+    /// leader, candidate or follower.
+    pub role: &'static str,
+    /// Round of the highest ballot promised.
+    pub ballot_round: i64,
+    /// The leader as this replica knows it; -1 when none.
+    pub leader_id: i64,
+    /// Contiguous chosen-and-applied prefix.
+    pub applied_slot: i64,
+    /// Highest slot with any entry.
+    pub last_slot: i64,
+    /// `last_slot - applied_slot`.
+    pub apply_lag_slots: i64,
+    /// Client writes handed to the core (cumulative).
+    pub proposals: u64,
+    /// Reads handled (cumulative).
+    pub reads: u64,
+    /// Slots chosen and applied (cumulative).
+    pub commits: u64,
+    /// Incoming Paxos messages dropped by `-f` (cumulative).
+    pub injected_dropped: u64,
+    /// Incoming Paxos messages `-f` let pass (cumulative).
+    pub injected_passed: u64,
+    /// Times the known leader changed.
+    pub leader_changes: u64,
+    /// Storage failed: the replica acknowledges nothing.
+    pub fenced: bool,
+    /// `/readyz` in words.
+    pub readiness: &'static str,
+    /// Busy answers (cumulative).
+    pub busy: u64,
+    /// Connections open.
+    pub connections_open: i64,
+    /// p99 of every fsync since start, in ms (upper bucket bound); `None` before the first.
+    pub fsync_p99_ms: Option<f64>,
+    /// Cumulative fsync histogram: `(upper bound in seconds, count at or below)`, the last
+    /// bound being `+Inf` (as `f64::MAX`, since JSON has no infinity).
+    pub fsync_buckets: Vec<(f64, u64)>,
+}
+
+impl ReplicaMetrics {
+    /// The dashboard's view of this replica now.
+    pub fn snapshot(&self) -> ReplicaSnapshot {
+        let role = ROLES
+            .iter()
+            .zip(&self.role)
+            .find(|(_, g)| g.get() == 1)
+            .map_or("follower", |(r, _)| *r);
+        let fsync_buckets = self.fsync_buckets();
+        ReplicaSnapshot {
+            id: self.id,
+            role,
+            ballot_round: self.ballot_round.get(),
+            leader_id: self.leader_id.get(),
+            applied_slot: self.applied_slot.get(),
+            last_slot: self.last_slot.get(),
+            apply_lag_slots: self.apply_lag.get(),
+            proposals: self.proposals.get(),
+            reads: self.reads.get(),
+            commits: self.commits.get(),
+            injected_dropped: self.injected_dropped.get(),
+            injected_passed: self.injected_passed.get(),
+            leader_changes: self.leader_changes.get(),
+            fenced: self.storage_fenced.get() != 0,
+            readiness: self.readiness().describe(),
+            busy: self.busy.get(),
+            connections_open: self.connections_open.get(),
+            fsync_p99_ms: quantile_bound(&fsync_buckets, 0.99).map(|s| s * 1000.0),
+            fsync_buckets,
+        }
+    }
+
+    /// The cumulative buckets of `fsync_seconds`, read from its text encoding.
+    fn fsync_buckets(&self) -> Vec<(f64, u64)> {
+        let mut text = String::new();
+        if prometheus_client::encoding::text::encode_registry(&mut text, &self.fsync_view)
+            .is_err()
+        {
+            return Vec::new();
+        }
+        text.lines().filter_map(parse_bucket_line).collect()
+    }
+}
+
+/// `fsync_seconds_bucket{le="0.0001"} 7` -> `(0.0001, 7)`; `+Inf` becomes `f64::MAX`.
+fn parse_bucket_line(line: &str) -> Option<(f64, u64)> {
+    let rest = line.split_once("_bucket{le=\"")?.1;
+    let (bound, rest) = rest.split_once('"')?;
+    let count = rest.trim_start_matches('}').split_whitespace().next()?;
+    let bound = if bound == "+Inf" {
+        f64::MAX
+    } else {
+        bound.parse().ok()?
+    };
+    Some((bound, count.parse().ok()?))
+}
+
+/// Upper bound of the bucket holding quantile `q` of cumulative `buckets`; `None` if empty.
+pub fn quantile_bound(buckets: &[(f64, u64)], q: f64) -> Option<f64> {
+    let total = buckets.last()?.1;
+    if total == 0 {
+        return None;
+    }
+    let rank = (q * total as f64).ceil() as u64;
+    buckets
+        .iter()
+        .find(|(_, count)| *count >= rank)
+        .map(|(bound, _)| *bound)
+}
+
+impl ProcessMetrics {
+    /// Replicas in the whole cluster (this process runs some or all of them).
+    pub fn cluster_size(&self) -> u32 {
+        self.cluster_size
+    }
+
+    /// The dashboard's view of every replica of this process.
+    pub fn snapshots(&self) -> Vec<ReplicaSnapshot> {
+        self.replicas.iter().map(|m| m.snapshot()).collect()
+    }
+}
+
+#[cfg(test)]
+mod snapshot_tests {
+    use super::*;
+
+    #[test]
+    fn a_snapshot_reads_the_values_the_series_carry() {
+        let process = ProcessMetrics::new(&[0, 1], 5);
+        let m = process.replica(1).expect("replica 1 runs here");
+        m.proposals.inc_by(3);
+        m.reads.inc();
+        m.fsync_seconds.observe(0.000_3);
+        m.fsync_seconds.observe(0.02);
+        m.publish_injected(4, 9);
+        m.set_readiness(Readiness::Fenced);
+        let s = m.snapshot();
+        assert_eq!((s.id, s.role, s.leader_id), (1, "follower", -1));
+        assert_eq!((s.proposals, s.reads), (3, 1));
+        assert_eq!((s.injected_dropped, s.injected_passed), (4, 9));
+        assert_eq!(s.readiness, "storage failed (fenced)");
+        assert_eq!(s.fsync_buckets.last(), Some(&(f64::MAX, 2)));
+        // 50 µs * 2^9 = 25.6 ms is the first bound at or above 20 ms.
+        let p99 = s.fsync_p99_ms.expect("two fsyncs observed");
+        assert!((p99 - 25.6).abs() < 1e-6, "{p99}");
+        assert_eq!(process.snapshots().len(), 2);
+        assert_eq!(process.cluster_size(), 5);
+    }
+
+    #[test]
+    fn quantiles_come_from_cumulative_buckets() {
+        assert_eq!(quantile_bound(&[], 0.99), None);
+        assert_eq!(quantile_bound(&[(1.0, 0), (f64::MAX, 0)], 0.5), None);
+        let b = [(1.0, 50), (2.0, 99), (4.0, 100), (f64::MAX, 100)];
+        assert_eq!(quantile_bound(&b, 0.5), Some(1.0));
+        assert_eq!(quantile_bound(&b, 0.99), Some(2.0));
+        assert_eq!(quantile_bound(&b, 1.0), Some(4.0));
+    }
+
+    #[test]
+    fn bucket_lines_parse_and_others_do_not() {
+        assert_eq!(
+            parse_bucket_line("fsync_seconds_bucket{le=\"0.0001\"} 7"),
+            Some((0.0001, 7))
+        );
+        assert_eq!(
+            parse_bucket_line("fsync_seconds_bucket{le=\"+Inf\"} 9"),
+            Some((f64::MAX, 9))
+        );
+        assert_eq!(parse_bucket_line("fsync_seconds_count 9"), None);
     }
 }
