@@ -189,6 +189,15 @@ struct Args {
     /// all. A non-loopback ADDR needs TLS on the replica ports or --insecure.
     #[arg(long, value_name = "ADDR")]
     metrics_addr: Option<String>,
+    /// Per-process mode: the other replicas' --metrics-addr (H:P,...), which the dashboard
+    /// at http://METRICS_ADDR/ polls too, so one page shows the whole cluster.
+    #[arg(
+        long,
+        value_name = "H:P,...",
+        value_delimiter = ',',
+        requires = "metrics_addr"
+    )]
+    dashboard_peers: Vec<String>,
     /// /readyz says ready only if the leader (for a leader: a majority) was heard from
     /// within this many milliseconds.
     #[arg(long, default_value_t = paxoskv_server::metrics::DEFAULT_READY_CONTACT_MS)]
@@ -601,6 +610,26 @@ async fn bind_metrics(args: &Args, tls: bool) -> Result<Option<TcpListener>> {
     Ok(Some(listener))
 }
 
+/// `--dashboard-peers`, checked: each must be H:P (the page turns it into a URL).
+fn dashboard_config(peers: &[String]) -> Result<paxoskv_server::metrics_http::DashboardConfig> {
+    use paxoskv_server::metrics_http::MAX_DASHBOARD_PEERS;
+    if peers.len() > MAX_DASHBOARD_PEERS {
+        bail!(
+            "--dashboard-peers lists {} addresses; the limit is {MAX_DASHBOARD_PEERS}",
+            peers.len()
+        );
+    }
+    for peer in peers {
+        let port = peer.rsplit_once(':').map(|(_, p)| p.parse::<u16>());
+        if !matches!(port, Some(Ok(_))) || peer.contains('/') {
+            bail!("--dashboard-peers: '{peer}' is not HOST:PORT");
+        }
+    }
+    Ok(paxoskv_server::metrics_http::DashboardConfig {
+        peers: peers.to_vec(),
+    })
+}
+
 async fn serve(args: Args) -> Result<()> {
     let (addrs, ids) = args.layout()?;
     let fail_mode = args.fail_mode();
@@ -618,12 +647,15 @@ async fn serve(args: Args) -> Result<()> {
         let shown = listener
             .local_addr()
             .context("metrics listener has no address")?;
+        let dashboard = dashboard_config(&args.dashboard_peers)?;
         tokio::spawn(paxoskv_server::metrics_http::serve(
             listener,
             metrics,
+            dashboard,
             stop_rx.clone(),
         ));
         println!("Metrics at http://{shown}/metrics (health: /healthz, /readyz)");
+        println!("Dashboard at http://{shown}/");
     }
     let mut replicas = JoinSet::new();
     for (listener, options, core, store) in prepared {
@@ -681,6 +713,15 @@ mod tests {
         assert!(Args::try_parse_from(["paxoskv-server", "--tls-dir", "d", "--cert", "c"]).is_err());
         assert!(Args::try_parse_from(["paxoskv-server", "--cert", "c", "--key", "k"]).is_err());
         assert!(Args::try_parse_from(["paxoskv-server", "--listen", "0.0.0.0:1"]).is_err());
+    }
+
+    #[test]
+    fn dashboard_peers_must_be_host_and_port() {
+        assert!(dashboard_config(&["127.0.0.1:9100".into(), "localhost:1".into()]).is_ok());
+        assert!(dashboard_config(&["127.0.0.1".into()]).is_err());
+        assert!(dashboard_config(&["http://x:1/".into()]).is_err());
+        let many = vec!["h:1".to_string(); 65];
+        assert!(dashboard_config(&many).is_err());
     }
 
     #[test]

@@ -673,8 +673,7 @@ impl ReplicaMetrics {
     /// The cumulative buckets of `fsync_seconds`, read from its text encoding.
     fn fsync_buckets(&self) -> Vec<(f64, u64)> {
         let mut text = String::new();
-        if prometheus_client::encoding::text::encode_registry(&mut text, &self.fsync_view)
-            .is_err()
+        if prometheus_client::encoding::text::encode_registry(&mut text, &self.fsync_view).is_err()
         {
             return Vec::new();
         }
