@@ -2,12 +2,16 @@
 # End-to-end demo of paxoskv on this machine:
 #   five replica processes with failure injection (-f), the client's checked demo, kill -9 of
 #   the leader, PUT/GET/DELETE through the failover, a new leader, restart of the killed
-#   replica and its catch-up, then the number of injected failures.
-# Usage: scripts/demo.sh [--tls]
+#   replica and its catch-up, then the number of injected failures. Every replica serves
+#   metrics and the live dashboard (--metrics-addr); its URL is printed after the start.
+# Usage: scripts/demo.sh [--tls] [--pause]
 #   --tls: certificates from `paxoskv-server gen-certs` in the temporary directory; replicas
 #          talk TLS to each other and require client certificates; every client step uses
 #          --cacert/--cert/--key, and a client without a certificate is shown to be refused.
+#   --pause: wait for Enter once the dashboard is up (open it, then watch the kill) and again
+#          before stopping, so the cluster can be looked at.
 # Environment: PORT=first of five consecutive ports (default: a free block at random),
+#              METRICS_PORT=first of five metrics/dashboard ports (default: likewise),
 #              KEEP_DATA=1 keeps the temporary data/log directory.
 # Exits non-zero if any step fails; leaves no process behind.
 set -euo pipefail
@@ -23,7 +27,10 @@ SERVER="$BIN/paxoskv-server"
 CLIENT="$BIN/paxoskv"
 DATA=""
 PEERS=""
+METRICS_PEERS=""
+METRICS_BASE=""
 TLS=0
+PAUSE=0
 CERTS=""
 declare -a PID=() LOG=()
 
@@ -76,6 +83,7 @@ start_replica() {
     while [[ -e $DATA/replica-$i.run$run.log ]]; do run=$((run + 1)); done
     LOG[i]="$DATA/replica-$i.run$run.log"
     local args=(--replica "$i" --peers "$PEERS" -f)
+    args+=(--metrics-addr "127.0.0.1:$((METRICS_BASE + i))" --dashboard-peers "$METRICS_PEERS")
     [[ $TLS == 1 ]] && args+=(--tls-dir "$CERTS")
     if [[ $DATA_DIR_FLAG == 1 ]]; then
         # The server keeps replica I's state in DIR/replica-I.
@@ -132,12 +140,38 @@ expect() {
         die "paxoskv $*: expected '$want' (exit $want_code), got '$out' (exit $code)"
 }
 
+# Sets METRICS_BASE: $METRICS_PORT if given, else a free block apart from the replica ports.
+pick_metrics_ports() {
+    if [[ -n ${METRICS_PORT:-} ]]; then
+        [[ $METRICS_PORT =~ ^[0-9]+$ ]] || die "METRICS_PORT must be a number, got '$METRICS_PORT'"
+        block_free "$METRICS_PORT" || die "ports $METRICS_PORT..$((METRICS_PORT + REPLICAS - 1)) are not all free"
+        METRICS_BASE=$METRICS_PORT
+        return
+    fi
+    local try
+    for try in $(seq 1 50); do
+        METRICS_BASE=$((20000 + (RANDOM * 32768 + RANDOM) % 20000))
+        ((METRICS_BASE + REPLICAS <= BASE_PORT || METRICS_BASE >= BASE_PORT + REPLICAS)) || continue
+        block_free "$METRICS_BASE" && return
+    done
+    die "no free block of $REPLICAS metrics ports found after $try tries"
+}
+
+# With --pause: waits for Enter (or end of input) with prompt $1.
+pause() {
+    [[ $PAUSE == 1 ]] || return 0
+    read -r -p "$1 [Enter] " _ || true
+}
+
 main() {
-    case "${1:-}" in
-    "") ;;
-    --tls) TLS=1 ;;
-    *) die "unknown argument '$1' (usage: scripts/demo.sh [--tls])" ;;
-    esac
+    local arg
+    for arg in "$@"; do
+        case "$arg" in
+        --tls) TLS=1 ;;
+        --pause) PAUSE=1 ;;
+        *) die "unknown argument '$arg' (usage: scripts/demo.sh [--tls] [--pause])" ;;
+        esac
+    done
     say "building in release mode, first time ~3 min (cargo build --release --workspace)"
     # Not --quiet: cargo's "Compiling ..." lines are the sign of life during a cold build.
     (cd "$ROOT" && cargo build --release --workspace)
@@ -153,6 +187,13 @@ main() {
         IFS=,
         echo "${addrs[*]}"
     )
+    pick_metrics_ports
+    local maddrs=()
+    for ((i = 0; i < REPLICAS; i++)); do maddrs+=("127.0.0.1:$((METRICS_BASE + i))"); done
+    METRICS_PEERS=$(
+        IFS=,
+        echo "${maddrs[*]}"
+    )
     DATA=$(mktemp -d -t paxoskv-demo.XXXXXX)
     if [[ $TLS == 1 ]]; then
         CERTS="$DATA/certs"
@@ -165,6 +206,9 @@ main() {
     say "starting $REPLICAS replicas with failure injection on $PEERS (logs in $DATA)"
     for ((i = 0; i < REPLICAS; i++)); do start_replica "$i"; done
     for ((i = 0; i < REPLICAS; i++)); do wait_running "$i"; done
+    say "dashboard: http://127.0.0.1:$METRICS_BASE/  (live; every replica's metrics port serves it, /metrics for Prometheus)"
+    [[ $PAUSE == 1 ]] || echo "(run scripts/demo.sh --pause to keep the cluster up while you watch)"
+    pause "open the dashboard, then continue to the demo and the kill of the leader"
 
     if [[ $TLS == 1 ]]; then
         say "a client without a certificate is refused"
@@ -226,6 +270,7 @@ main() {
     done <<<"$(status_lines)"
     echo "messages dropped by failure injection (sum over replicas since their last start): $dropped"
 
+    pause "all steps passed; the cluster stays up until you continue"
     say "stopping"
     echo "demo.sh: all steps passed"
 }

@@ -81,6 +81,9 @@ pub(crate) struct BenchArgs {
     /// Print one JSON object (latencies in microseconds) instead of the text report.
     #[arg(long)]
     pub(crate) json: bool,
+    /// Also write the latency histogram and the throughput over time as an SVG picture.
+    #[arg(long, value_name = "FILE.svg")]
+    pub(crate) plot: Option<std::path::PathBuf>,
 }
 
 /// Like [`super::parse_duration`], but `0s` (no warm-up) is allowed.
@@ -385,6 +388,14 @@ pub(crate) async fn run(client: &Client, args: BenchArgs) -> anyhow::Result<u8> 
         })
         .collect();
     let display = interactive.then(|| tokio::spawn(show_progress(plan.clone(), live.clone())));
+    let sampler = args.plot.is_some().then(|| {
+        let (live, warmup) = (live.clone(), args.warmup);
+        tokio::spawn(async move {
+            let completed =
+                || live.ok.load(Ordering::Relaxed) + live.errors.load(Ordering::Relaxed);
+            super::plot::sample(start, start + warmup + args.duration, warmup, completed).await
+        })
+    });
 
     let mut total = Tally::new();
     for worker in workers {
@@ -394,6 +405,22 @@ pub(crate) async fn run(client: &Client, args: BenchArgs) -> anyhow::Result<u8> 
         display.await?;
     }
     let report = Report::new(&args, &total);
+    if let (Some(path), Some(sampler)) = (&args.plot, sampler) {
+        let series: Vec<_> = KINDS
+            .iter()
+            .map(|&(kind, name)| super::plot::LatencySeries {
+                name,
+                histogram: &total.latency_us[kind as usize],
+            })
+            .collect();
+        let title = format!(
+            "paxoskv bench: {}, {} clients",
+            args.workload.name(),
+            args.clients
+        );
+        super::plot::write(path, &title, &series, &sampler.await?)?;
+        eprintln!("plot written to {}", path.display());
+    }
     if args.json {
         println!("{}", report.to_json());
     } else {

@@ -5,6 +5,7 @@ mod codec;
 mod demo;
 mod failover;
 mod output;
+mod plot;
 mod repl;
 mod status;
 
