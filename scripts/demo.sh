@@ -140,21 +140,18 @@ expect() {
         die "paxoskv $*: expected '$want' (exit $want_code), got '$out' (exit $code)"
 }
 
-# Sets METRICS_BASE: $METRICS_PORT if given, else a free block apart from the replica ports.
+# Sets METRICS_BASE: $METRICS_PORT if given, else a free block apart from the replica ports
+# (pick_ports of ports.sh, kept off BASE_PORT's block).
 pick_metrics_ports() {
-    if [[ -n ${METRICS_PORT:-} ]]; then
-        [[ $METRICS_PORT =~ ^[0-9]+$ ]] || die "METRICS_PORT must be a number, got '$METRICS_PORT'"
-        block_free "$METRICS_PORT" || die "ports $METRICS_PORT..$((METRICS_PORT + REPLICAS - 1)) are not all free"
-        METRICS_BASE=$METRICS_PORT
-        return
-    fi
-    local try
+    local replica_base=$BASE_PORT try
     for try in $(seq 1 50); do
-        METRICS_BASE=$((20000 + (RANDOM * 32768 + RANDOM) % 20000))
-        ((METRICS_BASE + REPLICAS <= BASE_PORT || METRICS_BASE >= BASE_PORT + REPLICAS)) || continue
-        block_free "$METRICS_BASE" && return
+        PORT=${METRICS_PORT:-} pick_ports
+        METRICS_BASE=$BASE_PORT
+        BASE_PORT=$replica_base
+        ((METRICS_BASE + REPLICAS <= BASE_PORT || METRICS_BASE >= BASE_PORT + REPLICAS)) && return
+        [[ -z ${METRICS_PORT:-} ]] || die "METRICS_PORT=$METRICS_PORT overlaps the replica ports $BASE_PORT..$((BASE_PORT + REPLICAS - 1))"
     done
-    die "no free block of $REPLICAS metrics ports found after $try tries"
+    die "no free block of $REPLICAS metrics ports apart from the replica ports after $try tries"
 }
 
 # With --pause: waits for Enter (or end of input) with prompt $1.

@@ -25,6 +25,8 @@ const WEBDRIVER_TIMEOUT_MS: u64 = 60_000;
 const MAX_ANSWER_BYTES: usize = 32 * 1024 * 1024;
 /// Bound on chromedriver coming up, the first leader and the failover each.
 const WAIT_S: u64 = 30;
+/// Most PUTs of the background load (it stops at the end of the test long before).
+const MAX_LOAD_PUTS: u64 = 1_000_000;
 
 /// chromedriver, killed when dropped.
 struct Driver {
@@ -211,6 +213,35 @@ fn save_screenshot(driver: &Driver, session: &str) -> PathBuf {
     path
 }
 
+/// PUTs in a loop until `stop`, so the page's charts have something to show; errors (during
+/// the failover) are expected and ignored.
+fn background_load(
+    addrs: Vec<SocketAddr>,
+    stop: std::sync::Arc<std::sync::atomic::AtomicBool>,
+) -> std::thread::JoinHandle<u64> {
+    use std::sync::atomic::Ordering;
+    std::thread::spawn(move || {
+        let runtime = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .expect("a tokio runtime");
+        runtime.block_on(async move {
+            let mut config = paxoskv_client::ClientConfig::with_servers(addrs);
+            config.timeout = Duration::from_secs(2);
+            let mut client = paxoskv_client::Client::connect(config).expect("valid config");
+            let mut ok = 0;
+            for i in 0..MAX_LOAD_PUTS {
+                if stop.load(Ordering::Relaxed) {
+                    break;
+                }
+                let put = client.put(&format!("k{}", i % 100), b"v".to_vec()).await;
+                ok += u64::from(put.is_ok());
+            }
+            ok
+        })
+    })
+}
+
 /// True when the browser is here; otherwise says why and whether that is allowed.
 fn browser_available() -> bool {
     let missing: Vec<&str> = [CHROMIUM, CHROMEDRIVER]
@@ -258,6 +289,8 @@ fn the_dashboard_shows_the_leader_and_a_failover_in_a_real_browser() {
         ));
     }
 
+    let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let load = background_load(addrs.to_vec(), stop.clone());
     let driver = start_driver();
     let capabilities = json!({ "capabilities": { "alwaysMatch": {
         "browserName": "chrome",
@@ -303,9 +336,12 @@ fn the_dashboard_shows_the_leader_and_a_failover_in_a_real_browser() {
         after.leaders[0],
         killed.elapsed()
     );
-    // Two chart intervals past the failover, so the screenshot shows the change.
-    std::thread::sleep(Duration::from_millis(1500));
+    // A few chart intervals (1 s each) past the failover, so the screenshot shows it.
+    std::thread::sleep(Duration::from_millis(3000));
     let path = save_screenshot(&driver, &session);
     println!("screenshot: {}", path.display());
     let _ = http_json(driver.addr, "DELETE", &format!("/session/{session}"), None);
+    stop.store(true, std::sync::atomic::Ordering::Relaxed);
+    let puts = load.join().expect("load thread");
+    assert!(puts > 0, "the background load wrote nothing");
 }
