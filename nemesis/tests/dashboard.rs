@@ -17,6 +17,7 @@ use std::time::{Duration, Instant};
 use support::{free_addrs, server_bin, spawn_replica_with, Processes};
 
 const REPLICAS: usize = 5;
+/// Debian's paths; `PAXOSKV_CHROMIUM` / `PAXOSKV_CHROMEDRIVER` override them.
 const CHROMIUM: &str = "/usr/bin/chromium";
 const CHROMEDRIVER: &str = "/usr/bin/chromedriver";
 /// Longest one WebDriver exchange may take (starting a browser is the slow one).
@@ -105,10 +106,15 @@ fn command(driver: &Driver, method: &str, path: &str, body: Option<&Value>) -> V
     answer["value"].clone()
 }
 
+/// `default`, unless environment variable `var` names another path.
+fn tool_path(var: &str, default: &str) -> String {
+    std::env::var(var).unwrap_or_else(|_| default.to_string())
+}
+
 /// Starts chromedriver on a free port and waits (bounded) until it is ready.
 fn start_driver() -> Driver {
     let addr = free_addrs(1)[0];
-    let process = Command::new(CHROMEDRIVER)
+    let process = Command::new(tool_path("PAXOSKV_CHROMEDRIVER", CHROMEDRIVER))
         .arg(format!("--port={}", addr.port()))
         .stdout(Stdio::null())
         .stderr(Stdio::null())
@@ -244,10 +250,13 @@ fn background_load(
 
 /// True when the browser is here; otherwise says why and whether that is allowed.
 fn browser_available() -> bool {
-    let missing: Vec<&str> = [CHROMIUM, CHROMEDRIVER]
-        .into_iter()
-        .filter(|p| !std::path::Path::new(p).exists())
-        .collect();
+    let missing: Vec<String> = [
+        tool_path("PAXOSKV_CHROMIUM", CHROMIUM),
+        tool_path("PAXOSKV_CHROMEDRIVER", CHROMEDRIVER),
+    ]
+    .into_iter()
+    .filter(|p| !std::path::Path::new(p).exists())
+    .collect();
     if missing.is_empty() {
         return true;
     }
@@ -295,7 +304,7 @@ fn the_dashboard_shows_the_leader_and_a_failover_in_a_real_browser() {
     let capabilities = json!({ "capabilities": { "alwaysMatch": {
         "browserName": "chrome",
         "goog:chromeOptions": {
-            "binary": CHROMIUM,
+            "binary": tool_path("PAXOSKV_CHROMIUM", CHROMIUM),
             "args": ["--headless=new", "--no-sandbox", "--disable-gpu",
                      "--disable-dev-shm-usage", "--window-size=1280,1100"],
         },
