@@ -4,8 +4,8 @@
 use paxoskv::message::{Request, Response};
 use paxoskv::{Command, ReplicaId};
 use paxoskv_service::{
-    connect_kv, connect_replica, Dialer, KvError, KvRpcClient, ReplicaRpcClient, SnapshotChunk,
-    WriteReply,
+    connect_kv, connect_replica, Dialer, GetReply, KvError, KvRpcClient, ReadMode,
+    ReplicaRpcClient, SnapshotChunk, WriteReply,
 };
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -65,7 +65,7 @@ async fn cached_or_dial<C: Clone>(
     slot.client.clone()
 }
 
-fn context_with_timeout(timeout: Duration) -> context::Context {
+pub(crate) fn context_with_timeout(timeout: Duration) -> context::Context {
     // A fresh context: never inherit a client's (possibly 10 s) deadline for fan-out calls.
     let mut ctx = context::current();
     ctx.deadline = Instant::now() + timeout;
@@ -181,6 +181,27 @@ impl PeerLink {
                     self.replica.lock().await.client = None;
                 }
                 Err(e.to_string())
+            }
+        }
+    }
+
+    /// Forwards a client's linearizable read to this peer (the leader), for front ends
+    /// whose clients cannot follow a `NotLeader` hint themselves (RESP).
+    pub async fn forward_get(&self, key: String, timeout: Duration) -> Result<GetReply, KvError> {
+        let timeout_ms = timeout.as_millis() as u64;
+        let Some(client) = self.kv_client().await else {
+            return Err(KvError::Timeout { timeout_ms });
+        };
+        match client
+            .get(context_with_timeout(timeout), key, ReadMode::Linearizable)
+            .await
+        {
+            Ok(reply) => reply,
+            Err(e) => {
+                if is_connection_error(&e) {
+                    self.kv.lock().await.client = None;
+                }
+                Err(KvError::Timeout { timeout_ms })
             }
         }
     }
