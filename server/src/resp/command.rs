@@ -21,8 +21,11 @@ pub trait Backend {
     fn status(&mut self) -> impl std::future::Future<Output = ReplicaStatus> + Send;
 }
 
-/// Server name and version shown by HELLO and INFO.
+/// paxoskv's version, shown by HELLO and INFO.
 const SERVER_VERSION: &str = env!("CARGO_PKG_VERSION");
+/// The Redis version whose commands and replies this front end follows; clients parse
+/// `redis_version` to decide what they may send.
+const REDIS_COMPAT_VERSION: &str = "7.0.0";
 
 /// One connection's state.
 #[derive(Debug)]
@@ -113,6 +116,13 @@ impl Connection {
             },
             "CLIENT" => self.client(rest),
             "COMMAND" => command_info(rest),
+            // redis-benchmark and some clients read settings; paxoskv has none to show.
+            "CONFIG" => match rest.first() {
+                Some(sub) if sub.eq_ignore_ascii_case(b"GET") && rest.len() >= 2 => {
+                    Reply::Map(vec![])
+                }
+                _ => Reply::err("CONFIG: only CONFIG GET is answered (with nothing) by paxoskv"),
+            },
             "GET" => match rest {
                 [key] => match key_of(key) {
                     Ok(key) => match backend.get(key).await {
@@ -267,7 +277,7 @@ impl Connection {
         };
         Reply::Map(vec![
             (Reply::text("server"), Reply::text("paxoskv")),
-            (Reply::text("version"), Reply::text(SERVER_VERSION)),
+            (Reply::text("version"), Reply::text(REDIS_COMPAT_VERSION)),
             (Reply::text("proto"), Reply::Int(proto)),
             (Reply::text("id"), Reply::Int(self.id as i64)),
             (Reply::text("mode"), Reply::text("standalone")),
@@ -375,7 +385,7 @@ fn info(status: &ReplicaStatus) -> String {
         .unwrap_or_else(|| "unknown".into());
     let leader_addr = status.leader_addr.as_deref().unwrap_or("unknown");
     format!(
-        "# Server\r\nredis_version:{SERVER_VERSION}\r\nserver_name:paxoskv\r\npaxoskv_replica:{}\r\n\r\n\
+        "# Server\r\nredis_version:{REDIS_COMPAT_VERSION}\r\nserver_name:paxoskv\r\npaxoskv_version:{SERVER_VERSION}\r\npaxoskv_replica:{}\r\n\r\n\
          # Replication\r\nrole:{role}\r\npaxoskv_role:{}\r\nleader:{leader}\r\nleader_addr:{leader_addr}\r\n\
          applied_slot:{}\r\n\r\n# Keyspace\r\ndb0:keys={}\r\n",
         status.id, status.role, status.applied_through, status.keys
