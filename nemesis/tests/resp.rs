@@ -23,10 +23,10 @@ fn resp_cluster(
     let free = free_addrs(2 * n);
     let (addrs, resp) = (free[..n].to_vec(), free[n..].to_vec());
     let mut procs = Processes(Vec::new());
-    for id in 0..n {
+    for (id, resp_addr) in resp.iter().enumerate() {
         let mut args = vec![
             "--resp-port".to_string(),
-            resp[id].port().to_string(),
+            resp_addr.port().to_string(),
             "--max-value-bytes".to_string(),
             MAX_VALUE_BYTES.to_string(),
         ];

@@ -73,12 +73,12 @@ pub enum ProtocolError {
     Decode(String),
 }
 
+/// A request's arguments and the bytes it used; `None` while incomplete.
+pub type Next = Option<(Vec<Vec<u8>>, usize)>;
+
 /// The next request in `buf`: its arguments and the bytes it used, `Ok(None)` while
 /// incomplete. An empty request (`*0`, a blank line) yields no arguments.
-pub fn next_request(
-    buf: &[u8],
-    limits: &RequestLimits,
-) -> Result<Option<(Vec<Vec<u8>>, usize)>, ProtocolError> {
+pub fn next_request(buf: &[u8], limits: &RequestLimits) -> Result<Next, ProtocolError> {
     match buf.first() {
         None => Ok(None),
         Some(b'*') => multibulk(buf, limits),
@@ -108,10 +108,7 @@ fn header(
     Ok(Some((number, at + cr + 2)))
 }
 
-fn multibulk(
-    buf: &[u8],
-    limits: &RequestLimits,
-) -> Result<Option<(Vec<Vec<u8>>, usize)>, ProtocolError> {
+fn multibulk(buf: &[u8], limits: &RequestLimits) -> Result<Next, ProtocolError> {
     let Some((count, mut at)) = header(buf, 0, ProtocolError::ArrayLength)? else {
         return Ok(None);
     };
@@ -167,10 +164,7 @@ fn decode(request: &[u8]) -> Result<Vec<Vec<u8>>, ProtocolError> {
     }
 }
 
-fn inline(
-    buf: &[u8],
-    limits: &RequestLimits,
-) -> Result<Option<(Vec<Vec<u8>>, usize)>, ProtocolError> {
+fn inline(buf: &[u8], limits: &RequestLimits) -> Result<Next, ProtocolError> {
     let window = &buf[..buf.len().min(limits.max_inline_bytes)];
     let Some(newline) = window.iter().position(|&b| b == b'\n') else {
         return if buf.len() >= limits.max_inline_bytes {
