@@ -65,7 +65,7 @@ async fn cached_or_dial<C: Clone>(
     slot.client.clone()
 }
 
-pub(crate) fn context_with_timeout(timeout: Duration) -> context::Context {
+fn context_with_timeout(timeout: Duration) -> context::Context {
     // A fresh context: never inherit a client's (possibly 10 s) deadline for fan-out calls.
     let mut ctx = context::current();
     ctx.deadline = Instant::now() + timeout;
@@ -188,22 +188,10 @@ impl PeerLink {
     /// Forwards a client's linearizable read to this peer (the leader), for front ends
     /// whose clients cannot follow a `NotLeader` hint themselves (RESP).
     pub async fn forward_get(&self, key: String, timeout: Duration) -> Result<GetReply, KvError> {
-        let timeout_ms = timeout.as_millis() as u64;
-        let Some(client) = self.kv_client().await else {
-            return Err(KvError::Timeout { timeout_ms });
-        };
-        match client
-            .get(context_with_timeout(timeout), key, ReadMode::Linearizable)
-            .await
-        {
-            Ok(reply) => reply,
-            Err(e) => {
-                if is_connection_error(&e) {
-                    self.kv.lock().await.client = None;
-                }
-                Err(KvError::Timeout { timeout_ms })
-            }
-        }
+        self.call_kv(timeout, |client, ctx| async move {
+            client.get(ctx, key, ReadMode::Linearizable).await
+        })
+        .await
     }
 
     /// Forwards a client's write to this peer (the leader).
@@ -212,14 +200,24 @@ impl PeerLink {
         command: Command,
         timeout: Duration,
     ) -> Result<WriteReply, KvError> {
+        self.call_kv(timeout, |client, ctx| async move {
+            client.propose(ctx, command, true).await
+        })
+        .await
+    }
+
+    /// One call on this peer's client service; no answer in time (or no connection) is a
+    /// `Timeout`, and a broken link is dropped so the next call redials.
+    async fn call_kv<T, F, Fut>(&self, timeout: Duration, call: F) -> Result<T, KvError>
+    where
+        F: FnOnce(KvRpcClient, context::Context) -> Fut,
+        Fut: std::future::Future<Output = Result<Result<T, KvError>, RpcError>>,
+    {
         let timeout_ms = timeout.as_millis() as u64;
         let Some(client) = self.kv_client().await else {
             return Err(KvError::Timeout { timeout_ms });
         };
-        match client
-            .propose(context_with_timeout(timeout), command, true)
-            .await
-        {
+        match call(client, context_with_timeout(timeout)).await {
             Ok(reply) => reply,
             Err(e) => {
                 if is_connection_error(&e) {
