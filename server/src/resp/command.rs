@@ -392,16 +392,17 @@ fn info(status: &ReplicaStatus) -> String {
     )
 }
 
+/// An in-memory [`Backend`] for tests of the command and connection layers.
 #[cfg(test)]
-mod tests {
+pub(crate) mod memory {
     use super::*;
     use std::collections::HashMap;
 
     /// An in-memory store: the command layer's behaviour without a cluster.
     #[derive(Default)]
-    struct Memory {
-        map: HashMap<String, Vec<u8>>,
-        fail_with: Option<KvError>,
+    pub(crate) struct Memory {
+        pub(crate) map: HashMap<String, Vec<u8>>,
+        pub(crate) fail_with: Option<KvError>,
     }
 
     impl Backend for Memory {
@@ -439,6 +440,12 @@ mod tests {
             }
         }
     }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::memory::Memory;
+    use super::*;
 
     fn run(conn: &mut Connection, store: &mut Memory, words: &[&str]) -> Reply {
         let args = words.iter().map(|w| w.as_bytes().to_vec()).collect();

@@ -135,10 +135,13 @@ async fn run_connection<B: Backend>(
     let mut output: Vec<u8> = Vec::new();
     loop {
         let mut answered = 0;
+        // Requests are split off by offset and the buffer compacted once per read, not
+        // once per request.
+        let mut offset = 0;
         loop {
-            match next_request(&input, limits) {
+            match next_request(&input[offset..], limits) {
                 Ok(Some((args, used))) => {
-                    input.drain(..used);
+                    offset += used;
                     if args.is_empty() {
                         continue;
                     }
@@ -167,6 +170,7 @@ async fn run_connection<B: Backend>(
             }
         }
         write_out(&mut stream, &mut output, options.idle_timeout).await?;
+        input.drain(..offset);
         // `next_request` refuses a request over the limits before its bytes arrive, so the
         // buffer never holds more than one request's bound plus one read.
         let start = input.len();
@@ -328,5 +332,80 @@ impl Backend for KvSession {
 
     async fn status(&mut self) -> ReplicaStatus {
         self.server.clone().status(tarpc::context::current()).await
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::command::memory::Memory;
+    use super::*;
+
+    /// Runs one connection over loopback against an in-memory store; returns what the
+    /// client received until the server closed (or `idle` passed).
+    async fn exchange(request: &[u8], idle: Duration) -> Vec<u8> {
+        let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
+        let addr = listener.local_addr().expect("addr");
+        let server = tokio::spawn(async move {
+            let (stream, _) = listener.accept().await.expect("accept");
+            // Bulk strings up to the key limit (1024 bytes), as with any small value limit.
+            let limits = RequestLimits::for_max_value(16);
+            let options = RespOptions::new(None, idle);
+            let mut conn = Connection::new(1, None);
+            let _ =
+                run_connection(stream, &mut Memory::default(), &mut conn, &limits, &options).await;
+        });
+        let mut client = TcpStream::connect(addr).await.expect("connect");
+        client.write_all(request).await.expect("send");
+        let mut received = Vec::new();
+        let read = tokio::time::timeout(Duration::from_secs(10), client.read_to_end(&mut received));
+        read.await
+            .expect("the server closes in time")
+            .expect("read");
+        server.await.expect("server task");
+        received
+    }
+
+    #[tokio::test]
+    async fn pipelined_requests_are_answered_in_order() {
+        let mut request = Vec::new();
+        for i in 0..300 {
+            request.extend_from_slice(
+                format!(
+                    "*3\r\n$3\r\nSET\r\n$2\r\nk{}\r\n$1\r\n{}\r\n",
+                    i % 10,
+                    i % 10
+                )
+                .as_bytes(),
+            );
+            request
+                .extend_from_slice(format!("*2\r\n$3\r\nGET\r\n$2\r\nk{}\r\n", i % 10).as_bytes());
+        }
+        request.extend_from_slice(b"PING\r\nQUIT\r\n");
+        let received = exchange(&request, Duration::from_secs(10)).await;
+        let mut expected = String::new();
+        for i in 0..300 {
+            expected.push_str(&format!("+OK\r\n$1\r\n{}\r\n", i % 10));
+        }
+        expected.push_str("+PONG\r\n+OK\r\n");
+        assert_eq!(String::from_utf8_lossy(&received), expected);
+    }
+
+    #[tokio::test]
+    async fn an_oversize_bulk_is_refused_and_the_connection_closed() {
+        let received = exchange(
+            b"PING\r\n*3\r\n$3\r\nSET\r\n$1\r\nk\r\n$2000\r\n",
+            Duration::from_secs(10),
+        )
+        .await;
+        assert_eq!(
+            String::from_utf8_lossy(&received),
+            "+PONG\r\n-ERR Protocol error: invalid bulk length\r\n"
+        );
+    }
+
+    #[tokio::test]
+    async fn an_idle_connection_is_closed() {
+        let received = exchange(b"PING\r\n*1\r\n$4\r\nPI", Duration::from_millis(200)).await;
+        assert_eq!(String::from_utf8_lossy(&received), "+PONG\r\n");
     }
 }
