@@ -550,7 +550,10 @@ async fn prepare(args: &Args, addrs: &[SocketAddr], ids: &[u32]) -> Result<Prepa
         let mut options = replica_options(args, id, addrs);
         options.resp = resp.map(|listener| {
             let idle = std::time::Duration::from_millis(args.idle_timeout_ms);
-            let resp_options = paxoskv_server::resp::RespOptions::new(security.token.clone(), idle);
+            let mut resp_options =
+                paxoskv_server::resp::RespOptions::new(security.token.clone(), idle);
+            resp_options.request_timeout = std::time::Duration::from_millis(args.frame_timeout_ms);
+            resp_options.min_request_rate_bytes_per_s = args.min_frame_rate_bytes_per_s;
             (listener, resp_options)
         });
         options.validate().map_err(anyhow::Error::msg)?;

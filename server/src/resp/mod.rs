@@ -32,6 +32,10 @@ pub struct RespOptions {
     pub idle_timeout: Duration,
     /// Requests answered before the replies are written out even if more are buffered.
     pub max_pipelined_requests: usize,
+    /// Time a started request gets to arrive in full, on top of its share by rate.
+    pub request_timeout: Duration,
+    /// Slowest rate a started request may arrive at once `request_timeout` is used up.
+    pub min_request_rate_bytes_per_s: u64,
 }
 
 /// Default of [`RespOptions::max_pipelined_requests`].
@@ -52,7 +56,19 @@ impl RespOptions {
             token,
             idle_timeout,
             max_pipelined_requests: DEFAULT_MAX_PIPELINED_REQUESTS,
+            request_timeout: Duration::from_millis(
+                paxoskv_service::frames::DEFAULT_FRAME_TIMEOUT_MS,
+            ),
+            min_request_rate_bytes_per_s:
+                paxoskv_service::frames::DEFAULT_MIN_FRAME_RATE_BYTES_PER_S,
         }
+    }
+
+    /// How long a started request of `buffered_bytes` may take to arrive in full: a client
+    /// that trickles a request in cannot hold its buffer for the whole idle timeout.
+    fn partial_request_allowance(&self, buffered_bytes: usize) -> Duration {
+        let rate = self.min_request_rate_bytes_per_s.max(1);
+        self.request_timeout + Duration::from_millis(buffered_bytes as u64 * 1000 / rate)
     }
 }
 
@@ -111,6 +127,8 @@ enum ConnectionEnd {
     Io(#[from] std::io::Error),
     #[error("idle for {0:?}")]
     Idle(Duration),
+    #[error("a request did not arrive in full within {0:?}")]
+    SlowRequest(Duration),
 }
 
 async fn serve_connection(stream: TcpStream, shared: Arc<Shared>, options: RespOptions, id: u64) {
@@ -133,6 +151,8 @@ async fn run_connection<B: Backend>(
 ) -> Result<(), ConnectionEnd> {
     let mut input: Vec<u8> = Vec::with_capacity(READ_CHUNK_BYTES);
     let mut output: Vec<u8> = Vec::new();
+    // When the incomplete request at the end of the buffer started arriving.
+    let mut partial_since: Option<Instant> = None;
     loop {
         let mut answered = 0;
         // Requests are split off by offset and the buffer compacted once per read, not
@@ -171,14 +191,28 @@ async fn run_connection<B: Backend>(
         }
         write_out(&mut stream, &mut output, options.idle_timeout).await?;
         input.drain(..offset);
+        if offset > 0 || input.is_empty() {
+            partial_since = None;
+        }
+        let wait = match partial_since {
+            None if input.is_empty() => options.idle_timeout,
+            None => {
+                partial_since = Some(Instant::now());
+                options.partial_request_allowance(input.len())
+            }
+            Some(since) => options
+                .partial_request_allowance(input.len())
+                .saturating_sub(since.elapsed()),
+        };
+        let wait = wait.min(options.idle_timeout);
         // `next_request` refuses a request over the limits before its bytes arrive, so the
         // buffer never holds more than one request's bound plus one read.
         let start = input.len();
         input.resize(start + READ_CHUNK_BYTES, 0);
-        let read =
-            tokio::time::timeout(options.idle_timeout, stream.read(&mut input[start..])).await;
+        let read = tokio::time::timeout(wait, stream.read(&mut input[start..])).await;
         let n = match read {
             Ok(n) => n?,
+            Err(_) if partial_since.is_some() => return Err(ConnectionEnd::SlowRequest(wait)),
             Err(_) => return Err(ConnectionEnd::Idle(options.idle_timeout)),
         };
         input.truncate(start + n);
@@ -404,8 +438,33 @@ mod tests {
     }
 
     #[tokio::test]
+    async fn a_trickled_request_is_cut_off() {
+        // Idle timeout far away: only the started request's own allowance can end it.
+        let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
+        let addr = listener.local_addr().expect("addr");
+        let server = tokio::spawn(async move {
+            let (stream, _) = listener.accept().await.expect("accept");
+            let mut options = RespOptions::new(None, Duration::from_secs(60));
+            options.request_timeout = Duration::from_millis(200);
+            let limits = RequestLimits::for_max_value(16);
+            let mut conn = Connection::new(1, None);
+            run_connection(stream, &mut Memory::default(), &mut conn, &limits, &options).await
+        });
+        let mut client = TcpStream::connect(addr).await.expect("connect");
+        client.write_all(b"*1\r\n$4\r\nPI").await.expect("send");
+        let ended = tokio::time::timeout(Duration::from_secs(10), server)
+            .await
+            .expect("cut off in time")
+            .expect("server task");
+        assert!(
+            matches!(ended, Err(ConnectionEnd::SlowRequest(_))),
+            "{ended:?}"
+        );
+    }
+
+    #[tokio::test]
     async fn an_idle_connection_is_closed() {
-        let received = exchange(b"PING\r\n*1\r\n$4\r\nPI", Duration::from_millis(200)).await;
+        let received = exchange(b"PING\r\n", Duration::from_millis(200)).await;
         assert_eq!(String::from_utf8_lossy(&received), "+PONG\r\n");
     }
 }
