@@ -39,7 +39,13 @@ pub struct Connection {
     token: Option<std::sync::Arc<[u8]>>,
     authenticated: bool,
     id: u64,
+    /// Largest MGET reply (value bytes) this connection builds in memory.
+    pub max_reply_bytes: usize,
 }
+
+/// Default of [`Connection::max_reply_bytes`]: 4096 keys of 1 MiB values would otherwise
+/// be a 4 GiB reply.
+pub const DEFAULT_MAX_REPLY_BYTES: usize = 64 * 1024 * 1024;
 
 /// Commands that answer `-ERR ... not supported yet` with the reason, until the data model
 /// (issue 13) and the ordered map (issue 12) land.
@@ -77,6 +83,7 @@ impl Connection {
             authenticated: token.is_none(),
             token,
             id,
+            max_reply_bytes: DEFAULT_MAX_REPLY_BYTES,
         }
     }
 
@@ -136,16 +143,26 @@ impl Connection {
             },
             "MGET" if !rest.is_empty() => {
                 let mut values = Vec::with_capacity(rest.len());
+                let mut reply_bytes = 0usize;
                 for key in rest {
                     let value = match key_of(key) {
                         // Redis answers nil for a key that cannot hold a string.
                         Err(_) => Reply::Nil,
                         Ok(key) => match backend.get(key).await {
-                            Ok(Some(v)) => Reply::Bulk(v),
+                            Ok(Some(v)) => {
+                                reply_bytes += v.len();
+                                Reply::Bulk(v)
+                            }
                             Ok(None) => Reply::Nil,
                             Err(e) => return kv_error(&e),
                         },
                     };
+                    if reply_bytes > self.max_reply_bytes {
+                        return Reply::err(format!(
+                            "MGET reply over {} bytes; ask for fewer keys at once",
+                            self.max_reply_bytes
+                        ));
+                    }
                     values.push(value);
                 }
                 Reply::Array(values)
@@ -474,6 +491,21 @@ mod tests {
         assert_eq!(run(&mut c, &mut m, &["DEL", "a", "zz", "b"]), Reply::Int(2));
         assert_eq!(run(&mut c, &mut m, &["DEL", "a"]), Reply::Int(0));
         assert_eq!(run(&mut c, &mut m, &["GET", "a"]), Reply::Nil);
+    }
+
+    #[test]
+    fn an_mget_reply_is_bounded() {
+        let (mut c, mut m) = (Connection::new(1, None), Memory::default());
+        c.max_reply_bytes = 10;
+        assert_eq!(run(&mut c, &mut m, &["SET", "a", "123456"]), Reply::ok());
+        assert_eq!(
+            run(&mut c, &mut m, &["MGET", "a", "b"]),
+            Reply::Array(vec![bulk("123456"), Reply::Nil])
+        );
+        let Reply::Error(e) = run(&mut c, &mut m, &["MGET", "a", "a"]) else {
+            panic!("an oversize MGET answered")
+        };
+        assert!(e.contains("MGET reply over 10 bytes"), "{e}");
     }
 
     #[test]
