@@ -14,6 +14,7 @@ pub mod metrics_http;
 pub mod node;
 pub mod peer;
 pub mod refusals;
+pub mod resp;
 pub mod rpc;
 pub mod snapshot_in;
 pub mod storage;

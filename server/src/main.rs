@@ -205,6 +205,14 @@ struct Args {
     /// Log format on stderr: text for people, json (one object per line) for log shippers.
     #[arg(long, value_enum, default_value_t = LogFormat::Text)]
     log_format: LogFormat,
+    /// Also speak the Redis protocol (RESP2/RESP3) on port P (one-process mode: P..P+4),
+    /// plaintext, on the replica's host. With --auth-token-file clients must `AUTH token`.
+    #[arg(long, value_name = "P")]
+    resp_port: Option<u16>,
+    /// Allow the plaintext RESP port on a replica that uses TLS (its RESP clients are then
+    /// neither encrypted nor authenticated by certificate).
+    #[arg(long, requires = "resp_port")]
+    resp_insecure: bool,
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
@@ -370,6 +378,37 @@ fn check_protected(args: &Args, id: u32, bind: SocketAddr, tls: bool) -> Result<
     )
 }
 
+/// Binds replica `id`'s RESP port, if asked for, on the host of its replica address
+/// `replica_addr`. RESP is plaintext: on a TLS replica it needs --resp-insecure, elsewhere
+/// the protected-mode rule of the replica ports.
+async fn bind_resp(
+    args: &Args,
+    id: u32,
+    replicas_here: usize,
+    replica_addr: SocketAddr,
+    security: &ServerSecurity,
+) -> Result<Option<TcpListener>> {
+    let Some(first) = args.resp_port else {
+        return Ok(None);
+    };
+    if security.tls.is_some() && !args.resp_insecure {
+        bail!(
+            "replica {id} uses TLS but the RESP port would be plaintext (RESP has no TLS here): \
+             give --resp-insecure to accept that, or leave out --resp-port"
+        );
+    }
+    let offset = if replicas_here > 1 { id as u16 } else { 0 };
+    let Some(port) = first.checked_add(offset) else {
+        bail!("--resp-port {first} leaves no room for replica {id}");
+    };
+    let addr = SocketAddr::new(replica_addr.ip(), port);
+    check_protected(args, id, addr, security.tls.is_some())?;
+    let listener = TcpListener::bind(addr)
+        .await
+        .with_context(|| format!("replica {id} cannot listen for RESP on {addr}"))?;
+    Ok(Some(listener))
+}
+
 /// Opens replica state: durable under --data-dir, or throwaway with --in-memory.
 fn open_state(args: &Args, options: &ReplicaOptions) -> Result<(Replica, Box<dyn ReplicaStore>)> {
     let cfg = options.core_config();
@@ -492,8 +531,11 @@ async fn prepare(args: &Args, addrs: &[SocketAddr], ids: &[u32]) -> Result<Prepa
         );
     }
     let fd_limit = limits::raise_fd_limit().context("cannot read the open-file limit")?;
-    let connection_limits = args.connection_limits(fd_limit, ids.len())?;
+    // A RESP port is a second listener per replica, with the same caps.
+    let listeners_per_replica = if args.resp_port.is_some() { 2 } else { 1 };
+    let connection_limits = args.connection_limits(fd_limit, ids.len() * listeners_per_replica)?;
     let mut listeners = Vec::new();
+    let mut resp_listeners = Vec::new();
     let mut securities = Vec::new();
     for &id in ids {
         let (security, dialer) = security(args, id, addrs.len() as u32)?;
@@ -503,12 +545,26 @@ async fn prepare(args: &Args, addrs: &[SocketAddr], ids: &[u32]) -> Result<Prepa
             .await
             .with_context(|| format!("replica {id} cannot listen on {addr}"))?;
         listeners.push(listener);
+        resp_listeners.push(bind_resp(args, id, ids.len(), addr, &security).await?);
         securities.push((security, dialer));
     }
     let created = DirCleanup::new(args, ids);
     let mut prepared = Vec::new();
-    for ((&id, listener), (security, dialer)) in ids.iter().zip(listeners).zip(securities) {
+    for (((&id, listener), (security, dialer)), resp) in ids
+        .iter()
+        .zip(listeners)
+        .zip(securities)
+        .zip(resp_listeners)
+    {
         let mut options = replica_options(args, id, addrs);
+        options.resp = resp.map(|listener| {
+            let idle = std::time::Duration::from_millis(args.idle_timeout_ms);
+            let mut resp_options =
+                paxoskv_server::resp::RespOptions::new(security.token.clone(), idle);
+            resp_options.request_timeout = std::time::Duration::from_millis(args.frame_timeout_ms);
+            resp_options.min_request_rate_bytes_per_s = args.min_frame_rate_bytes_per_s;
+            (listener, resp_options)
+        });
         options.validate().map_err(anyhow::Error::msg)?;
         options.security = security;
         options.peer_dialer = dialer;
@@ -665,8 +721,14 @@ async fn serve(args: Args) -> Result<()> {
         } else {
             ""
         };
+        let resp = options
+            .resp
+            .as_ref()
+            .and_then(|(l, _)| l.local_addr().ok())
+            .map(|a| format!(", RESP (Redis protocol) at port {}", a.port()))
+            .unwrap_or_default();
         replicas.spawn(run_replica(listener, options, core, store, stop_rx.clone()));
-        println!("Replica {id} is running at port {port}{tls}");
+        println!("Replica {id} is running at port {port}{tls}{resp}");
     }
     if args.in_memory {
         println!("In-memory mode: nothing is persisted; a restarted replica starts empty");

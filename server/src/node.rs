@@ -84,6 +84,9 @@ pub struct ReplicaOptions {
     /// How recently the leader (or, for a leader, a majority) must have been heard from
     /// for `/readyz` to say ready.
     pub ready_contact_ms: u64,
+    /// A bound listener for the Redis protocol front end, and how it behaves (`None`: no
+    /// RESP port).
+    pub resp: Option<(TcpListener, crate::resp::RespOptions)>,
 }
 
 /// Default of [`ReplicaOptions::max_inflight_bytes`].
@@ -117,6 +120,7 @@ impl ReplicaOptions {
             snapshot_receive: SnapshotReceiveLimits::default(),
             metrics: None,
             ready_contact_ms: crate::metrics::DEFAULT_READY_CONTACT_MS,
+            resp: None,
         }
     }
 
@@ -165,12 +169,13 @@ impl ReplicaOptions {
 /// Runs one replica on `listener` until `shutdown` becomes true.
 pub async fn run_replica(
     listener: TcpListener,
-    options: ReplicaOptions,
+    mut options: ReplicaOptions,
     core: Replica,
     store: Box<dyn ReplicaStore>,
     shutdown: watch::Receiver<bool>,
 ) {
     let id = options.id;
+    let resp = options.resp.take();
     let peers: Arc<Vec<Option<Arc<PeerLink>>>> = Arc::new(
         options
             .addrs
@@ -241,6 +246,14 @@ pub async fn run_replica(
     });
     let driver_task = tokio::spawn(driver.run(shutdown.clone()));
     tokio::spawn(failure.run_down_schedule(id, shutdown.clone()));
+    if let Some((listener, resp_options)) = resp {
+        tokio::spawn(crate::resp::serve(
+            listener,
+            shared.clone(),
+            resp_options,
+            shutdown.clone(),
+        ));
+    }
     accept_loop(listener, shared, shutdown).await;
     let _ = driver_task.await;
 }

@@ -4,8 +4,8 @@
 use paxoskv::message::{Request, Response};
 use paxoskv::{Command, ReplicaId};
 use paxoskv_service::{
-    connect_kv, connect_replica, Dialer, KvError, KvRpcClient, ReplicaRpcClient, SnapshotChunk,
-    WriteReply,
+    connect_kv, connect_replica, Dialer, GetReply, KvError, KvRpcClient, ReadMode,
+    ReplicaRpcClient, SnapshotChunk, WriteReply,
 };
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -185,20 +185,39 @@ impl PeerLink {
         }
     }
 
+    /// Forwards a client's linearizable read to this peer (the leader), for front ends
+    /// whose clients cannot follow a `NotLeader` hint themselves (RESP).
+    pub async fn forward_get(&self, key: String, timeout: Duration) -> Result<GetReply, KvError> {
+        self.call_kv(timeout, |client, ctx| async move {
+            client.get(ctx, key, ReadMode::Linearizable).await
+        })
+        .await
+    }
+
     /// Forwards a client's write to this peer (the leader).
     pub async fn forward_propose(
         &self,
         command: Command,
         timeout: Duration,
     ) -> Result<WriteReply, KvError> {
+        self.call_kv(timeout, |client, ctx| async move {
+            client.propose(ctx, command, true).await
+        })
+        .await
+    }
+
+    /// One call on this peer's client service; no answer in time (or no connection) is a
+    /// `Timeout`, and a broken link is dropped so the next call redials.
+    async fn call_kv<T, F, Fut>(&self, timeout: Duration, call: F) -> Result<T, KvError>
+    where
+        F: FnOnce(KvRpcClient, context::Context) -> Fut,
+        Fut: std::future::Future<Output = Result<Result<T, KvError>, RpcError>>,
+    {
         let timeout_ms = timeout.as_millis() as u64;
         let Some(client) = self.kv_client().await else {
             return Err(KvError::Timeout { timeout_ms });
         };
-        match client
-            .propose(context_with_timeout(timeout), command, true)
-            .await
-        {
+        match call(client, context_with_timeout(timeout)).await {
             Ok(reply) => reply,
             Err(e) => {
                 if is_connection_error(&e) {

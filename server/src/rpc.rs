@@ -381,6 +381,36 @@ impl KvServer {
     }
 }
 
+impl KvServer {
+    /// A linearizable read through the same path as `KvRpc::get`, forwarded once to the
+    /// leader when this replica is a follower that knows it: for front ends whose clients
+    /// cannot follow a `NotLeader` hint (RESP).
+    pub async fn get_via_leader(&self, key: String, budget: Duration) -> Result<GetReply, KvError> {
+        let started = Instant::now();
+        let mut ctx = tarpc::context::current();
+        ctx.deadline = started + budget;
+        match self
+            .clone()
+            .get(ctx, key.clone(), ReadMode::Linearizable)
+            .await
+        {
+            Err(KvError::NotLeader {
+                leader: Some(l), ..
+            }) if l != self.0.id => match self.0.peers.get(l as usize) {
+                Some(Some(peer)) => {
+                    peer.forward_get(key, budget.saturating_sub(started.elapsed()))
+                        .await
+                }
+                _ => Err(KvError::NotLeader {
+                    leader: None,
+                    leader_addr: None,
+                }),
+            },
+            other => other,
+        }
+    }
+}
+
 fn map_failure(reply: ClientReply, seq: u64) -> KvError {
     match reply {
         ClientReply::Failed(ClientError::Busy) => KvError::Busy("leader queue is full".into()),

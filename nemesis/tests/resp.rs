@@ -1,0 +1,341 @@
+//! The Redis protocol front end against real server processes: the `redis` crate and the
+//! real `redis-cli` as clients, and the paxoskv client on the same data.
+
+mod support;
+
+use paxoskv_client::{Client, ClientConfig};
+use std::net::SocketAddr;
+use std::path::Path;
+use std::process::Command;
+use std::time::{Duration, Instant};
+use support::{free_addrs, server_bin, spawn_replica_with, Processes};
+
+/// Largest value the test clusters accept, so an oversize bulk is cheap to send.
+const MAX_VALUE_BYTES: usize = 4096;
+
+/// A cluster of `n` durable processes, each with a RESP port; returns them, the replica
+/// addresses and the RESP addresses.
+fn resp_cluster(
+    dir: &Path,
+    n: usize,
+    extra: &[String],
+) -> (Processes, Vec<SocketAddr>, Vec<SocketAddr>) {
+    let free = free_addrs(2 * n);
+    let (addrs, resp) = (free[..n].to_vec(), free[n..].to_vec());
+    let mut procs = Processes(Vec::new());
+    for (id, resp_addr) in resp.iter().enumerate() {
+        let mut args = vec![
+            "--resp-port".to_string(),
+            resp_addr.port().to_string(),
+            "--max-value-bytes".to_string(),
+            MAX_VALUE_BYTES.to_string(),
+        ];
+        args.extend(extra.iter().cloned());
+        let data = dir.join(format!("replica-{id}"));
+        procs
+            .0
+            .push(spawn_replica_with(server_bin(), id, &addrs, &data, &args));
+    }
+    (procs, addrs, resp)
+}
+
+fn connect(addr: SocketAddr, query: &str) -> redis::Connection {
+    let client = redis::Client::open(format!("redis://{addr}/{query}")).expect("redis URL");
+    let con = client
+        .get_connection_with_timeout(Duration::from_secs(10))
+        .expect("connect to the RESP port");
+    con.set_read_timeout(Some(Duration::from_secs(15)))
+        .expect("read timeout");
+    con
+}
+
+fn info_field(con: &mut redis::Connection, field: &str) -> Option<String> {
+    let info: String = redis::cmd("INFO").query(con).ok()?;
+    info.lines()
+        .find_map(|l| l.strip_prefix(&format!("{field}:")))
+        .map(|v| v.trim().to_string())
+}
+
+/// Polls INFO on every RESP port (bounded) until one says it leads; returns its index.
+fn wait_leader(resp: &[SocketAddr], within: Duration) -> usize {
+    let deadline = Instant::now() + within;
+    while Instant::now() < deadline {
+        for (i, addr) in resp.iter().enumerate() {
+            let mut con = connect(*addr, "");
+            if info_field(&mut con, "paxoskv_role").as_deref() == Some("leader") {
+                return i;
+            }
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    panic!("no replica became leader within {within:?}");
+}
+
+fn paxoskv_client(addrs: &[SocketAddr]) -> Client {
+    let mut config = ClientConfig::with_servers(addrs.to_vec());
+    config.timeout = Duration::from_secs(10);
+    Client::connect(config).expect("valid client config")
+}
+
+fn server_error(result: redis::RedisResult<redis::Value>) -> String {
+    match result {
+        Ok(v) => panic!("expected an error reply, got {v:?}"),
+        Err(e) => e.to_string(),
+    }
+}
+
+#[test]
+fn redis_clients_read_and_write_through_leader_and_followers() {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let (_procs, addrs, resp) = resp_cluster(dir.path(), 3, &[]);
+    let leader = wait_leader(&resp, Duration::from_secs(20));
+    let follower = (leader + 1) % resp.len();
+    let mut on_leader = connect(resp[leader], "");
+    // A follower forwards writes and linearizable reads to the leader.
+    let mut on_follower = connect(resp[follower], "");
+
+    let () = redis::cmd("SET")
+        .arg("a")
+        .arg("1")
+        .query(&mut on_follower)
+        .expect("SET via follower");
+    let got: Option<String> = redis::cmd("GET")
+        .arg("a")
+        .query(&mut on_leader)
+        .expect("GET");
+    assert_eq!(got.as_deref(), Some("1"));
+    let () = redis::cmd("SET")
+        .arg("b")
+        .arg("2")
+        .query(&mut on_leader)
+        .expect("SET via leader");
+    let got: Option<String> = redis::cmd("GET")
+        .arg("b")
+        .query(&mut on_follower)
+        .expect("GET via follower");
+    assert_eq!(
+        got.as_deref(),
+        Some("2"),
+        "a follower's read sees the leader's write"
+    );
+    let n: i64 = redis::cmd("EXISTS")
+        .arg("a")
+        .arg("nope")
+        .arg("b")
+        .query(&mut on_follower)
+        .expect("EXISTS");
+    assert_eq!(n, 2);
+    let values: Vec<Option<String>> = redis::cmd("MGET")
+        .arg("a")
+        .arg("nope")
+        .arg("b")
+        .query(&mut on_follower)
+        .expect("MGET");
+    assert_eq!(values, vec![Some("1".into()), None, Some("2".into())]);
+    let deleted: i64 = redis::cmd("DEL")
+        .arg("a")
+        .arg("nope")
+        .query(&mut on_follower)
+        .expect("DEL");
+    assert_eq!(deleted, 1, "DEL counts only keys that existed");
+    let got: Option<String> = redis::cmd("GET")
+        .arg("a")
+        .query(&mut on_leader)
+        .expect("GET");
+    assert_eq!(got, None);
+
+    // The same data through the paxoskv client, both ways.
+    let runtime = tokio::runtime::Runtime::new().expect("runtime");
+    let mut client = paxoskv_client(&addrs);
+    let from_resp = runtime.block_on(client.get("b")).expect("paxoskv get");
+    assert_eq!(from_resp, Some(b"2".to_vec()));
+    runtime
+        .block_on(client.put("from-cli", vec![0, 159, 146, 150]))
+        .expect("paxoskv put");
+    let binary: Vec<u8> = redis::cmd("GET")
+        .arg("from-cli")
+        .query(&mut on_follower)
+        .expect("GET binary");
+    assert_eq!(binary, vec![0, 159, 146, 150]);
+
+    // Pipelining: 200 requests in one batch, answered in order.
+    let mut pipe = redis::pipe();
+    for i in 0..100 {
+        pipe.cmd("SET").arg(format!("p{i}")).arg(i).ignore();
+        pipe.cmd("GET").arg(format!("p{i}"));
+    }
+    let values: Vec<i64> = pipe.query(&mut on_follower).expect("pipeline");
+    assert_eq!(values, (0..100).collect::<Vec<i64>>());
+    let last = runtime.block_on(client.get("p99")).expect("paxoskv get");
+    assert_eq!(last, Some(b"99".to_vec()));
+
+    // RESP3 after HELLO 3 (the crate sends it for protocol=resp3).
+    let mut resp3 = connect(resp[follower], "?protocol=resp3");
+    let got: Option<String> = redis::cmd("GET")
+        .arg("b")
+        .query(&mut resp3)
+        .expect("GET over RESP3");
+    assert_eq!(got.as_deref(), Some("2"));
+    let missing: redis::Value = redis::cmd("GET")
+        .arg("nope")
+        .query(&mut resp3)
+        .expect("GET nil");
+    assert_eq!(missing, redis::Value::Nil);
+
+    // Errors: unknown commands, options not supported yet, and an oversize bulk string,
+    // which ends the connection as Redis does.
+    let e = server_error(redis::cmd("FLY").arg("high").query(&mut on_leader));
+    assert!(
+        e.contains("unknown command 'FLY', with args beginning with: 'high'"),
+        "{e}"
+    );
+    let e = server_error(
+        redis::cmd("SET")
+            .arg("k")
+            .arg("v")
+            .arg("NX")
+            .query(&mut on_leader),
+    );
+    assert!(e.contains("not supported yet"), "{e}");
+    let got: Option<String> = redis::cmd("GET")
+        .arg("k")
+        .query(&mut on_leader)
+        .expect("GET");
+    assert_eq!(got, None, "a refused SET NX wrote nothing");
+    let e = server_error(
+        redis::cmd("SET")
+            .arg("big")
+            .arg(vec![b'x'; MAX_VALUE_BYTES + 1])
+            .query(&mut on_leader),
+    );
+    assert!(e.contains("Protocol error: invalid bulk length"), "{e}");
+    assert!(
+        redis::cmd("PING").query::<String>(&mut on_leader).is_err(),
+        "the connection is closed after a protocol error"
+    );
+    let mut fresh = connect(resp[leader], "");
+    let () = redis::cmd("SET")
+        .arg("big")
+        .arg(vec![b'x'; MAX_VALUE_BYTES])
+        .query(&mut fresh)
+        .expect("a value of exactly the limit is accepted");
+    let n: i64 = redis::cmd("EXISTS")
+        .arg("big")
+        .query(&mut fresh)
+        .expect("EXISTS");
+    assert_eq!(n, 1);
+}
+
+#[test]
+fn with_a_token_every_command_needs_auth_first() {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let token_file = dir.path().join("token");
+    std::fs::write(&token_file, "s3cret\n").expect("write token");
+    let extra = vec![
+        "--auth-token-file".to_string(),
+        token_file.display().to_string(),
+    ];
+    let (_procs, _addrs, resp) = resp_cluster(dir.path(), 1, &extra);
+    let client = redis::Client::open(format!("redis://{}/", resp[0])).expect("URL");
+    let mut con = client
+        .get_connection_with_timeout(Duration::from_secs(10))
+        .expect("connect");
+    let e = server_error(redis::cmd("SET").arg("k").arg("v").query(&mut con));
+    assert!(e.contains("NOAUTH"), "{e}");
+    let e = server_error(redis::cmd("AUTH").arg("wrong").query(&mut con));
+    assert!(e.contains("WRONGPASS"), "{e}");
+    let () = redis::cmd("AUTH")
+        .arg("s3cret")
+        .query(&mut con)
+        .expect("AUTH");
+    let () = redis::cmd("SET")
+        .arg("k")
+        .arg("v")
+        .query(&mut con)
+        .expect("SET after AUTH");
+    // The crate authenticates from the URL's password.
+    let client = redis::Client::open(format!("redis://:s3cret@{}/", resp[0])).expect("URL");
+    let mut con = client
+        .get_connection_with_timeout(Duration::from_secs(10))
+        .expect("connect with a password");
+    let got: Option<String> = redis::cmd("GET").arg("k").query(&mut con).expect("GET");
+    assert_eq!(got.as_deref(), Some("v"));
+}
+
+#[test]
+fn a_tls_replica_refuses_a_plaintext_resp_port_unless_told() {
+    let dir = tempfile::tempdir().expect("temp dir");
+    support::gen_certs(&dir.path().join("certs"), 1);
+    let addrs = free_addrs(2);
+    let out = Command::new(server_bin())
+        .args([
+            "--replica",
+            "0",
+            "--peers",
+            &addrs[0].to_string(),
+            "--in-memory",
+        ])
+        .arg("--tls-dir")
+        .arg(dir.path().join("certs"))
+        .args(["--resp-port", &addrs[1].port().to_string()])
+        .output()
+        .expect("run paxoskv-server");
+    assert!(!out.status.success(), "started with a plaintext RESP port");
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(stderr.contains("--resp-insecure"), "{stderr}");
+}
+
+/// The real redis-cli (Debian package redis-tools); skipped when it is not installed,
+/// unless PAXOSKV_REQUIRE_REDIS_TOOLS=1.
+#[test]
+fn redis_cli_works_against_paxoskv() {
+    let available = Command::new("redis-cli").arg("--version").output().is_ok();
+    if !available {
+        assert!(
+            std::env::var("PAXOSKV_REQUIRE_REDIS_TOOLS").as_deref() != Ok("1"),
+            "redis-cli is required (PAXOSKV_REQUIRE_REDIS_TOOLS=1) but not installed"
+        );
+        println!("skipped: redis-cli not installed (apt-get install redis-tools)");
+        return;
+    }
+    let dir = tempfile::tempdir().expect("temp dir");
+    let (_procs, _addrs, resp) = resp_cluster(dir.path(), 3, &[]);
+    let leader = wait_leader(&resp, Duration::from_secs(20));
+    let follower = (leader + 1) % resp.len();
+    let cli = |port: u16, args: &[&str]| -> String {
+        let out = Command::new("redis-cli")
+            .args(["-h", "127.0.0.1", "-p", &port.to_string()])
+            .args(args)
+            .output()
+            .expect("run redis-cli");
+        assert!(out.status.success(), "redis-cli {args:?}: {out:?}");
+        String::from_utf8_lossy(&out.stdout).trim().to_string()
+    };
+    let port = resp[follower].port();
+    assert_eq!(cli(port, &["PING"]), "PONG");
+    assert_eq!(cli(port, &["SET", "cli-key", "hello world"]), "OK");
+    assert_eq!(cli(resp[leader].port(), &["GET", "cli-key"]), "hello world");
+    assert_eq!(cli(port, &["EXISTS", "cli-key"]), "1");
+    assert_eq!(cli(port, &["DEL", "cli-key"]), "1");
+    assert_eq!(cli(port, &["GET", "cli-key"]), "");
+    assert!(cli(port, &["INFO"]).contains("# Replication"));
+    let hello = cli(port, &["-3", "HELLO", "3"]);
+    assert!(hello.contains("paxoskv"), "{hello}");
+    let unknown = cli(port, &["NOSUCH", "x"]);
+    assert!(unknown.contains("unknown command 'NOSUCH'"), "{unknown}");
+    // Interactive start-up (COMMAND DOCS, then a command from stdin) works too.
+    let mut child = Command::new("redis-cli")
+        .args(["-p", &port.to_string()])
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .expect("run redis-cli");
+    {
+        use std::io::Write;
+        let mut stdin = child.stdin.take().expect("stdin");
+        stdin.write_all(b"SET piped 1\nGET piped\n").expect("write");
+    }
+    let out = child.wait_with_output().expect("redis-cli exits");
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(text.contains("OK") && text.contains('1'), "{text}");
+}

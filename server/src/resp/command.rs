@@ -1,0 +1,652 @@
+//! The command layer: one connection's state (protocol, name, authentication) and what each
+//! command does, over a [`Backend`] that holds the key-value operations.
+
+use super::reply::{Protocol, Reply};
+use paxoskv::{Op, Outcome};
+use paxoskv_service::{KvError, ReplicaStatus};
+
+/// What the commands need of the store. Every operation is linearizable.
+pub trait Backend {
+    /// The value of `key`, read linearizably.
+    fn get(
+        &mut self,
+        key: String,
+    ) -> impl std::future::Future<Output = Result<Option<Vec<u8>>, KvError>> + Send;
+    /// Applies `op` exactly once (within this connection's session).
+    fn write(
+        &mut self,
+        op: Op,
+    ) -> impl std::future::Future<Output = Result<Outcome, KvError>> + Send;
+    /// This replica's status, for INFO.
+    fn status(&mut self) -> impl std::future::Future<Output = ReplicaStatus> + Send;
+}
+
+/// paxoskv's version, shown by HELLO and INFO.
+const SERVER_VERSION: &str = env!("CARGO_PKG_VERSION");
+/// The Redis version whose commands and replies this front end follows; clients parse
+/// `redis_version` to decide what they may send.
+const REDIS_COMPAT_VERSION: &str = "7.0.0";
+
+/// One connection's state.
+#[derive(Debug)]
+pub struct Connection {
+    /// Protocol of the replies.
+    pub protocol: Protocol,
+    /// Set by QUIT: close after this reply.
+    pub closing: bool,
+    name: Option<Vec<u8>>,
+    /// The token AUTH must present; `None`: no authentication.
+    token: Option<std::sync::Arc<[u8]>>,
+    authenticated: bool,
+    id: u64,
+    /// Largest MGET reply (value bytes) this connection builds in memory.
+    pub max_reply_bytes: usize,
+}
+
+/// Default of [`Connection::max_reply_bytes`]: 4096 keys of 1 MiB values would otherwise
+/// be a 4 GiB reply.
+pub const DEFAULT_MAX_REPLY_BYTES: usize = 64 * 1024 * 1024;
+
+/// Commands that answer `-ERR ... not supported yet` with the reason, until the data model
+/// (issue 13) and the ordered map (issue 12) land.
+const NOT_YET: &[(&str, &str)] = &[
+    ("MSET", "needs transactions, issue 13"),
+    ("MSETNX", "needs transactions, issue 13"),
+    ("SETNX", "needs compare-and-swap, issue 13"),
+    ("GETSET", "needs compare-and-swap, issue 13"),
+    ("GETDEL", "needs compare-and-swap, issue 13"),
+    ("INCR", "needs compare-and-swap, issue 13"),
+    ("DECR", "needs compare-and-swap, issue 13"),
+    ("INCRBY", "needs compare-and-swap, issue 13"),
+    ("DECRBY", "needs compare-and-swap, issue 13"),
+    ("APPEND", "needs compare-and-swap, issue 13"),
+    ("SETEX", "needs leases, issue 13"),
+    ("PSETEX", "needs leases, issue 13"),
+    ("EXPIRE", "needs leases, issue 13"),
+    ("PEXPIRE", "needs leases, issue 13"),
+    ("TTL", "needs leases, issue 13"),
+    ("PTTL", "needs leases, issue 13"),
+    ("KEYS", "needs the ordered map and scan, issue 12"),
+    ("SCAN", "needs the ordered map and scan, issue 12"),
+    ("DBSIZE", "needs the ordered map and count, issue 12"),
+    ("MULTI", "needs transactions, issue 13"),
+];
+
+impl Connection {
+    /// A connection numbered `id`; with a `token` every command but AUTH, HELLO and QUIT
+    /// needs `AUTH token` first.
+    pub fn new(id: u64, token: Option<std::sync::Arc<[u8]>>) -> Connection {
+        Connection {
+            protocol: Protocol::Resp2,
+            closing: false,
+            name: None,
+            authenticated: token.is_none(),
+            token,
+            id,
+            max_reply_bytes: DEFAULT_MAX_REPLY_BYTES,
+        }
+    }
+
+    /// Executes one request (its arguments, the command name first).
+    pub async fn execute<B: Backend>(&mut self, backend: &mut B, args: Vec<Vec<u8>>) -> Reply {
+        let Some(name) = args.first() else {
+            return Reply::err("empty command");
+        };
+        let name = String::from_utf8_lossy(name).to_ascii_uppercase();
+        let rest = &args[1..];
+        if !self.authenticated && !matches!(name.as_str(), "AUTH" | "HELLO" | "QUIT") {
+            return Reply::Error("NOAUTH Authentication required.".into());
+        }
+        match name.as_str() {
+            "PING" => match rest {
+                [] => Reply::Simple("PONG".into()),
+                [message] => Reply::Bulk(message.clone()),
+                _ => arity(&name),
+            },
+            "ECHO" => match rest {
+                [message] => Reply::Bulk(message.clone()),
+                _ => arity(&name),
+            },
+            "QUIT" => {
+                self.closing = true;
+                Reply::ok()
+            }
+            "AUTH" => match rest {
+                [token] | [_, token] => self.auth(token),
+                _ => arity(&name),
+            },
+            "HELLO" => self.hello(rest),
+            "SELECT" => match rest {
+                [db] if db.as_slice() == b"0" => Reply::ok(),
+                [_] => Reply::err("DB index is out of range (paxoskv has database 0 only)"),
+                _ => arity(&name),
+            },
+            "CLIENT" => self.client(rest),
+            "COMMAND" => command_info(rest),
+            // redis-benchmark and some clients read settings; paxoskv has none to show.
+            "CONFIG" => match rest.first() {
+                Some(sub) if sub.eq_ignore_ascii_case(b"GET") && rest.len() >= 2 => {
+                    Reply::Map(vec![])
+                }
+                _ => Reply::err("CONFIG: only CONFIG GET is answered (with nothing) by paxoskv"),
+            },
+            "GET" => match rest {
+                [key] => match key_of(key) {
+                    Ok(key) => match backend.get(key).await {
+                        Ok(Some(value)) => Reply::Bulk(value),
+                        Ok(None) => Reply::Nil,
+                        Err(e) => kv_error(&e),
+                    },
+                    Err(reply) => reply,
+                },
+                _ => arity(&name),
+            },
+            "MGET" if !rest.is_empty() => {
+                let mut values = Vec::with_capacity(rest.len());
+                let mut reply_bytes = 0usize;
+                for key in rest {
+                    let value = match key_of(key) {
+                        // Redis answers nil for a key that cannot hold a string.
+                        Err(_) => Reply::Nil,
+                        Ok(key) => match backend.get(key).await {
+                            Ok(Some(v)) => {
+                                reply_bytes += v.len();
+                                Reply::Bulk(v)
+                            }
+                            Ok(None) => Reply::Nil,
+                            Err(e) => return kv_error(&e),
+                        },
+                    };
+                    if reply_bytes > self.max_reply_bytes {
+                        return Reply::err(format!(
+                            "MGET reply over {} bytes; ask for fewer keys at once",
+                            self.max_reply_bytes
+                        ));
+                    }
+                    values.push(value);
+                }
+                Reply::Array(values)
+            }
+            "EXISTS" if !rest.is_empty() => {
+                let mut count = 0;
+                for key in rest {
+                    let key = match key_of(key) {
+                        Ok(key) => key,
+                        Err(reply) => return reply,
+                    };
+                    match backend.get(key).await {
+                        Ok(Some(_)) => count += 1,
+                        Ok(None) => {}
+                        Err(e) => return kv_error(&e),
+                    }
+                }
+                Reply::Int(count)
+            }
+            "SET" => match rest {
+                [key, value] => match key_of(key) {
+                    Ok(key) => {
+                        let op = Op::Put {
+                            key,
+                            value: value.clone(),
+                        };
+                        match backend.write(op).await {
+                            Ok(_) => Reply::ok(),
+                            Err(e) => kv_error(&e),
+                        }
+                    }
+                    Err(reply) => reply,
+                },
+                [_, _, option, ..] => Reply::err(format!(
+                    "SET option '{}' is not supported yet (NX/XX need compare-and-swap, EX/PX/KEEPTTL need leases, GET needs both: issue 13)",
+                    String::from_utf8_lossy(option)
+                )),
+                _ => arity(&name),
+            },
+            "DEL" | "UNLINK" if !rest.is_empty() => {
+                // Each key is its own linearizable delete: DEL of several keys is not atomic.
+                let mut deleted = 0;
+                for key in rest {
+                    let key = match key_of(key) {
+                        Ok(key) => key,
+                        Err(reply) => return reply,
+                    };
+                    match backend.write(Op::Delete { key }).await {
+                        Ok(Outcome::Delete { existed: true }) => deleted += 1,
+                        Ok(_) => {}
+                        Err(e) => return kv_error(&e),
+                    }
+                }
+                Reply::Int(deleted)
+            }
+            "MGET" | "EXISTS" | "DEL" | "UNLINK" => arity(&name),
+            "INFO" => Reply::Bulk(info(&backend.status().await).into_bytes()),
+            _ => match NOT_YET.iter().find(|(n, _)| *n == name) {
+                Some((_, why)) => Reply::err(format!(
+                    "'{}' is not supported yet ({why})",
+                    name.to_ascii_lowercase()
+                )),
+                None => unknown(&args),
+            },
+        }
+    }
+
+    fn auth(&mut self, presented: &[u8]) -> Reply {
+        match &self.token {
+            None => Reply::err(
+                "AUTH <password> called without any password configured for the default user. Are you sure your configuration is correct?",
+            ),
+            Some(token) if paxoskv_service::tls::tokens_equal(token, presented) => {
+                self.authenticated = true;
+                Reply::ok()
+            }
+            Some(_) => {
+                Reply::Error("WRONGPASS invalid username-password pair or user is disabled.".into())
+            }
+        }
+    }
+
+    /// `HELLO [protover [AUTH username password] [SETNAME clientname]]`.
+    fn hello(&mut self, args: &[Vec<u8>]) -> Reply {
+        let mut protocol = self.protocol;
+        let mut rest = args;
+        if let Some((version, more)) = rest.split_first() {
+            protocol = match version.as_slice() {
+                b"2" => Protocol::Resp2,
+                b"3" => Protocol::Resp3,
+                _ => return Reply::Error("NOPROTO unsupported protocol version".into()),
+            };
+            rest = more;
+        }
+        let mut name = None;
+        loop {
+            match rest {
+                [] => break,
+                [option, _, password, more @ ..] if option.eq_ignore_ascii_case(b"AUTH") => {
+                    if let Reply::Error(e) = self.auth(password) {
+                        return Reply::Error(e);
+                    }
+                    rest = more;
+                }
+                [option, client, more @ ..] if option.eq_ignore_ascii_case(b"SETNAME") => {
+                    name = Some(client.clone());
+                    rest = more;
+                }
+                [option, ..] => {
+                    return Reply::err(format!(
+                        "Syntax error in HELLO option '{}'",
+                        String::from_utf8_lossy(option)
+                    ))
+                }
+            }
+        }
+        if !self.authenticated {
+            return Reply::Error(
+                "NOAUTH HELLO must be called with the client already authenticated, otherwise the HELLO <proto> AUTH <user> <pass> option can be used to authenticate the client and select the RESP protocol version at the same time".into(),
+            );
+        }
+        self.protocol = protocol;
+        if name.is_some() {
+            self.name = name;
+        }
+        let proto = match protocol {
+            Protocol::Resp2 => 2,
+            Protocol::Resp3 => 3,
+        };
+        Reply::Map(vec![
+            (Reply::text("server"), Reply::text("paxoskv")),
+            (Reply::text("version"), Reply::text(REDIS_COMPAT_VERSION)),
+            (Reply::text("proto"), Reply::Int(proto)),
+            (Reply::text("id"), Reply::Int(self.id as i64)),
+            (Reply::text("mode"), Reply::text("standalone")),
+            (Reply::text("role"), Reply::text("master")),
+            (Reply::text("modules"), Reply::Array(vec![])),
+        ])
+    }
+
+    fn client(&mut self, args: &[Vec<u8>]) -> Reply {
+        let Some((sub, rest)) = args.split_first() else {
+            return arity("CLIENT");
+        };
+        match (sub.to_ascii_uppercase().as_slice(), rest) {
+            (b"SETNAME", [name]) => {
+                if name.iter().any(|b| b.is_ascii_whitespace()) {
+                    return Reply::err(
+                        "Client names cannot contain spaces, newlines or special characters.",
+                    );
+                }
+                self.name = (!name.is_empty()).then(|| name.clone());
+                Reply::ok()
+            }
+            (b"GETNAME", []) => match &self.name {
+                Some(name) => Reply::Bulk(name.clone()),
+                None => Reply::Nil,
+            },
+            (b"ID", []) => Reply::Int(self.id as i64),
+            // Client libraries announce themselves; nothing to keep.
+            (b"SETINFO", [_, _]) => Reply::ok(),
+            _ => Reply::err(format!(
+                "unknown subcommand or wrong number of arguments for 'CLIENT|{}'",
+                String::from_utf8_lossy(sub)
+            )),
+        }
+    }
+}
+
+/// Minimal COMMAND: enough for redis-cli to start (it asks for COMMAND DOCS).
+fn command_info(args: &[Vec<u8>]) -> Reply {
+    let Some((sub, rest)) = args.split_first() else {
+        return Reply::Array(vec![]);
+    };
+    match sub.to_ascii_uppercase().as_slice() {
+        b"DOCS" => Reply::Map(vec![]),
+        b"COUNT" => Reply::Int(0),
+        b"INFO" => Reply::Array(rest.iter().map(|_| Reply::Nil).collect()),
+        _ => Reply::err(format!(
+            "unknown subcommand '{}'. Try COMMAND HELP.",
+            String::from_utf8_lossy(sub)
+        )),
+    }
+}
+
+/// A key as paxoskv stores it (UTF-8, within the key limit).
+fn key_of(key: &[u8]) -> Result<String, Reply> {
+    let key =
+        String::from_utf8(key.to_vec()).map_err(|_| Reply::err("keys must be UTF-8 in paxoskv"))?;
+    paxoskv::check_key(&key).map_err(Reply::err)?;
+    Ok(key)
+}
+
+fn kv_error(error: &KvError) -> Reply {
+    match error {
+        KvError::Busy(_) => Reply::Error(format!("BUSY {error}")),
+        KvError::NotLeader { .. } | KvError::Unavailable { .. } | KvError::Timeout { .. } => {
+            Reply::Error(format!("TRYAGAIN {error}"))
+        }
+        _ => Reply::err(error),
+    }
+}
+
+fn arity(name: &str) -> Reply {
+    Reply::err(format!(
+        "wrong number of arguments for '{}' command",
+        name.to_ascii_lowercase()
+    ))
+}
+
+/// Redis's wording, so clients and scripts that match on it keep working.
+fn unknown(args: &[Vec<u8>]) -> Reply {
+    let shown = |a: &Vec<u8>| {
+        let text = String::from_utf8_lossy(a);
+        text.chars().take(128).collect::<String>()
+    };
+    let with: String = args[1..]
+        .iter()
+        .take(8)
+        .map(|a| format!("'{}' ", shown(a)))
+        .collect();
+    Reply::err(format!(
+        "unknown command '{}', with args beginning with: {with}",
+        shown(&args[0])
+    ))
+}
+
+fn info(status: &ReplicaStatus) -> String {
+    let role = if status.role == "leader" {
+        "master"
+    } else {
+        "slave"
+    };
+    let leader = status
+        .leader
+        .map(|l| l.to_string())
+        .unwrap_or_else(|| "unknown".into());
+    let leader_addr = status.leader_addr.as_deref().unwrap_or("unknown");
+    format!(
+        "# Server\r\nredis_version:{REDIS_COMPAT_VERSION}\r\nserver_name:paxoskv\r\npaxoskv_version:{SERVER_VERSION}\r\npaxoskv_replica:{}\r\n\r\n\
+         # Replication\r\nrole:{role}\r\npaxoskv_role:{}\r\nleader:{leader}\r\nleader_addr:{leader_addr}\r\n\
+         applied_slot:{}\r\n\r\n# Keyspace\r\ndb0:keys={}\r\n",
+        status.id, status.role, status.applied_through, status.keys
+    )
+}
+
+/// An in-memory [`Backend`] for tests of the command and connection layers.
+#[cfg(test)]
+pub(crate) mod memory {
+    use super::*;
+    use std::collections::HashMap;
+
+    /// An in-memory store: the command layer's behaviour without a cluster.
+    #[derive(Default)]
+    pub(crate) struct Memory {
+        pub(crate) map: HashMap<String, Vec<u8>>,
+        pub(crate) fail_with: Option<KvError>,
+    }
+
+    impl Backend for Memory {
+        async fn get(&mut self, key: String) -> Result<Option<Vec<u8>>, KvError> {
+            match &self.fail_with {
+                Some(e) => Err(e.clone()),
+                None => Ok(self.map.get(&key).cloned()),
+            }
+        }
+
+        async fn write(&mut self, op: Op) -> Result<Outcome, KvError> {
+            if let Some(e) = &self.fail_with {
+                return Err(e.clone());
+            }
+            Ok(match op {
+                Op::Put { key, value } => Outcome::Put {
+                    replaced: self.map.insert(key, value).is_some(),
+                },
+                Op::Delete { key } => Outcome::Delete {
+                    existed: self.map.remove(&key).is_some(),
+                },
+                Op::Register => Outcome::Registered,
+            })
+        }
+
+        async fn status(&mut self) -> ReplicaStatus {
+            ReplicaStatus {
+                id: 2,
+                role: "follower".into(),
+                leader: Some(0),
+                leader_addr: Some("127.0.0.1:15000".into()),
+                applied_through: 42,
+                keys: self.map.len() as u64,
+                ..ReplicaStatus::default()
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::memory::Memory;
+    use super::*;
+
+    fn run(conn: &mut Connection, store: &mut Memory, words: &[&str]) -> Reply {
+        let args = words.iter().map(|w| w.as_bytes().to_vec()).collect();
+        futures::executor::block_on(conn.execute(store, args))
+    }
+
+    fn bulk(s: &str) -> Reply {
+        Reply::Bulk(s.as_bytes().to_vec())
+    }
+
+    #[test]
+    fn set_get_del_exists_mget_round_trip() {
+        let (mut c, mut m) = (Connection::new(1, None), Memory::default());
+        assert_eq!(run(&mut c, &mut m, &["set", "a", "1"]), Reply::ok());
+        assert_eq!(run(&mut c, &mut m, &["SET", "b", "2"]), Reply::ok());
+        assert_eq!(run(&mut c, &mut m, &["GET", "a"]), bulk("1"));
+        assert_eq!(run(&mut c, &mut m, &["GET", "zz"]), Reply::Nil);
+        assert_eq!(
+            run(&mut c, &mut m, &["EXISTS", "a", "zz", "b"]),
+            Reply::Int(2)
+        );
+        assert_eq!(
+            run(&mut c, &mut m, &["MGET", "a", "zz", "b"]),
+            Reply::Array(vec![bulk("1"), Reply::Nil, bulk("2")])
+        );
+        assert_eq!(run(&mut c, &mut m, &["DEL", "a", "zz", "b"]), Reply::Int(2));
+        assert_eq!(run(&mut c, &mut m, &["DEL", "a"]), Reply::Int(0));
+        assert_eq!(run(&mut c, &mut m, &["GET", "a"]), Reply::Nil);
+    }
+
+    #[test]
+    fn an_mget_reply_is_bounded() {
+        let (mut c, mut m) = (Connection::new(1, None), Memory::default());
+        c.max_reply_bytes = 10;
+        assert_eq!(run(&mut c, &mut m, &["SET", "a", "123456"]), Reply::ok());
+        assert_eq!(
+            run(&mut c, &mut m, &["MGET", "a", "b"]),
+            Reply::Array(vec![bulk("123456"), Reply::Nil])
+        );
+        let Reply::Error(e) = run(&mut c, &mut m, &["MGET", "a", "a"]) else {
+            panic!("an oversize MGET answered")
+        };
+        assert!(e.contains("MGET reply over 10 bytes"), "{e}");
+    }
+
+    #[test]
+    fn set_options_are_refused_until_cas_and_leases_exist() {
+        let (mut c, mut m) = (Connection::new(1, None), Memory::default());
+        for option in ["NX", "XX", "EX", "PX", "GET"] {
+            let reply = run(&mut c, &mut m, &["SET", "k", "v", option, "10"]);
+            let Reply::Error(e) = reply else {
+                panic!("{option}: {reply:?}")
+            };
+            assert!(
+                e.starts_with("ERR SET option") && e.contains("not supported yet"),
+                "{e}"
+            );
+        }
+        assert!(m.map.is_empty(), "a refused SET must not write");
+        let Reply::Error(e) = run(&mut c, &mut m, &["INCR", "k"]) else {
+            panic!("INCR answered")
+        };
+        assert!(
+            e.contains("not supported yet (needs compare-and-swap, issue 13)"),
+            "{e}"
+        );
+    }
+
+    #[test]
+    fn unknown_commands_and_wrong_arity_get_redis_errors() {
+        let (mut c, mut m) = (Connection::new(1, None), Memory::default());
+        assert_eq!(
+            run(&mut c, &mut m, &["FLY", "to", "moon"]),
+            Reply::Error(
+                "ERR unknown command 'FLY', with args beginning with: 'to' 'moon' ".into()
+            )
+        );
+        assert_eq!(
+            run(&mut c, &mut m, &["GET"]),
+            Reply::Error("ERR wrong number of arguments for 'get' command".into())
+        );
+        assert_eq!(
+            run(&mut c, &mut m, &["DEL"]),
+            Reply::Error("ERR wrong number of arguments for 'del' command".into())
+        );
+        let Reply::Error(e) = run(&mut c, &mut m, &["GET", ""]) else {
+            panic!("empty key accepted")
+        };
+        assert!(e.contains("empty key"), "{e}");
+    }
+
+    #[test]
+    fn connection_commands() {
+        let (mut c, mut m) = (Connection::new(7, None), Memory::default());
+        assert_eq!(run(&mut c, &mut m, &["PING"]), Reply::Simple("PONG".into()));
+        assert_eq!(run(&mut c, &mut m, &["PING", "hi"]), bulk("hi"));
+        assert_eq!(run(&mut c, &mut m, &["ECHO", "x"]), bulk("x"));
+        assert_eq!(run(&mut c, &mut m, &["SELECT", "0"]), Reply::ok());
+        assert!(matches!(
+            run(&mut c, &mut m, &["SELECT", "1"]),
+            Reply::Error(_)
+        ));
+        assert_eq!(run(&mut c, &mut m, &["CLIENT", "GETNAME"]), Reply::Nil);
+        assert_eq!(
+            run(&mut c, &mut m, &["CLIENT", "SETNAME", "me"]),
+            Reply::ok()
+        );
+        assert_eq!(run(&mut c, &mut m, &["client", "getname"]), bulk("me"));
+        assert_eq!(
+            run(&mut c, &mut m, &["COMMAND", "DOCS"]),
+            Reply::Map(vec![])
+        );
+        assert_eq!(run(&mut c, &mut m, &["COMMAND"]), Reply::Array(vec![]));
+        let Reply::Map(hello) = run(&mut c, &mut m, &["HELLO", "3"]) else {
+            panic!("HELLO is a map")
+        };
+        assert!(hello.contains(&(Reply::text("proto"), Reply::Int(3))));
+        assert_eq!(c.protocol, Protocol::Resp3);
+        assert!(
+            matches!(run(&mut c, &mut m, &["HELLO", "4"]), Reply::Error(e) if e.starts_with("NOPROTO"))
+        );
+        assert_eq!(c.protocol, Protocol::Resp3);
+        assert!(!c.closing);
+        assert_eq!(run(&mut c, &mut m, &["QUIT"]), Reply::ok());
+        assert!(c.closing);
+    }
+
+    #[test]
+    fn info_has_a_replication_section() {
+        let (mut c, mut m) = (Connection::new(1, None), Memory::default());
+        let Reply::Bulk(text) = run(&mut c, &mut m, &["INFO"]) else {
+            panic!("INFO is a bulk string")
+        };
+        let text = String::from_utf8(text).expect("utf-8");
+        for line in ["# Replication", "role:slave", "leader:0", "applied_slot:42"] {
+            assert!(text.contains(line), "{line} missing from {text}");
+        }
+    }
+
+    #[test]
+    fn a_token_is_required_before_any_command() {
+        let token: std::sync::Arc<[u8]> = b"secret".to_vec().into();
+        let (mut c, mut m) = (Connection::new(1, Some(token)), Memory::default());
+        assert!(
+            matches!(run(&mut c, &mut m, &["GET", "k"]), Reply::Error(e) if e.starts_with("NOAUTH"))
+        );
+        assert!(
+            matches!(run(&mut c, &mut m, &["SET", "k", "v"]), Reply::Error(e) if e.starts_with("NOAUTH"))
+        );
+        assert!(m.map.is_empty());
+        assert!(
+            matches!(run(&mut c, &mut m, &["AUTH", "wrong"]), Reply::Error(e) if e.starts_with("WRONGPASS"))
+        );
+        assert!(
+            matches!(run(&mut c, &mut m, &["HELLO", "3"]), Reply::Error(e) if e.starts_with("NOAUTH"))
+        );
+        assert_eq!(c.protocol, Protocol::Resp2);
+        assert_eq!(
+            run(&mut c, &mut m, &["AUTH", "default", "secret"]),
+            Reply::ok()
+        );
+        assert_eq!(run(&mut c, &mut m, &["SET", "k", "v"]), Reply::ok());
+        let token: std::sync::Arc<[u8]> = b"secret".to_vec().into();
+        let mut c = Connection::new(2, Some(token));
+        assert!(matches!(
+            run(&mut c, &mut m, &["HELLO", "3", "AUTH", "default", "secret"]),
+            Reply::Map(_)
+        ));
+        assert_eq!(run(&mut c, &mut m, &["GET", "k"]), bulk("v"));
+    }
+
+    #[test]
+    fn store_errors_become_error_replies() {
+        let mut m = Memory {
+            fail_with: Some(KvError::Unavailable {
+                answered: 1,
+                total: 5,
+            }),
+            ..Memory::default()
+        };
+        let mut c = Connection::new(1, None);
+        let Reply::Error(e) = run(&mut c, &mut m, &["GET", "k"]) else {
+            panic!("no error")
+        };
+        assert!(e.starts_with("TRYAGAIN cluster unavailable"), "{e}");
+    }
+}
