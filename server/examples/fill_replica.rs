@@ -54,13 +54,13 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     }
     let cloning = Instant::now();
     let snapshot = core.snapshot();
-    let clone_ms = cloning.elapsed().as_millis();
+    let clone_us = cloning.elapsed().as_micros();
     if let Some(job) = store.begin_snapshot(&core.live_records(snapshot.through))? {
         job.write(&snapshot)?;
         store.finish_snapshot(&job)?;
     }
     println!(
-        "{} keys of {value_bytes} bytes through slot {} in {:.1} s (taking the snapshot: {clone_ms} ms)",
+        "{} keys of {value_bytes} bytes through slot {} in {:.1} s (taking the snapshot: {clone_us} us)",
         core.kv().len(),
         snapshot.through,
         started.elapsed().as_secs_f64()
