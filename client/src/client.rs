@@ -28,29 +28,18 @@ trait LeaderHint {
     fn leader_addr(&self) -> Option<&str>;
 }
 
-impl LeaderHint for WriteReply {
-    fn leader_addr(&self) -> Option<&str> {
-        self.leader_addr.as_deref()
-    }
+/// Every reply type names the leader the same way.
+macro_rules! leader_hint {
+    ($($reply:ty),*) => {$(
+        impl LeaderHint for $reply {
+            fn leader_addr(&self) -> Option<&str> {
+                self.leader_addr.as_deref()
+            }
+        }
+    )*};
 }
 
-impl LeaderHint for GetReply {
-    fn leader_addr(&self) -> Option<&str> {
-        self.leader_addr.as_deref()
-    }
-}
-
-impl LeaderHint for ScanReply {
-    fn leader_addr(&self) -> Option<&str> {
-        self.leader_addr.as_deref()
-    }
-}
-
-impl LeaderHint for CountReply {
-    fn leader_addr(&self) -> Option<&str> {
-        self.leader_addr.as_deref()
-    }
-}
+leader_hint!(WriteReply, GetReply, ScanReply, CountReply);
 
 /// How one attempt failed.
 enum AttemptError {

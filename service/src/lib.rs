@@ -163,17 +163,6 @@ pub trait ReplicaRpc {
 pub trait KvRpc {
     /// Read a key.
     async fn get(key: String, mode: ReadMode) -> Result<GetReply, KvError>;
-    /// Read the keys of `range` after `after` (the previous page's `next_after`), in byte
-    /// order: at most `limit` entries (capped at [`MAX_SCAN_LIMIT`]) and about
-    /// [`MAX_SCAN_REPLY_BYTES`] of keys and values. `mode` as for `get`.
-    async fn scan(
-        range: KeyRange,
-        after: Option<String>,
-        limit: u32,
-        mode: ReadMode,
-    ) -> Result<ScanReply, KvError>;
-    /// Count the keys of `range`. `mode` as for `get`.
-    async fn count(range: KeyRange, mode: ReadMode) -> Result<CountReply, KvError>;
     /// Open the session `id.client_id` (with `id.seq == 1`) through the log; writes of a
     /// session the replicas do not hold fail with `SessionExpired`.
     async fn register_session(id: CommandId) -> Result<WriteReply, KvError>;
@@ -189,4 +178,17 @@ pub trait KvRpc {
     /// Fault injection for tests: drop all traffic between this replica and `blocked`
     /// (empty heals). Refused unless the server runs with `--enable-fault-control`.
     async fn set_partition(blocked: Vec<ReplicaId>) -> Result<(), KvError>;
+    // New methods go last: tarpc numbers them in order on the wire, so appending keeps
+    // older clients and replicas (a follower forwarding `propose`) understood.
+    /// Read the keys of `range` after `after` (the previous page's `next_after`), in byte
+    /// order: at most `limit` entries (capped at [`MAX_SCAN_LIMIT`]) and about
+    /// [`MAX_SCAN_REPLY_BYTES`] of keys and values. `mode` as for `get`.
+    async fn scan(
+        range: KeyRange,
+        after: Option<String>,
+        limit: u32,
+        mode: ReadMode,
+    ) -> Result<ScanReply, KvError>;
+    /// Count the keys of `range`. `mode` as for `get`.
+    async fn count(range: KeyRange, mode: ReadMode) -> Result<CountReply, KvError>;
 }
