@@ -35,10 +35,19 @@ struct Waiting {
     deadline_tick: u64,
 }
 
+/// What a linearizable read asks for.
+#[derive(Debug)]
+pub(crate) enum ReadQuery {
+    /// One key's value.
+    Key(String),
+    /// The whole applied state (for scans and counts).
+    View,
+}
+
 #[derive(Debug)]
 struct PendingRead {
     token: ClientToken,
-    key: String,
+    query: ReadQuery,
     /// The read is answered from state that includes every slot up to here.
     read_index: Slot,
     /// A confirmation round at least this new must succeed first.
@@ -165,7 +174,7 @@ impl Leader {
     pub(crate) fn enqueue_read(
         &mut self,
         token: ClientToken,
-        key: String,
+        query: ReadQuery,
         chosen_through: Slot,
         max_pending: usize,
     ) -> Result<(), ClientError> {
@@ -174,7 +183,7 @@ impl Leader {
         }
         self.reads.push_back(PendingRead {
             token,
-            key,
+            query,
             read_index: chosen_through.max(self.recovery_end),
             round: self.round + 1,
         });
@@ -466,8 +475,12 @@ impl Replica {
             done.extend(l.reads.pop_front());
         }
         for r in done {
-            let value = self.kv.get(&r.key).map(<[u8]>::to_vec);
-            self.reply(r.token, ClientReply::Read(value));
+            let reply = match r.query {
+                ReadQuery::Key(key) => ClientReply::Read(self.kv.get(&key).map(<[u8]>::to_vec)),
+                // O(1): the map is a persistent structure; the runtime scans the view.
+                ReadQuery::View => ClientReply::View(Box::new(self.kv.clone())),
+            };
+            self.reply(r.token, reply);
         }
     }
 

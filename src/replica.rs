@@ -9,7 +9,7 @@ use crate::config::Config;
 use crate::durability::{Durability, Outbox};
 use crate::election::Candidate;
 use crate::kv::KvState;
-use crate::leader::Leader;
+use crate::leader::{Leader, ReadQuery};
 use crate::log::Log;
 use crate::message::{Outbound, Request, Response};
 use crate::persist::Record;
@@ -56,6 +56,9 @@ pub enum ClientReply {
     Applied(Outcome),
     /// A linearizable read's result.
     Read(Option<Vec<u8>>),
+    /// A linearizable view of the applied state (an O(1) clone), for scans and counts: it
+    /// includes every write acknowledged before the read arrived.
+    View(Box<KvState>),
     /// Refused.
     Failed(ClientError),
 }
@@ -375,6 +378,16 @@ impl Replica {
 
     /// Submits a linearizable read; the reply appears in [`Ready::client_replies`].
     pub fn read(&mut self, token: ClientToken, key: String) {
+        self.read_query(token, ReadQuery::Key(key));
+    }
+
+    /// Submits a linearizable read of the whole state: the reply is a
+    /// [`ClientReply::View`], through the same confirmation round as [`Replica::read`].
+    pub fn read_view(&mut self, token: ClientToken) {
+        self.read_query(token, ReadQuery::View);
+    }
+
+    fn read_query(&mut self, token: ClientToken, query: ReadQuery) {
         let leader = self.leader();
         let read_index = self.log.chosen_through();
         let max_pending = self.cfg.max_pending_reads;
@@ -385,7 +398,7 @@ impl Replica {
             );
             return;
         };
-        if let Err(e) = l.enqueue_read(token, key, read_index, max_pending) {
+        if let Err(e) = l.enqueue_read(token, query, read_index, max_pending) {
             self.reply(token, ClientReply::Failed(e));
         }
         self.complete_reads();

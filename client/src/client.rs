@@ -4,7 +4,10 @@ use crate::pool::{Conn, Pool};
 use crate::retry::{Backoff, Tracker};
 use crate::{ClientConfig, ClientError};
 use paxoskv::{check_key, check_value, CommandId, Outcome};
-use paxoskv_service::{GetReply, KvError, KvRpcClient, ReadMode, ReplicaStatus, WriteReply};
+use paxoskv_service::{
+    CountReply, GetReply, KeyRange, KvError, KvRpcClient, ReadMode, ReplicaStatus, ScanPage,
+    ScanReply, WriteReply, MAX_SCAN_LIMIT,
+};
 use std::error::Error as StdError;
 use std::future::Future;
 use std::net::SocketAddr;
@@ -25,17 +28,18 @@ trait LeaderHint {
     fn leader_addr(&self) -> Option<&str>;
 }
 
-impl LeaderHint for WriteReply {
-    fn leader_addr(&self) -> Option<&str> {
-        self.leader_addr.as_deref()
-    }
+/// Every reply type names the leader the same way.
+macro_rules! leader_hint {
+    ($($reply:ty),*) => {$(
+        impl LeaderHint for $reply {
+            fn leader_addr(&self) -> Option<&str> {
+                self.leader_addr.as_deref()
+            }
+        }
+    )*};
 }
 
-impl LeaderHint for GetReply {
-    fn leader_addr(&self) -> Option<&str> {
-        self.leader_addr.as_deref()
-    }
-}
+leader_hint!(WriteReply, GetReply, ScanReply, CountReply);
 
 /// How one attempt failed.
 enum AttemptError {
@@ -192,6 +196,61 @@ impl Client {
             async move { rpc.get(ctx, key, mode).await }
         })
         .await
+    }
+
+    /// One page of the keys of `range` after `after` (a previous page's
+    /// [`ScanPage::next_after`]), in key byte order: at most `limit` entries (capped at
+    /// [`MAX_SCAN_LIMIT`]) and about 1 MiB of keys and values.
+    pub async fn scan_page(
+        &self,
+        range: &KeyRange,
+        after: Option<&str>,
+        limit: usize,
+        mode: ReadMode,
+    ) -> Result<ScanPage, ClientError> {
+        let limit = limit.clamp(1, MAX_SCAN_LIMIT) as u32;
+        let reply = self
+            .run(|rpc, ctx| {
+                let (range, after) = (range.clone(), after.map(str::to_owned));
+                async move { rpc.scan(ctx, range, after, limit, mode).await }
+            })
+            .await?;
+        Ok(reply.page)
+    }
+
+    /// Up to `limit` entries of `range` in key byte order, following continuations page by
+    /// page (each page is read on its own: with concurrent writes the result is not one
+    /// atomic view). Returns the entries and whether the range holds more.
+    pub async fn scan(
+        &self,
+        range: &KeyRange,
+        limit: usize,
+        mode: ReadMode,
+    ) -> Result<(Vec<(String, Vec<u8>)>, bool), ClientError> {
+        let mut entries = Vec::new();
+        let mut after: Option<String> = None;
+        while entries.len() < limit {
+            let page = self
+                .scan_page(range, after.as_deref(), limit - entries.len(), mode)
+                .await?;
+            entries.extend(page.entries);
+            match page.next_after {
+                Some(next) => after = Some(next),
+                None => return Ok((entries, false)),
+            }
+        }
+        Ok((entries, true))
+    }
+
+    /// Number of keys in `range`.
+    pub async fn count(&self, range: &KeyRange, mode: ReadMode) -> Result<u64, ClientError> {
+        let reply = self
+            .run(|rpc, ctx| {
+                let range = range.clone();
+                async move { rpc.count(ctx, range, mode).await }
+            })
+            .await?;
+        Ok(reply.keys)
     }
 
     /// Asks every server for its status, concurrently, each bounded by the attempt timeout.

@@ -28,4 +28,4 @@ pub use config::{
 };
 pub use error::{format_addrs, ClientError};
 pub use paxoskv::{InvalidInput, Outcome};
-pub use paxoskv_service::{GetReply, KvError, ReadMode, ReplicaStatus};
+pub use paxoskv_service::{GetReply, KeyRange, KvError, ReadMode, ReplicaStatus, ScanPage};

@@ -5,8 +5,8 @@ use paxoskv::{Command, CommandId, Outcome};
 use paxoskv_client::{Client, ClientConfig, ClientError, KvError};
 use paxoskv_service::tls::{read_preamble, write_verdict};
 use paxoskv_service::{
-    bincode_transport, GetReply, KvRpc, ReadMode, ReplicaStatus, ServiceTag, WriteReply,
-    KV_MAX_FRAME_BYTES,
+    bincode_transport, CountReply, GetReply, KeyRange, KvRpc, ReadMode, ReplicaStatus, ScanReply,
+    ServiceTag, WriteReply, KV_MAX_FRAME_BYTES,
 };
 use std::collections::HashMap;
 use std::net::SocketAddr;
@@ -130,6 +130,21 @@ impl KvRpc for Fake {
     }
 
     async fn propose(self, _: Context, _: Command, _: bool) -> Result<WriteReply, KvError> {
+        Err(KvError::InvalidRequest("not in the fake".into()))
+    }
+
+    async fn scan(
+        self,
+        _: Context,
+        _: KeyRange,
+        _: Option<String>,
+        _: u32,
+        _: ReadMode,
+    ) -> Result<ScanReply, KvError> {
+        Err(KvError::InvalidRequest("not in the fake".into()))
+    }
+
+    async fn count(self, _: Context, _: KeyRange, _: ReadMode) -> Result<CountReply, KvError> {
         Err(KvError::InvalidRequest("not in the fake".into()))
     }
 

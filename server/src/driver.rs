@@ -12,6 +12,7 @@ use crate::metrics::{Readiness, ReplicaMetrics};
 use crate::peer::PeerLink;
 use crate::refusals::RefusalWarnings;
 use crate::store::{ReplicaStore, SnapshotJob, StoreError};
+use paxoskv::kv::KvState;
 use paxoskv::message::{Outbound, Request, Response};
 use paxoskv::{
     BatchNumber, ClientReply, ClientToken, Command, CoreStatus, PeerToken, Ready, Replica,
@@ -134,6 +135,17 @@ pub enum DriverInput {
         /// Where to answer.
         reply: oneshot::Sender<ClientReply>,
     },
+    /// A linearizable read of the whole state (scan, count): answered with a
+    /// [`ClientReply::View`], an O(1) clone the caller scans off the driver.
+    ReadView {
+        /// Where to answer.
+        reply: oneshot::Sender<ClientReply>,
+    },
+    /// The local, possibly stale applied state (an O(1) clone).
+    StaleView {
+        /// Where to answer.
+        reply: oneshot::Sender<Box<KvState>>,
+    },
     /// A local, possibly stale read.
     StaleRead {
         /// The key.
@@ -172,6 +184,7 @@ impl DriverInput {
                 | DriverInput::PeerResponse { .. }
                 | DriverInput::Propose { .. }
                 | DriverInput::Read { .. }
+                | DriverInput::ReadView { .. }
         )
     }
 }
@@ -522,6 +535,16 @@ impl Driver {
                 let t = self.token();
                 self.client_waiters.insert(t, reply);
                 self.core.read(ClientToken(t), key);
+            }
+            DriverInput::ReadView { reply } => {
+                self.metrics.reads.inc();
+                let t = self.token();
+                self.client_waiters.insert(t, reply);
+                self.core.read_view(ClientToken(t));
+            }
+            DriverInput::StaleView { reply } => {
+                self.metrics.reads.inc();
+                let _ = reply.send(Box::new(self.core.kv().clone()));
             }
             DriverInput::StaleRead { key, reply } => {
                 self.metrics.reads.inc();

@@ -13,8 +13,8 @@ use paxoskv::{
 };
 use paxoskv_service::tls::ServerSecurity;
 use paxoskv_service::{
-    Caller, GetReply, KvError, KvRpc, ReadMode, ReplicaRpc, ReplicaStatus, SnapshotChunk,
-    WriteReply,
+    Caller, CountReply, GetReply, KeyRange, KvError, KvRpc, ReadMode, ReplicaRpc, ReplicaStatus,
+    ScanReply, SnapshotChunk, WriteReply,
 };
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -427,7 +427,116 @@ fn map_failure(reply: ClientReply, seq: u64) -> KvError {
     }
 }
 
+/// A view of the applied state for a scan or a count, with where it came from.
+struct ReadView {
+    kv: Box<paxoskv::kv::KvState>,
+    stale: bool,
+    leader_addr: Option<String>,
+}
+
+impl KvServer {
+    /// The applied state, read the way `get` reads one key: linearizable through the
+    /// leader's confirmation round, or this replica's own state when `mode` is stale. The
+    /// view is an O(1) clone; scanning it happens here, not in the driver.
+    async fn read_view(&self, ctx: &Context, mode: ReadMode) -> Result<ReadView, KvError> {
+        let budget = self.0.budget(ctx);
+        if mode == ReadMode::Stale {
+            let kv = self
+                .0
+                .ask(|reply| DriverInput::StaleView { reply }, budget)
+                .await?;
+            return Ok(ReadView {
+                kv,
+                stale: true,
+                leader_addr: None,
+            });
+        }
+        match self
+            .0
+            .ask(|reply| DriverInput::ReadView { reply }, budget)
+            .await?
+        {
+            ClientReply::View(kv) => Ok(ReadView {
+                kv,
+                stale: false,
+                leader_addr: self.0.addr_of(Some(self.0.id)),
+            }),
+            other => Err(self.read_failure(other)),
+        }
+    }
+
+    /// A linearizable read that did not succeed, as the client sees it.
+    fn read_failure(&self, reply: ClientReply) -> KvError {
+        match reply {
+            ClientReply::Failed(ClientError::NotLeader { leader }) => KvError::NotLeader {
+                leader,
+                leader_addr: self.0.addr_of(leader),
+            },
+            other => self.0.count_busy(map_failure(other, 0)),
+        }
+    }
+}
+
+/// Refuses a scan or count range with a bad bound (an empty prefix is every key).
+fn check_range(range: &KeyRange) -> Result<(), KvError> {
+    let bounds = match range {
+        KeyRange::Prefix(p) => vec![p],
+        KeyRange::Between { start, end } => std::iter::once(start).chain(end).collect(),
+    };
+    for key in bounds.into_iter().filter(|k| !k.is_empty()) {
+        check_key(key)?;
+    }
+    Ok(())
+}
+
 impl KvRpc for KvServer {
+    async fn scan(
+        self,
+        ctx: Context,
+        range: KeyRange,
+        after: Option<String>,
+        limit: u32,
+        mode: ReadMode,
+    ) -> Result<ScanReply, KvError> {
+        check_range(&range)?;
+        if let Some(after) = &after {
+            check_key(after)?;
+        }
+        let view = self.read_view(&ctx, mode).await?;
+        // Bounded by MAX_SCAN_LIMIT entries and about MAX_SCAN_REPLY_BYTES: no need to
+        // leave the runtime thread.
+        let page = view.kv.scan(&range, after.as_deref(), limit as usize);
+        Ok(ScanReply {
+            page,
+            served_by: self.0.id,
+            stale: view.stale,
+            leader_addr: view.leader_addr,
+        })
+    }
+
+    async fn count(
+        self,
+        ctx: Context,
+        range: KeyRange,
+        mode: ReadMode,
+    ) -> Result<CountReply, KvError> {
+        check_range(&range)?;
+        let view = self.read_view(&ctx, mode).await?;
+        let kv = view.kv;
+        // Proportional to the range: on a blocking thread, with the view dropped there too.
+        let keys = tokio::task::spawn_blocking(move || kv.count(&range))
+            .await
+            .map_err(|e| KvError::ReplicaFailed {
+                reason: format!("count task failed: {e}"),
+            })?;
+        Ok(CountReply {
+            keys,
+            served_by: self.0.id,
+            stale: view.stale,
+            leader_addr: view.leader_addr,
+        })
+    }
+
     async fn get(self, ctx: Context, key: String, mode: ReadMode) -> Result<GetReply, KvError> {
         check_key(&key)?;
         let budget = self.0.budget(&ctx);
@@ -455,11 +564,7 @@ impl KvRpc for KvServer {
                 stale: false,
                 leader_addr: leader_addr(Some(self.0.id)),
             }),
-            ClientReply::Failed(ClientError::NotLeader { leader }) => Err(KvError::NotLeader {
-                leader,
-                leader_addr: leader_addr(leader),
-            }),
-            other => Err(self.0.count_busy(map_failure(other, 0))),
+            other => Err(self.read_failure(other)),
         }
     }
 

@@ -1,7 +1,8 @@
 //! The paxoskv wire interface: two tarpc services sharing one TCP port per replica.
 //!
 //! - [`ReplicaRpc`]: replica to replica (`prepare`, `accept`, `learn`, `fetch_chosen`).
-//! - [`KvRpc`]: client to replica (`get`, `put`, `delete`, `propose`, `status`).
+//! - [`KvRpc`]: client to replica (`get`, `scan`, `count`, `put`, `delete`, `propose`,
+//!   `status`).
 //!
 //! A connection (TLS or plaintext) starts with a preamble: one tag byte that names the service
 //! ([`ServiceTag`]) and an optional bearer token, answered by the server ([`tls`]); then it
@@ -22,6 +23,7 @@ pub use transport::{
     KV_MAX_FRAME_BYTES, REPLICA_MAX_FRAME_BYTES,
 };
 
+pub use paxoskv::kv::{KeyRange, ScanPage, MAX_SCAN_LIMIT, MAX_SCAN_REPLY_BYTES};
 use paxoskv::message::{Accept, FetchChosen, Learn, Prepare, Response};
 use paxoskv::{Command, CommandId, Outcome, ReplicaId, Slot};
 use serde::{Deserialize, Serialize};
@@ -42,6 +44,32 @@ pub enum ReadMode {
 pub struct GetReply {
     /// The value, or `None` if the key does not exist.
     pub value: Option<Vec<u8>>,
+    /// Replica that answered.
+    pub served_by: ReplicaId,
+    /// True when the answer came from local state without a leadership check.
+    pub stale: bool,
+    /// Where the leader is, so the client can go there directly next time.
+    pub leader_addr: Option<String>,
+}
+
+/// Answer to a SCAN: one page of entries in key byte order.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ScanReply {
+    /// The entries, and where the next page starts if there is one.
+    pub page: ScanPage,
+    /// Replica that answered.
+    pub served_by: ReplicaId,
+    /// True when the answer came from local state without a leadership check.
+    pub stale: bool,
+    /// Where the leader is, so the client can go there directly next time.
+    pub leader_addr: Option<String>,
+}
+
+/// Answer to a COUNT.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct CountReply {
+    /// Keys in the range.
+    pub keys: u64,
     /// Replica that answered.
     pub served_by: ReplicaId,
     /// True when the answer came from local state without a leadership check.
@@ -150,4 +178,17 @@ pub trait KvRpc {
     /// Fault injection for tests: drop all traffic between this replica and `blocked`
     /// (empty heals). Refused unless the server runs with `--enable-fault-control`.
     async fn set_partition(blocked: Vec<ReplicaId>) -> Result<(), KvError>;
+    // New methods go last: tarpc numbers them in order on the wire, so appending keeps
+    // older clients and replicas (a follower forwarding `propose`) understood.
+    /// Read the keys of `range` after `after` (the previous page's `next_after`), in byte
+    /// order: at most `limit` entries (capped at [`MAX_SCAN_LIMIT`]) and about
+    /// [`MAX_SCAN_REPLY_BYTES`] of keys and values. `mode` as for `get`.
+    async fn scan(
+        range: KeyRange,
+        after: Option<String>,
+        limit: u32,
+        mode: ReadMode,
+    ) -> Result<ScanReply, KvError>;
+    /// Count the keys of `range`. `mode` as for `get`.
+    async fn count(range: KeyRange, mode: ReadMode) -> Result<CountReply, KvError>;
 }

@@ -450,6 +450,7 @@ fn render_reply(r: &ClientReply) -> String {
         ClientReply::Applied(Outcome::Delete { existed: false }) => "delete missing".into(),
         ClientReply::Read(Some(v)) => format!("read {}", String::from_utf8_lossy(v)),
         ClientReply::Read(None) => "read none".into(),
+        ClientReply::View(kv) => format!("view of {} keys", kv.len()),
         ClientReply::Failed(ClientError::NotLeader { leader: Some(l) }) => {
             format!("not-leader {l}")
         }

@@ -53,6 +53,14 @@ impl Encoding {
         })
     }
 
+    /// [`Encoding::decode_key`], but the empty string stays empty (a prefix of every key).
+    pub(crate) fn decode_key_or_empty(self, text: &str) -> anyhow::Result<String> {
+        if text.is_empty() {
+            return Ok(String::new());
+        }
+        self.decode_key(text)
+    }
+
     /// The value as printable text; `Raw` keeps UTF-8 and falls back to base64 otherwise.
     pub(crate) fn encode_text(self, value: &[u8]) -> (String, &'static str) {
         match self {

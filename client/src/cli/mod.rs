@@ -14,7 +14,7 @@ use clap::{CommandFactory, Parser, Subcommand};
 use codec::Encoding;
 use indicatif::{ProgressBar, ProgressDrawTarget, ProgressStyle};
 use output::Format;
-use paxoskv_client::{Client, ClientConfig, ClientSecurity, ReadMode};
+use paxoskv_client::{Client, ClientConfig, ClientSecurity, KeyRange, ReadMode};
 use std::ffi::OsString;
 use std::io::IsTerminal;
 use std::net::{SocketAddr, ToSocketAddrs};
@@ -43,6 +43,10 @@ Examples:
   paxoskv get color                      print the value's bytes (exit 1 if not found)
   paxoskv --hex put 6b6579 00ff          binary key and value in hex
   paxoskv -w json get color              {\"key\":\"color\",\"found\":true,...}
+  paxoskv scan user/ --limit 50          key=value lines of the keys starting with user/
+  paxoskv count user/                    how many keys start with user/
+  paxoskv scan user/ --limit 50          key=value lines of keys starting with user/
+  paxoskv count user/                    how many keys start with user/
   paxoskv status                         one row per replica; exit 2 without a majority
   PAXOSKV_SERVERS=h1:15000,h2:15000 paxoskv get k
   paxoskv --cacert certs/ca.pem --cert certs/client.pem --key certs/client-key.pem get k
@@ -125,6 +129,26 @@ enum Command {
         #[arg(long)]
         stale: bool,
     },
+    /// Print the keys starting with PREFIX in byte order as key=value lines (-w json: one
+    /// object), following continuations up to --limit; "more" on stderr if the range holds more.
+    Scan {
+        /// The prefix ("" for every key).
+        prefix: String,
+        /// Most entries to print.
+        #[arg(long, default_value_t = 1000)]
+        limit: usize,
+        /// Read the contacted replica's local state (may be stale).
+        #[arg(long)]
+        stale: bool,
+    },
+    /// Print how many keys start with PREFIX ("" for every key).
+    Count {
+        /// The prefix.
+        prefix: String,
+        /// Count in the contacted replica's local state (may be stale).
+        #[arg(long)]
+        stale: bool,
+    },
     /// Remove KEY; prints OK or "OK (key did not exist)".
     Delete {
         /// The key.
@@ -135,6 +159,12 @@ enum Command {
         /// How many keys.
         #[arg(long, default_value_t = 10)]
         count: u32,
+        /// Sessions writing at once (each writes every Nth key).
+        #[arg(long, default_value_t = 1, value_parser = clap::value_parser!(u32).range(1..=1024))]
+        concurrency: u32,
+        /// Values of exactly this many bytes instead of "valueI".
+        #[arg(long)]
+        value_bytes: Option<usize>,
     },
     /// Run a scripted sequence of operations and check every answer.
     Demo {
@@ -193,11 +223,40 @@ pub async fn run(args: Args) -> anyhow::Result<u8> {
             let key = encoding.decode_key(&key)?;
             cmd_get(&client, &key, stale, format, encoding).await
         }
+        Command::Scan {
+            prefix,
+            limit,
+            stale,
+        } => {
+            let range = KeyRange::Prefix(encoding.decode_key_or_empty(&prefix)?);
+            let (entries, more) = client.scan(&range, limit, read_mode(stale)).await?;
+            output::print_scan(format, encoding, &entries, more)
+                .context("cannot write to stdout")?;
+            if more && format != Format::Json {
+                eprintln!("more keys after the first {limit} (raise --limit)");
+            }
+            Ok(0)
+        }
+        Command::Count { prefix, stale } => {
+            let range = KeyRange::Prefix(encoding.decode_key_or_empty(&prefix)?);
+            let keys = client.count(&range, read_mode(stale)).await?;
+            match format {
+                Format::Json => {
+                    println!("{}", serde_json::json!({"prefix": prefix, "count": keys}))
+                }
+                Format::Simple | Format::Table => println!("{keys}"),
+            }
+            Ok(0)
+        }
         Command::Delete { key } => {
             let key = encoding.decode_key(&key)?;
             cmd_delete(&mut client, &key, format).await
         }
-        Command::Prepopulate { count } => cmd_prepopulate(&mut client, count).await,
+        Command::Prepopulate {
+            count,
+            concurrency,
+            value_bytes,
+        } => cmd_prepopulate(&client, count, concurrency, value_bytes).await,
         Command::Demo { count } => demo::run(&mut client, count).await,
         Command::Repl => repl::run(&mut client).await,
         Command::Status => status::run(&client, args.write_out.unwrap_or(Format::Table)).await,
@@ -258,12 +317,7 @@ async fn cmd_get(
     format: Format,
     encoding: Encoding,
 ) -> anyhow::Result<u8> {
-    let mode = if stale {
-        ReadMode::Stale
-    } else {
-        ReadMode::Linearizable
-    };
-    match client.get_with(key, mode).await? {
+    match client.get_with(key, read_mode(stale)).await? {
         Some(value) => {
             output::print_value(format, encoding, key, &value).context("cannot write to stdout")?;
             Ok(0)
@@ -275,31 +329,77 @@ async fn cmd_get(
     }
 }
 
+fn read_mode(stale: bool) -> ReadMode {
+    if stale {
+        ReadMode::Stale
+    } else {
+        ReadMode::Linearizable
+    }
+}
+
 async fn cmd_delete(client: &mut Client, key: &str, format: Format) -> anyhow::Result<u8> {
     let outcome = client.delete(key).await?;
     output::print_outcome(format, key, &outcome);
     Ok(0)
 }
 
-async fn cmd_prepopulate(client: &mut Client, count: u32) -> anyhow::Result<u8> {
+async fn cmd_prepopulate(
+    client: &Client,
+    count: u32,
+    concurrency: u32,
+    value_bytes: Option<usize>,
+) -> anyhow::Result<u8> {
     let started = std::time::Instant::now();
-    prepopulate(client, count).await?;
+    let progress = progress_bar(u64::from(count));
+    let workers: Vec<_> = (0..concurrency)
+        .map(|worker| {
+            let (mut session, progress) = (client.new_session(), progress.clone());
+            tokio::spawn(async move {
+                // Worker w writes keys w+1, w+1+C, ...: every key once, in parallel.
+                for i in (worker + 1..=count).step_by(concurrency as usize) {
+                    put_numbered(&mut session, i, value_bytes).await?;
+                    progress.inc(1);
+                }
+                anyhow::Ok(())
+            })
+        })
+        .collect();
+    for worker in workers {
+        worker.await.context("prepopulate worker")??;
+    }
+    progress.finish_and_clear();
+    let seconds = started.elapsed().as_secs_f64();
     println!(
-        "prepopulated {count} keys (key1..key{count}) in {} ms",
-        started.elapsed().as_millis()
+        "prepopulated {count} keys (key1..key{count}) in {} ms ({:.0} keys/s)",
+        (seconds * 1000.0) as u64,
+        f64::from(count) / seconds.max(1e-9)
     );
     Ok(0)
+}
+
+/// PUT keyI = valueI (or `value_bytes` bytes).
+async fn put_numbered(
+    client: &mut Client,
+    i: u32,
+    value_bytes: Option<usize>,
+) -> anyhow::Result<()> {
+    let key = format!("key{i}");
+    let value = match value_bytes {
+        Some(n) => vec![b'v'; n],
+        None => format!("value{i}").into_bytes(),
+    };
+    client
+        .put(&key, value)
+        .await
+        .with_context(|| format!("prepopulate: PUT {key}"))?;
+    Ok(())
 }
 
 /// Writes key1..keyN = value1..valueN, with a progress bar when stderr is a terminal.
 pub(crate) async fn prepopulate(client: &mut Client, count: u32) -> anyhow::Result<()> {
     let progress = progress_bar(u64::from(count));
     for i in 1..=count {
-        let key = format!("key{i}");
-        client
-            .put(&key, format!("value{i}").into_bytes())
-            .await
-            .with_context(|| format!("prepopulate: PUT {key}"))?;
+        put_numbered(client, i, None).await?;
         progress.inc(1);
     }
     progress.finish_and_clear();

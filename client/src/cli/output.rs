@@ -100,6 +100,44 @@ fn outcome_json(key: &str, outcome: &Outcome) -> serde_json::Value {
     }
 }
 
+/// Prints a scan: `key=value` lines (values as `get` prints them in text), a table, or one
+/// JSON object with the entries and whether the range holds more than the limit.
+pub(crate) fn print_scan(
+    format: Format,
+    encoding: Encoding,
+    entries: &[(String, Vec<u8>)],
+    more: bool,
+) -> std::io::Result<()> {
+    let mut out = std::io::stdout().lock();
+    match format {
+        Format::Simple => {
+            for (key, value) in entries {
+                writeln!(out, "{key}={}", encoding.encode_text(value).0)?;
+            }
+        }
+        Format::Table => {
+            let rows: Vec<Vec<String>> = entries
+                .iter()
+                .map(|(k, v)| vec![k.clone(), encoding.encode_text(v).0])
+                .collect();
+            write!(out, "{}", table(&["KEY", "VALUE"], &rows))?;
+        }
+        Format::Json => writeln!(out, "{}", scan_json(encoding, entries, more))?,
+    }
+    out.flush()
+}
+
+fn scan_json(encoding: Encoding, entries: &[(String, Vec<u8>)], more: bool) -> serde_json::Value {
+    let entries: Vec<serde_json::Value> = entries
+        .iter()
+        .map(|(key, value)| {
+            let (text, name) = encoding.encode_text(value);
+            json!({"key": key, "value": text, "encoding": name})
+        })
+        .collect();
+    json!({"count": entries.len(), "entries": entries, "more": more})
+}
+
 /// Left-aligned columns separated by two spaces, header first.
 pub(crate) fn table(header: &[&str], rows: &[Vec<String>]) -> String {
     let mut widths: Vec<usize> = header.iter().map(|h| h.chars().count()).collect();
@@ -136,6 +174,15 @@ mod tests {
             ],
         );
         assert_eq!(text, "ID  ROLE\n0   leader\n10  follower\n");
+    }
+
+    #[test]
+    fn scans_print_as_json_with_encoding() {
+        let entries = vec![("a".to_string(), b"1".to_vec())];
+        assert_eq!(
+            scan_json(Encoding::Raw, &entries, true).to_string(),
+            r#"{"count":1,"entries":[{"encoding":"utf8","key":"a","value":"1"}],"more":true}"#
+        );
     }
 
     #[test]

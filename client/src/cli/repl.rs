@@ -4,14 +4,17 @@
 use super::output::{describe_outcome, Format};
 use super::{status, EXIT_ERROR};
 use anyhow::Context as _;
-use paxoskv_client::Client;
+use paxoskv_client::{Client, KeyRange, ReadMode};
 use rustyline::error::ReadlineError;
 use std::io::IsTerminal;
 use std::path::PathBuf;
 use tokio::io::{AsyncBufReadExt, BufReader};
 
 const PROMPT: &str = "paxoskv> ";
-const USAGE: &str = "usage: PUT <key> <value> | GET <key> | DELETE <key> | STATUS | HELP | EXIT \
+/// Keys a SCAN prints at most.
+const SCAN_LIMIT: usize = 100;
+const USAGE: &str = "usage: PUT <key> <value> | GET <key> | DELETE <key> | SCAN [prefix] | \
+                     COUNT [prefix] | STATUS | HELP | EXIT \
                      (quote keys or values with spaces: PUT \"my key\" \"a value \")";
 
 /// One parsed REPL line.
@@ -26,6 +29,13 @@ pub(crate) enum ReplCommand {
     },
     Delete {
         key: String,
+    },
+    /// The first [`SCAN_LIMIT`] keys with this prefix, in byte order.
+    Scan {
+        prefix: String,
+    },
+    Count {
+        prefix: String,
     },
     Status,
     Help,
@@ -56,11 +66,25 @@ pub(crate) fn parse_line(line: &str) -> Result<ReplCommand, String> {
         "DELETE" | "DEL" => Ok(ReplCommand::Delete {
             key: only_key(rest)?.ok_or_else(bad)?,
         }),
+        "SCAN" => Ok(ReplCommand::Scan {
+            prefix: prefix_arg(rest)?.ok_or_else(bad)?,
+        }),
+        "COUNT" => Ok(ReplCommand::Count {
+            prefix: prefix_arg(rest)?.ok_or_else(bad)?,
+        }),
         "STATUS" if rest.trim().is_empty() => Ok(ReplCommand::Status),
         "HELP" | "?" => Ok(ReplCommand::Help),
         "EXIT" | "QUIT" if rest.trim().is_empty() => Ok(ReplCommand::Exit),
         _ => Err(bad()),
     }
+}
+
+/// An optional prefix (none: every key) and nothing after it.
+fn prefix_arg(text: &str) -> Result<Option<String>, String> {
+    if text.trim().is_empty() {
+        return Ok(Some(String::new()));
+    }
+    only_key(text)
 }
 
 /// One key and nothing after it.
@@ -222,6 +246,29 @@ async fn execute(client: &mut Client, command: ReplCommand) -> bool {
             .delete(&key)
             .await
             .map(|o| Some(describe_outcome(&o).to_string())),
+        ReplCommand::Scan { prefix } => client
+            .scan(
+                &KeyRange::Prefix(prefix),
+                SCAN_LIMIT,
+                ReadMode::Linearizable,
+            )
+            .await
+            .map(|(entries, more)| {
+                let mut lines: Vec<String> = entries
+                    .iter()
+                    .map(|(k, v)| format!("{k}={}", String::from_utf8_lossy(v)))
+                    .collect();
+                if more {
+                    lines.push(format!(
+                        "(more than {SCAN_LIMIT} keys; use paxoskv scan --limit)"
+                    ));
+                }
+                (!lines.is_empty()).then(|| lines.join("\n"))
+            }),
+        ReplCommand::Count { prefix } => client
+            .count(&KeyRange::Prefix(prefix), ReadMode::Linearizable)
+            .await
+            .map(|n| Some(n.to_string())),
         ReplCommand::Status => {
             return status::print(client, Format::Table).await.has_majority();
         }
@@ -259,6 +306,18 @@ mod tests {
         assert_eq!(
             parse_line("Get k"),
             Ok(ReplCommand::Get { key: "k".into() })
+        );
+        assert_eq!(
+            parse_line("scan user/"),
+            Ok(ReplCommand::Scan {
+                prefix: "user/".into()
+            })
+        );
+        assert_eq!(
+            parse_line("COUNT"),
+            Ok(ReplCommand::Count {
+                prefix: String::new()
+            })
         );
         assert_eq!(
             parse_line("delete k"),
