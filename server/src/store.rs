@@ -3,7 +3,8 @@
 //! until it returns Ok.
 
 use crate::storage::{
-    load_latest_snapshot, write_snapshot, DirLock, FaultInjector, StorageError, Wal, WalOptions,
+    load_latest_snapshot, remove_segments_below, write_snapshot, DirLock, FaultInjector,
+    StorageError, Wal, WalOptions,
 };
 use paxoskv::{Record, Snapshot};
 use std::path::{Path, PathBuf};
@@ -162,18 +163,29 @@ impl ReplicaStore for DiskStore {
     }
 
     fn finish_snapshot(&mut self, job: &SnapshotJob) -> Result<(), StoreError> {
-        self.wal()?.remove_segments_below(job.segment)?;
+        // Even a fenced (poisoned or closed) log frees the space the snapshot made obsolete:
+        // on a full disk that is what lets the replica recover.
+        match self.wal.as_mut() {
+            Some(wal) => wal.remove_segments_below(job.segment)?,
+            None => {
+                remove_segments_below(&self.dir, job.segment)?;
+            }
+        }
         Ok(())
     }
 
     fn reopen(&mut self) -> Result<Recovered, StoreError> {
-        self.wal = None;
+        // Never reopen over bytes a failed sync may have left only in the page cache.
+        if let Some(wal) = self.wal.as_mut() {
+            wal.cut_unsynced_tail()?;
+        }
         let snapshot = load_latest_snapshot::<Snapshot>(&self.dir)?;
         let from_segment = snapshot.as_ref().map_or(0, |(_, m)| m.wal_segment_start);
         let options = WalOptions {
             from_segment,
             faults: self.faults.clone(),
         };
+        self.wal = None; // Its file is cut back to what is durable; the open replays it.
         let (wal, records) = Wal::open(&self.dir, options)?;
         self.wal = Some(wal);
         Ok(Recovered {

@@ -12,9 +12,24 @@ pub(crate) fn fsync_dir(dir: &Path) -> Result<()> {
         .map_err(|e| StorageError::io("fsync directory", dir, e))
 }
 
-/// Creates `dir` (and parents) if it does not exist.
+/// Creates `dir` (and parents) if it does not exist, and makes each new directory entry
+/// durable by syncing its parent: without that a power loss can take back a replica
+/// directory whose files were all synced.
 pub(crate) fn ensure_dir(dir: &Path) -> Result<()> {
-    fs::create_dir_all(dir).map_err(|e| StorageError::io("create directory", dir, e))
+    let missing: Vec<&Path> = dir.ancestors().take_while(|a| !a.exists()).collect();
+    fs::create_dir_all(dir).map_err(|e| StorageError::io("create directory", dir, e))?;
+    // Deepest first, so each parent is synced after its child's entry was made.
+    for created in missing {
+        if let Some(parent) = created.parent() {
+            let parent = if parent.as_os_str().is_empty() {
+                Path::new(".")
+            } else {
+                parent
+            };
+            fsync_dir(parent)?;
+        }
+    }
+    Ok(())
 }
 
 /// Lists the regular entries of `dir` whose names are `{prefix}{16 digits}{suffix}`, as

@@ -48,7 +48,7 @@ pub use snapshot::{
     load_latest_snapshot, read_snapshot, snapshot_path, write_snapshot, SnapshotMeta,
     MAX_SNAPSHOT_BYTES, SNAPSHOT_HEADER_BYTES, SNAPSHOT_MAGIC,
 };
-pub use wal::{segment_path, Wal, WalOptions};
+pub use wal::{remove_segments_below, segment_path, Wal, WalOptions};
 
 #[cfg(test)]
 mod wal_tests;

@@ -40,9 +40,11 @@ pub struct WalOptions {
 /// [`Wal::sync`] (one `fdatasync`), so callers append a batch and sync once (group commit).
 ///
 /// After any failed write, sync or rotation the tail of the file is unknown, so the log is
-/// *poisoned*: every later call fails with [`StorageError::Poisoned`]. To recover, drop it and
-/// call [`Wal::open`] again, which truncates a torn tail. Every record that a successful
-/// [`Wal::sync`] covered survives this.
+/// *poisoned*: every later call fails with [`StorageError::Poisoned`]. To recover, call
+/// [`Wal::cut_unsynced_tail`] (until it succeeds), drop the log and call [`Wal::open`] again.
+/// The cut matters: after a failed `fdatasync` Linux marks the dirty pages clean, so a reopen
+/// would read records from the page cache that never reached the disk and a power loss could
+/// later take back. Every record that a successful [`Wal::sync`] covered survives this.
 #[derive(Debug)]
 pub struct Wal<R> {
     dir: PathBuf,
@@ -52,6 +54,8 @@ pub struct Wal<R> {
     index: u64,
     /// Size in bytes of every live segment (index >= the replay start), by index.
     sizes: BTreeMap<u64, u64>,
+    /// Length of the current segment known durable (covered by a successful sync).
+    synced_len: u64,
     /// Bytes written since the last sync.
     dirty: bool,
     poisoned: Option<String>,
@@ -102,7 +106,14 @@ impl<R: Serialize + DeserializeOwned> Wal<R> {
         }
 
         let (index, path, file) = match segments.last() {
-            Some((index, path)) => (*index, path.clone(), open_append(path)?),
+            Some((index, path)) => {
+                let file = open_append(path)?;
+                // After a process crash the tail may live only in the page cache: make it
+                // durable before anything we say depends on it.
+                file.sync_data()
+                    .map_err(|e| StorageError::io("fdatasync newest WAL segment", path, e))?;
+                (*index, path.clone(), file)
+            }
             None => {
                 let index = options.from_segment;
                 let path = segment_path(&dir, index);
@@ -114,12 +125,14 @@ impl<R: Serialize + DeserializeOwned> Wal<R> {
                 (index, path, file)
             }
         };
+        let synced_len = sizes.get(&index).copied().unwrap_or(0);
         let wal = Wal {
             dir,
             file,
             path,
             index,
             sizes,
+            synced_len,
             dirty: false,
             poisoned: None,
             faults: options.faults,
@@ -165,7 +178,47 @@ impl<R: Serialize + DeserializeOwned> Wal<R> {
             return Err(self.poison("fdatasync WAL segment", e));
         }
         self.dirty = false;
+        self.synced_len = self.sizes.get(&self.index).copied().unwrap_or(0);
         Ok(())
+    }
+
+    /// After a failure: cuts the current segment back to the length known durable, deletes
+    /// segment files a failed rotation left behind, and makes both durable. Call it (until
+    /// it succeeds) before reopening; never reopen a log whose cut failed, as the reopen
+    /// would trust bytes that may exist only in the page cache. Does nothing on a healthy log.
+    pub fn cut_unsynced_tail(&mut self) -> Result<()> {
+        if self.poisoned.is_none() {
+            return Ok(());
+        }
+        let leftovers: Vec<(u64, PathBuf)> =
+            list_numbered(&self.dir, SEGMENT_PREFIX, SEGMENT_SUFFIX)?
+                .into_iter()
+                .filter(|(number, _)| *number > self.index)
+                .collect();
+        for (_, path) in &leftovers {
+            fs::remove_file(path)
+                .map_err(|e| StorageError::io("remove half-made WAL segment", path, e))?;
+        }
+        self.file
+            .set_len(self.synced_len)
+            .map_err(|e| StorageError::io("cut unsynced tail of WAL segment", &self.path, e))?;
+        self.file
+            .sync_all()
+            .map_err(|e| StorageError::io("fsync cut WAL segment", &self.path, e))?;
+        fsync_dir(&self.dir)?;
+        tracing::warn!(
+            file = %self.path.display(),
+            offset = self.synced_len,
+            "WAL cut back to its last synced length after a failure"
+        );
+        self.sizes.insert(self.index, self.synced_len);
+        self.dirty = false;
+        Ok(())
+    }
+
+    /// Length of the current segment known durable.
+    pub fn synced_len(&self) -> u64 {
+        self.synced_len
     }
 
     /// [`Wal::append`] then [`Wal::sync`].
@@ -194,22 +247,16 @@ impl<R: Serialize + DeserializeOwned> Wal<R> {
 
     /// Deletes every segment file with an index below `index` (never the current segment),
     /// including leftovers older than the replay start, then syncs the directory.
+    ///
+    /// Works on a poisoned log too: it touches only files older than the current segment,
+    /// which a durable snapshot made obsolete, and a full disk needs that space back.
     pub fn remove_segments_below(&mut self, index: u64) -> Result<()> {
-        self.check_usable()?;
         debug_assert!(index <= self.index, "cannot remove the active WAL segment");
-        let index = index.min(self.index);
-        let doomed: Vec<(u64, PathBuf)> = list_numbered(&self.dir, SEGMENT_PREFIX, SEGMENT_SUFFIX)?
-            .into_iter()
-            .filter(|(number, _)| *number < index)
-            .collect();
-        if doomed.is_empty() {
-            return Ok(());
+        let removed = remove_segments_below(&self.dir, index.min(self.index))?;
+        for number in removed {
+            self.sizes.remove(&number);
         }
-        for (number, path) in &doomed {
-            fs::remove_file(path).map_err(|e| StorageError::io("remove WAL segment", path, e))?;
-            self.sizes.remove(number);
-        }
-        fsync_dir(&self.dir)
+        Ok(())
     }
 
     /// Total bytes of the live segments (those replayed or written by this log and not yet
@@ -278,6 +325,7 @@ impl<R: Serialize + DeserializeOwned> Wal<R> {
         self.sync()?;
         let next = self.index + 1;
         let path = segment_path(&self.dir, next);
+        // A failure after the create leaves a half-made file: `cut_unsynced_tail` removes it.
         let mut file = match create_segment(&path) {
             Ok(file) => file,
             Err(e) => return Err(self.poison_with(e)),
@@ -295,6 +343,7 @@ impl<R: Serialize + DeserializeOwned> Wal<R> {
         self.path = path;
         self.index = next;
         self.sizes.insert(next, self.buf.len() as u64);
+        self.synced_len = self.buf.len() as u64;
         self.dirty = false;
         Ok(next)
     }
@@ -312,6 +361,24 @@ impl<R: Serialize + DeserializeOwned> Wal<R> {
             self.buf.clear();
         }
     }
+}
+
+/// Deletes every WAL segment file in `dir` with an index below `index`, then syncs the
+/// directory; returns the indexes removed. For a store whose log could not be opened: the
+/// caller must know a durable snapshot starts at `index` or later.
+pub fn remove_segments_below(dir: &Path, index: u64) -> Result<Vec<u64>> {
+    let doomed: Vec<(u64, PathBuf)> = list_numbered(dir, SEGMENT_PREFIX, SEGMENT_SUFFIX)?
+        .into_iter()
+        .filter(|(number, _)| *number < index)
+        .collect();
+    if doomed.is_empty() {
+        return Ok(Vec::new());
+    }
+    for (_, path) in &doomed {
+        fs::remove_file(path).map_err(|e| StorageError::io("remove WAL segment", path, e))?;
+    }
+    fsync_dir(dir)?;
+    Ok(doomed.into_iter().map(|(number, _)| number).collect())
 }
 
 /// Segments at or after `from` must be `from, from + 1, ...` with no gap.
