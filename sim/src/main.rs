@@ -41,6 +41,11 @@ struct Cli {
     /// with `--features broken-acceptor`.
     #[arg(long)]
     broken_durability: bool,
+    /// After a failed sync, replicas trust the page cache (reload the unsynced batch as if it
+    /// were durable) instead of cutting the log back, so violations must be found. Needs a
+    /// build with `--features broken-acceptor`.
+    #[arg(long)]
+    broken_fsync: bool,
     /// Succeed only if a violation IS found (the self-test with --broken-acceptor).
     #[arg(long)]
     expect_violation: bool,
@@ -132,7 +137,7 @@ fn summary_line(args: &Args, batch: &BatchReport, elapsed_s: f64) -> String {
     };
     format!(
         "paxoskv-sim: {} seeds ({}..{}) x {} steps, replicas {}, broken-acceptor {}, \
-         broken-durability {}, faults [{}], client ops checked {}, slots chosen {}, inconclusive {}, violations {}{}, \
+         broken-durability {}, broken-fsync {}, faults [{}], client ops checked {}, slots chosen {}, inconclusive {}, violations {}{}, \
          digest {:016x}, {:.1}s",
         batch.seeds_run,
         args.seeds.start,
@@ -141,6 +146,7 @@ fn summary_line(args: &Args, batch: &BatchReport, elapsed_s: f64) -> String {
         replicas,
         on_off(args.cfg.broken_acceptor),
         on_off(args.cfg.broken_durability),
+        on_off(args.cfg.broken_fsync),
         batch.faults,
         batch.ops_checked,
         batch.chosen_slots,
@@ -195,7 +201,7 @@ fn print_failure(cfg: &SimConfig, r: &SeedReport) {
         "FAILED seed {} ({} replicas) at step {}: {}",
         r.seed, r.replicas, f.step, f.violation
     );
-    let features = if cfg.broken_acceptor || cfg.broken_durability {
+    let features = if cfg.broken_acceptor || cfg.broken_durability || cfg.broken_fsync {
         " --features broken-acceptor"
     } else {
         ""
@@ -212,6 +218,9 @@ fn print_failure(cfg: &SimConfig, r: &SeedReport) {
     }
     if cfg.broken_durability {
         replay.push_str(" --broken-durability");
+    }
+    if cfg.broken_fsync {
+        replay.push_str(" --broken-fsync");
     }
     if cfg.liveness_bound_steps != SimConfig::new(cfg.steps).liveness_bound_steps {
         replay.push_str(&format!(
@@ -233,6 +242,7 @@ impl Args {
         cfg.replicas = cli.replicas;
         cfg.broken_acceptor = cli.broken_acceptor;
         cfg.broken_durability = cli.broken_durability;
+        cfg.broken_fsync = cli.broken_fsync;
         cfg.trace = cli.trace;
         if let Some(n) = cli.liveness_bound_steps {
             cfg.liveness_bound_steps = n;

@@ -38,6 +38,8 @@ pub struct SimConfig {
     pub broken_acceptor: bool,
     /// Replicas run with the own-promise bug put back (same feature).
     pub broken_durability: bool,
+    /// After a failed sync replicas reload what the page cache shows (same feature).
+    pub broken_fsync: bool,
     /// After faults stop, every operation must complete within this many steps.
     pub liveness_bound_steps: u64,
     /// Steps the replicas get to converge after the last operation could complete.
@@ -54,6 +56,7 @@ impl SimConfig {
             replicas: None,
             broken_acceptor: false,
             broken_durability: false,
+            broken_fsync: false,
             liveness_bound_steps: 150,
             converge_steps: 100,
             trace: false,
@@ -82,7 +85,7 @@ impl SimConfig {
 
     /// Checks that the phases fit.
     pub fn validate(&self) -> Result<(), String> {
-        let broken = self.broken_acceptor || self.broken_durability;
+        let broken = self.broken_acceptor || self.broken_durability || self.broken_fsync;
         if broken && !crate::BROKEN_ACCEPTOR_AVAILABLE {
             return Err(
                 "--broken-acceptor needs the test-only acceptor, which this build lacks: \
@@ -255,6 +258,7 @@ impl<'c> Simulation<'c> {
             tunables: CoreTunables::random(&mut rng),
             broken_acceptor: cfg.broken_acceptor,
             broken_durability: cfg.broken_durability,
+            broken_fsync: cfg.broken_fsync,
             trace: cfg.trace,
         });
         Simulation {

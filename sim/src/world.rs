@@ -9,7 +9,11 @@
 //! number of steps while the replica keeps working, and `on_persisted` releases what waited.
 //! A process crash keeps what was written (the page cache survives), a machine crash loses
 //! what was not synced and may tear the batch in flight, and a failed sync fences the replica
-//! until it reloads from disk.
+//! until it reloads from disk. The reload starts from what was synced before the failed
+//! batch, as the server's WAL cuts its file back to the last synced length: after a failed
+//! `fdatasync` the page cache still shows the batch, but nothing says it reached the disk.
+//! With `broken_fsync` the replica trusts the page cache instead, and the next machine crash
+//! takes those records back (the bug the cut prevents; a self-test for the checker).
 
 use super::checks::Violation;
 use super::clients::client_of_token;
@@ -47,6 +51,10 @@ pub struct Disk {
     pub snapshot: Option<Snapshot>,
     /// Log records written since (replayed after the snapshot on restart).
     pub records: Vec<Record>,
+    /// Records from this index on exist only in the page cache: a failed sync left them
+    /// there and a replica that trusts the page cache (`broken_fsync`) replayed them. A
+    /// machine crash loses them. Always `None` unless `broken_fsync`.
+    pub volatile_from: Option<usize>,
 }
 
 /// One replica slot of the cluster: the core while it is up, and its disk always.
@@ -158,6 +166,8 @@ pub struct World {
     accepted_values: BTreeMap<(Ballot, Slot), Value>,
     /// A violation seen while sending or syncing, reported by the next `step`.
     violation: Option<Violation>,
+    /// Failed syncs leave the batch in the page cache and the replica trusts it (self-test).
+    broken_fsync: bool,
 }
 
 /// Core tunables varied per seed, so pipelining, batching and catch-up paging are exercised
@@ -233,6 +243,8 @@ pub struct WorldOptions {
     pub broken_acceptor: bool,
     /// Every replica sends before its own promise is durable (the own-promise bug).
     pub broken_durability: bool,
+    /// After a failed sync a replica reloads what the page cache shows, not what was synced.
+    pub broken_fsync: bool,
     /// Keep a trace of events.
     pub trace: bool,
 }
@@ -247,12 +259,13 @@ impl World {
             tunables,
             broken_acceptor,
             broken_durability,
+            broken_fsync,
             trace,
         } = options;
         // Outside `run_seed`'s catch_unwind, so misuse surfaces as a panic, not as a "violation"
         // that a self-test would happily count as caught.
         assert!(
-            !(broken_acceptor || broken_durability) || BROKEN_ACCEPTOR_AVAILABLE,
+            !(broken_acceptor || broken_durability || broken_fsync) || BROKEN_ACCEPTOR_AVAILABLE,
             "broken_acceptor needs paxoskv-sim built with the `broken-acceptor` feature"
         );
         let nodes = (0..replicas)
@@ -300,6 +313,7 @@ impl World {
             trace: trace.then(VecDeque::new),
             accepted_values: BTreeMap::new(),
             violation: None,
+            broken_fsync,
         }
     }
 
@@ -498,6 +512,14 @@ impl World {
             };
             let disk = &mut self.nodes[id as usize].disk;
             disk.records.extend(job.records.into_iter().take(kept));
+        }
+        if matches!(kind, CrashKind::Machine | CrashKind::Torn) {
+            // Power loss: what only the page cache held is gone, and so is everything the log
+            // holds after it (replay stops at the hole).
+            let disk = &mut self.nodes[id as usize].disk;
+            if let Some(from) = disk.volatile_from.take() {
+                disk.records.truncate(from);
+            }
         }
         let node = &mut self.nodes[id as usize];
         node.background = None; // An unfinished snapshot file is never renamed into place.
@@ -764,11 +786,21 @@ impl World {
     /// The batch reached the disk (or the sync failed and the replica fences itself).
     fn complete_sync(&mut self, id: ReplicaId, job: SyncJob) {
         if roll(&mut self.rng, self.profile.sync_fail_per_mille) {
-            // After a failed sync any part of the batch may or may not be on disk; the
-            // replica acknowledges nothing more and rebuilds itself from what is there.
-            let kept = self.rng.gen_range(0..=job.records.len());
-            let node = &mut self.nodes[id as usize];
-            node.disk.records.extend(job.records.into_iter().take(kept));
+            // After a failed sync any part of the batch may or may not be on disk. The
+            // replica acknowledges nothing more, cuts its log back to the last synced length
+            // (`Wal::cut_unsynced_tail`) and rebuilds itself from that: the batch is gone.
+            // Drawn either way, so both modes see the same random stream.
+            let _reached_disk = self.rng.gen_range(0..=job.records.len());
+            if self.broken_fsync {
+                // The bug: reload what the page cache shows (the whole batch: its write
+                // succeeded), as if it were durable.
+                let disk = &mut self.nodes[id as usize].disk;
+                disk.volatile_from.get_or_insert(disk.records.len());
+                disk.records.extend(job.records);
+            }
+            debug_assert!(
+                self.broken_fsync || self.nodes[id as usize].disk.volatile_from.is_none()
+            );
             self.crash(id, CrashKind::SyncFailed);
             return;
         }
@@ -928,6 +960,12 @@ impl World {
                 continue;
             }
             node.disk.records.drain(..bg.segment_start);
+            // Volatile records before the new segment were in the deleted old one; the
+            // snapshot and the re-logged live state are durable.
+            node.disk.volatile_from = node
+                .disk
+                .volatile_from
+                .and_then(|from| from.checked_sub(bg.segment_start));
             node.disk.snapshot = Some(bg.snapshot);
             if let Some(r) = node.replica.as_mut() {
                 r.compact(through);
@@ -983,6 +1021,7 @@ impl World {
             // The driver writes the live state in a new segment, the snapshot durably, and
             // drops the older segments, before the core sees the snapshot.
             node.disk.records = r.live_records(through);
+            node.disk.volatile_from = None;
             node.disk.snapshot = Some(snapshot.clone());
         }
         r.install_snapshot(snapshot);
