@@ -33,8 +33,14 @@ pub const DRIVER_QUEUE_LEN: usize = 65_536;
 /// Peer calls in flight at once, per replica; beyond that messages are dropped (Paxos
 /// tolerates loss, and the core resends).
 const MAX_PEER_CALLS_IN_FLIGHT: usize = 8192;
-/// After a storage failure, try to reopen the store this often.
-const REOPEN_INTERVAL_MS: u64 = 1000;
+/// After a storage failure, the first try to unfence comes this long after it...
+const REOPEN_FIRST_DELAY_MS: u64 = 1000;
+/// ...and each failed try doubles the wait, up to this.
+const REOPEN_MAX_DELAY_MS: u64 = 30_000;
+/// A failure this soon after unfencing keeps the doubled wait (no quick flapping).
+const REFENCE_MEMORY_MS: u64 = 60_000;
+/// Retry a snapshot postponed for lack of disk space after this long.
+const SNAPSHOT_SPACE_RETRY_MS: u64 = 1000;
 /// Deadline of one snapshot chunk.
 const SNAPSHOT_CHUNK_TIMEOUT_MS: u64 = 10_000;
 /// Snapshot pushes at once: each holds a copy of the map and its encoding, so pushes to
@@ -257,7 +263,9 @@ pub struct Driver {
     client_waiters: HashMap<u64, oneshot::Sender<ClientReply>>,
     peer_calls: Arc<Semaphore>,
     failed: FailedFlag,
-    last_reopen: Instant,
+    reopen: ReopenBackoff,
+    /// A snapshot postponed for lack of space is not tried again before this.
+    snapshot_space_retry: Option<Instant>,
     snapshot_slot: Slot,
     snapshot_task: Option<SnapshotTask>,
     /// Size of the last snapshot written: the log must grow at least as large before the
@@ -284,6 +292,53 @@ pub struct Driver {
     snapshot_started: Option<Instant>,
     /// What was last logged, so role and slot changes are logged once.
     logged: Logged,
+}
+
+/// When a fenced replica next tries to unfence: 1 s after the failure, doubling up to 30 s
+/// while the write probe keeps failing. A failure soon after unfencing keeps the longer wait,
+/// so a disk that is barely not full cannot make the replica flap.
+#[derive(Debug)]
+struct ReopenBackoff {
+    delay_ms: u64,
+    next_try: Instant,
+    unfenced_at: Option<Instant>,
+}
+
+impl ReopenBackoff {
+    fn new() -> ReopenBackoff {
+        ReopenBackoff {
+            delay_ms: REOPEN_FIRST_DELAY_MS,
+            next_try: Instant::now(),
+            unfenced_at: None,
+        }
+    }
+
+    /// The replica just fenced itself.
+    fn on_fenced(&mut self, now: Instant) {
+        let recent = self
+            .unfenced_at
+            .is_some_and(|t| now.duration_since(t) < Duration::from_millis(REFENCE_MEMORY_MS));
+        if !recent {
+            self.delay_ms = REOPEN_FIRST_DELAY_MS;
+        }
+        self.next_try = now + Duration::from_millis(self.delay_ms);
+    }
+
+    fn due(&self, now: Instant) -> bool {
+        now >= self.next_try
+    }
+
+    /// A try failed: wait twice as long (capped).
+    fn on_failed_try(&mut self, now: Instant) {
+        self.delay_ms = (self.delay_ms * 2).min(REOPEN_MAX_DELAY_MS);
+        self.next_try = now + Duration::from_millis(self.delay_ms);
+    }
+
+    /// Unfenced. The delay stays as it was for a while (see `on_fenced`).
+    fn on_unfenced(&mut self, now: Instant) {
+        self.unfenced_at = Some(now);
+        self.delay_ms = (self.delay_ms * 2).min(REOPEN_MAX_DELAY_MS);
+    }
 }
 
 /// The last role, leader, ballot and applied slot logged (debug phase lines).
@@ -323,7 +378,8 @@ impl Driver {
             client_waiters: HashMap::new(),
             peer_calls: Arc::new(Semaphore::new(MAX_PEER_CALLS_IN_FLIGHT)),
             failed: failed.clone(),
-            last_reopen: Instant::now(),
+            reopen: ReopenBackoff::new(),
+            snapshot_space_retry: None,
             snapshot_slot,
             snapshot_task: None,
             snapshot_bytes: 0,
@@ -582,9 +638,7 @@ impl Driver {
         let now = Instant::now();
         self.refusals
             .check(self.core.id(), self.core.refused(), now);
-        let due = self.last_reopen.elapsed() >= Duration::from_millis(REOPEN_INTERVAL_MS);
-        if self.failed_reason().is_some() && due {
-            self.last_reopen = Instant::now();
+        if self.failed_reason().is_some() && self.reopen.due(now) {
             self.try_reopen().await;
         }
     }
@@ -713,11 +767,19 @@ impl Driver {
     }
 
     fn mark_failed(&mut self, reason: &str) {
-        tracing::error!(replica = self.core.id(), %reason, "storage failed; replica stops acknowledging");
+        if self.failed_reason().is_some() {
+            // Already fenced: the backoff runs; a second failure changes nothing.
+            return tracing::debug!(replica = self.core.id(), %reason, "storage failed again while fenced");
+        }
+        tracing::error!(
+            replica = self.core.id(),
+            %reason,
+            "storage failed; replica fenced (no promises, accepts or writes until a write probe succeeds)"
+        );
         if let Ok(mut f) = self.failed.lock() {
             *f = Some(reason.to_string());
         }
-        self.last_reopen = Instant::now();
+        self.reopen.on_fenced(Instant::now());
     }
 
     fn failed_reason(&self) -> Option<String> {
@@ -727,10 +789,24 @@ impl Driver {
     /// Storage failed earlier: reopen it and rebuild the core from what is durable, so
     /// nothing that lived only in memory is ever acknowledged.
     async fn try_reopen(&mut self) {
-        let recovered = match self.with_store(|s| s.reopen()).await {
+        // Probe first: reopening alone needs no space, so it would succeed on a full disk
+        // and the next batch would fence the replica again at once.
+        let recovered = match self
+            .with_store(|s| {
+                s.probe_space()?;
+                s.reopen()
+            })
+            .await
+        {
             Ok(r) => r,
             Err(e) => {
-                return tracing::warn!(replica = self.core.id(), error = %e, "storage still failing")
+                self.reopen.on_failed_try(Instant::now());
+                return tracing::warn!(
+                    replica = self.core.id(),
+                    error = %e,
+                    retry_in_ms = self.reopen.delay_ms,
+                    "storage still failing; staying fenced"
+                );
             }
         };
         let cfg = self.core.config().clone();
@@ -743,12 +819,14 @@ impl Driver {
                 if let Ok(mut f) = self.failed.lock() {
                     *f = None;
                 }
+                self.reopen.on_unfenced(Instant::now());
                 tracing::info!(
                     replica = self.core.id(),
-                    "storage works again; state reloaded from disk"
+                    "storage works again; replica unfenced, state reloaded from disk"
                 );
             }
             Err(e) => {
+                self.reopen.on_failed_try(Instant::now());
                 tracing::error!(replica = self.core.id(), error = %e, "cannot rebuild from disk")
             }
         }
@@ -794,6 +872,9 @@ impl Driver {
     }
 
     async fn start_snapshot(&mut self) {
+        if !self.snapshot_fits() {
+            return;
+        }
         let snapshot = self.core.snapshot();
         let live = self.core.live_records(snapshot.through);
         let through = snapshot.through;
@@ -809,6 +890,32 @@ impl Driver {
             Err(reason) => self.mark_failed(&reason),
         }
         self.snapshot_slot = through;
+    }
+
+    /// False (with a log line, and a retry a second later) when the disk lacks room for a
+    /// snapshot as large as the last one plus margin: starting it would fill the disk.
+    fn snapshot_fits(&mut self) -> bool {
+        let now = Instant::now();
+        if self.snapshot_space_retry.is_some_and(|t| now < t) {
+            return false;
+        }
+        let Some(store) = self.store.as_ref() else {
+            return true;
+        };
+        match store.snapshot_space(self.snapshot_bytes) {
+            Ok(()) => {
+                self.snapshot_space_retry = None;
+                true
+            }
+            Err(why) => {
+                if self.snapshot_space_retry.is_none() {
+                    tracing::warn!(replica = self.core.id(), %why, "snapshot postponed: not enough disk space");
+                }
+                self.snapshot_space_retry =
+                    Some(now + Duration::from_millis(SNAPSHOT_SPACE_RETRY_MS));
+                false
+            }
+        }
     }
 
     async fn finish_snapshot(&mut self) {

@@ -131,6 +131,16 @@ impl Shared {
         if let Some(reason) = self.failed_reason() {
             return Err(KvError::ReplicaFailed { reason });
         }
+        self.ask_even_fenced(make, budget).await
+    }
+
+    /// [`Shared::ask`] for stale reads: a replica fenced by a storage failure still holds
+    /// its applied state in memory (nothing is applied while fenced), so it may serve it.
+    async fn ask_even_fenced<T>(
+        &self,
+        make: impl FnOnce(oneshot::Sender<T>) -> DriverInput,
+        budget: Duration,
+    ) -> Result<T, KvError> {
         let (tx, rx) = oneshot::channel();
         if self.driver.try_send(make(tx)).is_err() {
             self.metrics.busy.inc();
@@ -443,7 +453,7 @@ impl KvServer {
         if mode == ReadMode::Stale {
             let kv = self
                 .0
-                .ask(|reply| DriverInput::StaleView { reply }, budget)
+                .ask_even_fenced(|reply| DriverInput::StaleView { reply }, budget)
                 .await?;
             return Ok(ReadView {
                 kv,
@@ -544,7 +554,7 @@ impl KvRpc for KvServer {
         if mode == ReadMode::Stale {
             let value = self
                 .0
-                .ask(|reply| DriverInput::StaleRead { key, reply }, budget)
+                .ask_even_fenced(|reply| DriverInput::StaleRead { key, reply }, budget)
                 .await?;
             return Ok(GetReply {
                 value,

@@ -21,8 +21,9 @@ use tokio::sync::Mutex;
 const TEMP_PREFIX: &str = "incoming-snap-";
 /// Name suffix of the temp files.
 const TEMP_SUFFIX: &str = ".part";
-/// Free space kept on the disk beyond what a transfer needs.
-const FREE_DISK_RESERVE_BYTES: u64 = 64 * 1024 * 1024;
+/// Free space kept on the disk beyond what a transfer needs: the same margin a fenced
+/// replica's space probe writes (64 MiB refused every transfer on a small disk).
+const FREE_DISK_RESERVE_BYTES: u64 = crate::storage::SPACE_MARGIN_BYTES;
 
 /// Bounds of snapshot receiving.
 #[derive(Clone, Debug)]
@@ -352,19 +353,7 @@ fn decode(mut a: SnapshotAssembly) -> Result<Snapshot, String> {
         .map_err(|e| format!("undecodable snapshot: {e}"))
 }
 
-/// Bytes an unprivileged process may still write on the file system holding `dir`.
-pub fn free_disk_bytes(dir: &Path) -> std::io::Result<u64> {
-    use std::os::unix::ffi::OsStrExt;
-    let path = std::ffi::CString::new(dir.as_os_str().as_bytes())
-        .map_err(|e| std::io::Error::new(std::io::ErrorKind::InvalidInput, e))?;
-    let mut stat: libc::statvfs = unsafe { std::mem::zeroed() };
-    // SAFETY: `path` is a valid NUL-terminated string and `stat` a writable statvfs.
-    let rc = unsafe { libc::statvfs(path.as_ptr(), &mut stat) };
-    if rc != 0 {
-        return Err(std::io::Error::last_os_error());
-    }
-    Ok((stat.f_bavail as u64).saturating_mul(stat.f_frsize as u64))
-}
+pub use crate::storage::free_disk_bytes;
 
 fn remove_leftovers(dir: &Path) -> std::io::Result<()> {
     let entries = match std::fs::read_dir(dir) {

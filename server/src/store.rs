@@ -65,6 +65,18 @@ pub trait ReplicaStore: Send + 'static {
     /// Re-reads what is durable (after a failure), making the store usable again.
     fn reopen(&mut self) -> Result<Recovered, StoreError>;
 
+    /// Proves the storage takes writes with margin again (a fenced replica calls it before
+    /// [`ReplicaStore::reopen`]).
+    fn probe_space(&mut self) -> Result<(), StoreError> {
+        Ok(())
+    }
+
+    /// Ok when a snapshot about `last_snapshot_bytes` large fits with margin; otherwise why
+    /// not (the snapshot is postponed).
+    fn snapshot_space(&self, _last_snapshot_bytes: u64) -> Result<(), String> {
+        Ok(())
+    }
+
     /// Short description for logs ("in-memory", a directory...).
     fn describe(&self) -> String;
 
@@ -146,8 +158,26 @@ impl DiskStore {
 
 impl ReplicaStore for DiskStore {
     fn persist(&mut self, records: &[Record]) -> Result<(), StoreError> {
-        self.wal()?.append_and_sync(records)?;
+        let wal = self.wal()?;
+        if let Err(e) = wal.append_and_sync(records) {
+            // Cut the unsynced tail at once, so that not even a process crash before the
+            // reopen can replay bytes the failed sync may have left only in the page cache.
+            // If the cut fails too, the reopen tries again (and refuses until it works).
+            if let Err(cut) = wal.cut_unsynced_tail() {
+                tracing::error!(error = %cut, "cannot cut the WAL back to its synced length");
+            }
+            return Err(e.into());
+        }
         Ok(())
+    }
+
+    fn probe_space(&mut self) -> Result<(), StoreError> {
+        crate::storage::probe_write(&self.dir)?;
+        Ok(())
+    }
+
+    fn snapshot_space(&self, last_snapshot_bytes: u64) -> Result<(), String> {
+        crate::storage::check_snapshot_space(&self.dir, last_snapshot_bytes)
     }
 
     fn log_bytes(&self) -> u64 {

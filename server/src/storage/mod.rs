@@ -38,6 +38,7 @@ mod frame;
 mod fsutil;
 mod lock;
 mod snapshot;
+mod space;
 mod wal;
 
 pub use error::StorageError;
@@ -47,6 +48,9 @@ pub use lock::{DirLock, LOCK_FILE_NAME};
 pub use snapshot::{
     load_latest_snapshot, read_snapshot, snapshot_path, write_snapshot, SnapshotMeta,
     MAX_SNAPSHOT_BYTES, SNAPSHOT_HEADER_BYTES, SNAPSHOT_MAGIC,
+};
+pub use space::{
+    check_snapshot_space, free_disk_bytes, probe_write, PROBE_FILE_NAME, SPACE_MARGIN_BYTES,
 };
 pub use wal::{remove_segments_below, segment_path, Wal, WalOptions};
 
