@@ -1215,3 +1215,35 @@ fn log_response_in(me: ReplicaId, from: ReplicaId, response: &Response) {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn reopen_backoff_doubles_to_the_cap_and_remembers_a_recent_unfence() {
+        let start = Instant::now();
+        let mut backoff = ReopenBackoff::new();
+        backoff.on_fenced(start);
+        assert_eq!(backoff.delay_ms, REOPEN_FIRST_DELAY_MS);
+        assert!(!backoff.due(start));
+        assert!(backoff.due(start + Duration::from_millis(REOPEN_FIRST_DELAY_MS)));
+        let mut delays = Vec::new();
+        for _ in 0..7 {
+            backoff.on_failed_try(start);
+            delays.push(backoff.delay_ms);
+        }
+        assert_eq!(delays, [2000, 4000, 8000, 16_000, 30_000, 30_000, 30_000]);
+
+        // Fenced again soon after unfencing: the wait does not start over at 1 s.
+        let mut backoff = ReopenBackoff::new();
+        backoff.on_fenced(start);
+        backoff.on_unfenced(start);
+        backoff.on_fenced(start + Duration::from_millis(10));
+        assert_eq!(backoff.delay_ms, 2 * REOPEN_FIRST_DELAY_MS);
+        // Long after: it does.
+        backoff.on_unfenced(start);
+        backoff.on_fenced(start + Duration::from_millis(REFENCE_MEMORY_MS + 1));
+        assert_eq!(backoff.delay_ms, REOPEN_FIRST_DELAY_MS);
+    }
+}
