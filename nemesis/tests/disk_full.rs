@@ -16,9 +16,13 @@ use std::sync::mpsc;
 use std::time::{Duration, Instant};
 
 const TMPFS_MIB: u64 = 30;
-/// Space left free for the victim's log before the writes start.
-const LEFT_FREE_BYTES: u64 = 8 << 20;
+/// Space left free for the victim's log before the writes start: less than a snapshot needs
+/// (4 MiB margin), so the log fills it.
+const LEFT_FREE_BYTES: u64 = 3 << 20;
 const VALUE_BYTES: usize = 8 << 10;
+/// Each session overwrites this many keys over and over: the log grows while the state (and
+/// so every snapshot) stays at 1 MiB, small against the disk.
+const KEYS_PER_SESSION: u64 = 32;
 const VICTIM: usize = 4;
 const SESSIONS: usize = 4;
 /// Log lines of the fence cycle (the server's wording; older builds' wording too, so the
@@ -125,30 +129,41 @@ fn client(addrs: &[SocketAddr]) -> Client {
     Client::connect(config).expect("client")
 }
 
-/// Writes from `SESSIONS` sessions until `stop` says so; returns the acknowledged keys.
+/// The value of write `i`: its number first, so a read tells which write it saw.
+fn value_of(i: u64) -> Vec<u8> {
+    let mut value = i.to_le_bytes().to_vec();
+    value.resize(VALUE_BYTES, (i % 251) as u8);
+    value
+}
+
+fn write_of(value: &[u8]) -> Option<u64> {
+    Some(u64::from_le_bytes(value.get(..8)?.try_into().ok()?))
+}
+
+/// Writes from `SESSIONS` sessions until `stop` says so; returns, per key, the number of the
+/// last acknowledged write.
 async fn write_load(
     base: &Client,
     prefix: &str,
     stop: tokio::sync::watch::Receiver<bool>,
-) -> Vec<String> {
+) -> Vec<(String, u64)> {
     let mut tasks = Vec::new();
     for s in 0..SESSIONS {
         let mut session = base.new_session();
         let stop = stop.clone();
         let prefix = prefix.to_string();
         tasks.push(tokio::spawn(async move {
-            let mut acked = Vec::new();
+            let mut acked = std::collections::BTreeMap::new();
             for i in 0..u64::MAX {
                 if *stop.borrow() {
                     break;
                 }
-                let key = format!("{prefix}-{s}-{i}");
-                let value = vec![(i % 251) as u8; VALUE_BYTES];
-                if session.put(&key, value).await.is_ok() {
-                    acked.push(key);
+                let key = format!("{prefix}-{s}-{}", i % KEYS_PER_SESSION);
+                if session.put(&key, value_of(i)).await.is_ok() {
+                    acked.insert(key, i);
                 }
             }
-            acked
+            acked.into_iter().collect::<Vec<_>>()
         }));
     }
     let mut acked = Vec::new();
@@ -221,13 +236,21 @@ async fn full_disk_fences_once_and_recovers_without_loss() {
     tokio::time::sleep(Duration::from_secs(3)).await;
     let _ = stop_tx.send(true);
     let mut acked = load.await.expect("load task");
-    acked.extend((0..20).map(|i| format!("during-{i}")));
+    let acked_writes = acked.len();
+    let text = std::fs::read_to_string(&victim_log).unwrap_or_default();
+    for line in text
+        .lines()
+        .filter(|l| FENCED.iter().chain(&UNFENCED).any(|p| l.contains(p)))
+        .take(20)
+    {
+        println!("victim: {line}");
+    }
     let fences = count_lines(&victim_log, &FENCED);
     let unfences = count_lines(&victim_log, &UNFENCED);
     println!(
-        "disk_full: {} acked writes, fenced {fences}x, unfenced {unfences}x, fenced for {:.1} s, \
+        "disk_full: {} keys written, fenced {fences}x, unfenced {unfences}x, fenced for {:.1} s, \
          recovery after freeing space {:.1} s",
-        acked.len(),
+        acked_writes,
         (freed_at + recovery - fenced_at).as_secs_f64(),
         recovery.as_secs_f64()
     );
@@ -239,12 +262,30 @@ async fn full_disk_fences_once_and_recovers_without_loss() {
     assert_eq!(unfences, 1, "unfenced more than once (flapping)");
 
     let reader = client(&addrs);
-    for key in &acked {
+    for (key, last_acked) in &acked {
         let got = reader
             .get(key)
             .await
             .unwrap_or_else(|e| panic!("get {key}: {e}"));
-        assert!(got.is_some(), "acknowledged write {key} lost");
+        // The session writes a key in order: the value must be its last acknowledged write
+        // or a later one (applied, but its answer lost).
+        let seen = got.as_deref().and_then(write_of);
+        assert!(
+            seen.is_some_and(|i| i >= *last_acked),
+            "acknowledged write {last_acked} of {key} lost (read {seen:?})"
+        );
+    }
+    for i in 0..20 {
+        let key = format!("during-{i}");
+        let got = reader
+            .get(&key)
+            .await
+            .unwrap_or_else(|e| panic!("get {key}: {e}"));
+        assert_eq!(
+            got.as_deref(),
+            Some(&b"x"[..]),
+            "acknowledged write {key} lost"
+        );
     }
     // The victim catches up with the others.
     let deadline = Instant::now() + Duration::from_secs(30);
