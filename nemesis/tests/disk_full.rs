@@ -7,7 +7,7 @@
 
 mod support;
 
-use paxoskv_client::{Client, ClientConfig};
+use paxoskv_client::{Client, ClientConfig, ReadMode};
 use std::io::{BufRead, BufReader};
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
@@ -210,6 +210,10 @@ async fn full_disk_fences_once_and_recovers_without_loss() {
     std::fs::write(&filler, vec![0u8; filler_bytes as usize]).expect("write filler");
 
     let base = client(&addrs);
+    base.new_session()
+        .put("before", b"y".to_vec())
+        .await
+        .expect("put before the disk fills");
     let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
     let load = {
         let writers = client(&addrs);
@@ -226,7 +230,31 @@ async fn full_disk_fences_once_and_recovers_without_loss() {
             .await
             .unwrap_or_else(|e| panic!("put while one replica is fenced: {e}"));
     }
-    tokio::time::sleep(Duration::from_secs(2)).await;
+    // The fenced replica still serves stale reads from its applied state, and refuses
+    // linearizable ones (so clients go elsewhere).
+    let mut victim_only = ClientConfig::with_servers(vec![addrs[VICTIM]]);
+    victim_only.timeout = Duration::from_secs(2);
+    victim_only.attempt_timeout = Duration::from_millis(500);
+    let victim_client = Client::connect(victim_only).expect("client");
+    let stale = victim_client
+        .get_reply("before", ReadMode::Stale)
+        .await
+        .unwrap_or_else(|e| panic!("stale read from the fenced replica: {e}"));
+    assert_eq!(stale.served_by, VICTIM as u32);
+    assert!(stale.stale);
+    assert!(
+        stale.value.is_none() || stale.value.as_deref() == Some(&b"y"[..]),
+        "{:?}",
+        stale.value
+    );
+    let fenced_now = count_lines(&victim_log, &FENCED) > count_lines(&victim_log, &UNFENCED);
+    if fenced_now {
+        assert!(
+            victim_client.get("before").await.is_err(),
+            "a fenced replica must not serve a linearizable read"
+        );
+    }
+    tokio::time::sleep(Duration::from_secs(1)).await;
 
     std::fs::remove_file(&filler).expect("free space");
     let freed_at = Instant::now();
@@ -235,7 +263,7 @@ async fn full_disk_fences_once_and_recovers_without_loss() {
     // Keep writing a while after unfencing: a flapping replica would fence again here.
     tokio::time::sleep(Duration::from_secs(3)).await;
     let _ = stop_tx.send(true);
-    let mut acked = load.await.expect("load task");
+    let acked = load.await.expect("load task");
     let acked_writes = acked.len();
     let text = std::fs::read_to_string(&victim_log).unwrap_or_default();
     for line in text
