@@ -65,7 +65,9 @@ struct PushBackoff {
 
 impl PushBackoff {
     fn allows(&self, to: ReplicaId, now: Instant) -> bool {
-        self.failed.get(&to).is_none_or(|(not_before, _)| now >= *not_before)
+        self.failed
+            .get(&to)
+            .is_none_or(|(not_before, _)| now >= *not_before)
     }
 
     fn record(&mut self, to: ReplicaId, ok: bool, now: Instant) {
@@ -73,9 +75,12 @@ impl PushBackoff {
             self.failed.remove(&to);
             return;
         }
-        let delay_ms = self.failed.get(&to).map_or(PUSH_BACKOFF_MIN_MS, |(_, last_ms)| {
-            last_ms.saturating_mul(2).min(PUSH_BACKOFF_MAX_MS)
-        });
+        let delay_ms = self
+            .failed
+            .get(&to)
+            .map_or(PUSH_BACKOFF_MIN_MS, |(_, last_ms)| {
+                last_ms.saturating_mul(2).min(PUSH_BACKOFF_MAX_MS)
+            });
         self.failed
             .insert(to, (now + Duration::from_millis(delay_ms), delay_ms));
     }
@@ -699,7 +704,11 @@ impl Driver {
             let took = started.elapsed();
             fsync_seconds.observe(took.as_secs_f64());
             if took >= SLOW_STEP {
-                tracing::info!(records = persist.len(), took_ms = took.as_millis() as u64, "slow WAL persist");
+                tracing::info!(
+                    records = persist.len(),
+                    took_ms = took.as_millis() as u64,
+                    "slow WAL persist"
+                );
             }
             (store, result)
         });
@@ -1063,9 +1072,9 @@ async fn push_snapshot(me: ReplicaId, peer: &PeerLink, snapshot: Snapshot) -> Re
     let bytes = tokio::task::spawn_blocking(move || {
         crate::storage::run_at_low_priority(|| bincode::serialize(&snapshot))
     })
-        .await
-        .map_err(|e| e.to_string())?
-        .map_err(|e| e.to_string())?;
+    .await
+    .map_err(|e| e.to_string())?
+    .map_err(|e| e.to_string())?;
     let total_bytes = bytes.len() as u64;
     let timeout = Duration::from_millis(SNAPSHOT_CHUNK_TIMEOUT_MS);
     for (i, data) in bytes.chunks(SNAPSHOT_CHUNK_BYTES).enumerate() {
@@ -1188,5 +1197,42 @@ fn log_response_in(me: ReplicaId, from: ReplicaId, response: &Response) {
         Response::LearnAck(a) => {
             tracing::trace!(replica = me, from, ballot = %a.ballot, round = a.round, "learn ack received")
         }
+    }
+}
+
+#[cfg(test)]
+mod push_backoff_tests {
+    use super::*;
+
+    #[test]
+    fn failed_pushes_back_off_exponentially_up_to_the_cap_and_a_success_resets() {
+        let mut backoff = PushBackoff::default();
+        let start = Instant::now();
+        assert!(backoff.allows(2, start));
+        backoff.record(2, false, start);
+        assert!(!backoff.allows(2, start));
+        assert!(backoff.allows(3, start), "other peers are not held back");
+        let first = Duration::from_millis(PUSH_BACKOFF_MIN_MS);
+        assert!(backoff.allows(2, start + first));
+
+        let mut now = start;
+        let mut expected_ms = PUSH_BACKOFF_MIN_MS;
+        for _ in 0..10 {
+            expected_ms = (expected_ms * 2).min(PUSH_BACKOFF_MAX_MS);
+            backoff.record(2, false, now);
+            let wait = Duration::from_millis(expected_ms);
+            assert!(!backoff.allows(2, now + wait - Duration::from_millis(1)));
+            assert!(backoff.allows(2, now + wait));
+            now += wait;
+        }
+        assert_eq!(expected_ms, PUSH_BACKOFF_MAX_MS);
+
+        backoff.record(2, true, now);
+        assert!(backoff.allows(2, now));
+        backoff.record(2, false, now);
+        assert!(
+            backoff.allows(2, now + first),
+            "a success restarts at the minimum"
+        );
     }
 }

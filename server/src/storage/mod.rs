@@ -46,8 +46,7 @@ pub use frame::{FRAME_HEADER_BYTES, MAX_RECORD_BYTES, SCAN_BUDGET_BYTES};
 pub use lock::{DirLock, LOCK_FILE_NAME};
 pub use snapshot::{
     load_latest_snapshot, read_snapshot, run_at_low_priority, snapshot_path, write_snapshot,
-    SnapshotMeta,
-    MAX_SNAPSHOT_BYTES, SNAPSHOT_HEADER_BYTES, SNAPSHOT_MAGIC,
+    SnapshotMeta, MAX_SNAPSHOT_BYTES, SNAPSHOT_HEADER_BYTES, SNAPSHOT_MAGIC,
 };
 pub use wal::{segment_path, Wal, WalOptions};
 

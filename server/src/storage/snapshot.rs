@@ -244,12 +244,7 @@ fn write_back(file: &File, from: u64, to: u64) {
     let len = (to - from) as libc::off64_t;
     // SAFETY: fd is open for the lifetime of `file`; ranges are within what was written.
     unsafe {
-        let _ = libc::sync_file_range(
-            fd,
-            from as libc::off64_t,
-            len,
-            libc::SYNC_FILE_RANGE_WRITE,
-        );
+        let _ = libc::sync_file_range(fd, from as libc::off64_t, len, libc::SYNC_FILE_RANGE_WRITE);
         if from >= WRITEBACK_CHUNK_BYTES {
             let _ = libc::sync_file_range(
                 fd,
@@ -709,5 +704,46 @@ mod tests {
             .expect("load")
             .expect("some");
         assert_eq!(loaded, big);
+    }
+
+    #[test]
+    fn snapshot_larger_than_several_writeback_chunks_round_trips() {
+        let tmp = TempDir::new().expect("tempdir");
+        let big = State {
+            map: (0..100_000u32)
+                .map(|i| (format!("k{i}"), i.to_le_bytes().repeat(64)))
+                .collect(),
+            sessions: HashMap::new(),
+            through: 3,
+        };
+        write_snapshot(tmp.path(), 3, &big, 0).expect("write");
+        let len = fs::metadata(snapshot_path(tmp.path(), 3))
+            .expect("stat")
+            .len();
+        assert!(len > 2 * WRITEBACK_CHUNK_BYTES, "{len} bytes");
+        let (loaded, meta) = load_latest_snapshot::<State>(tmp.path())
+            .expect("load")
+            .expect("some");
+        assert_eq!(meta.slot, 3);
+        assert_eq!(loaded, big);
+    }
+
+    #[cfg(target_os = "linux")]
+    fn this_thread_nice() -> libc::c_int {
+        // SAFETY: plain syscalls on the calling thread.
+        unsafe {
+            let tid = libc::syscall(libc::SYS_gettid) as libc::id_t;
+            libc::getpriority(libc::PRIO_PROCESS, tid)
+        }
+    }
+
+    #[cfg(target_os = "linux")]
+    #[test]
+    fn low_priority_work_runs_niced_and_leaves_the_caller_alone() {
+        let before = this_thread_nice();
+        let (inside, value) = run_at_low_priority(|| (this_thread_nice(), 42));
+        assert_eq!(value, 42);
+        assert!(inside >= LOW_PRIORITY_NICE, "nice {inside}");
+        assert_eq!(this_thread_nice(), before);
     }
 }
