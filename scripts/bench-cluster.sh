@@ -95,6 +95,8 @@ trap 'exit 143' TERM
 
 # shellcheck source=scripts/ports.sh
 source "$ROOT/scripts/ports.sh"
+# shellcheck source=scripts/lib-cluster.sh
+source "$ROOT/scripts/lib-cluster.sh"
 
 kv() { "$CLIENT" --servers "$PEERS" "${TLS_CLIENT[@]}" "$@"; }
 
@@ -108,25 +110,9 @@ start_cluster() {
         ((SECONDS < deadline)) || die "ports $BASE_PORT.. still busy after ${PORT_WAIT_S}s"
         sleep 0.2
     done
-    for ((i = 0; i < REPLICAS; i++)); do
-        "$SERVER" --replica "$i" --peers "$PEERS" --data-dir "$RUN_DIR/data" "${TLS_SERVER[@]}" \
-            "${METRICS_SERVER[@]}" </dev/null >"$RUN_DIR/replica-$i.log" 2>&1 &
-        PID[i]=$!
-        echo "${PID[i]}" >"$TMP/pids/$((BASE_PORT + i))"
-    done
-    for ((i = 0; i < REPLICAS; i++)); do
-        deadline=$((SECONDS + START_WAIT_S))
-        until grep -q "Replica $i is running" "$RUN_DIR/replica-$i.log"; do
-            alive "${PID[i]}" || die "replica $i exited at start: $(tail -n 20 "$RUN_DIR/replica-$i.log")"
-            ((SECONDS < deadline)) || die "replica $i not running after ${START_WAIT_S}s"
-            sleep 0.1
-        done
-    done
-    deadline=$((SECONDS + LEADER_WAIT_S))
-    until kv --timeout 2s status -w simple 2>/dev/null | grep -q ' role=leader '; do
-        ((SECONDS < deadline)) || die "no leader after ${LEADER_WAIT_S}s"
-        sleep 0.2
-    done
+    launch_replicas "$RUN_DIR" "${TLS_SERVER[@]}" "${METRICS_SERVER[@]}"
+    for ((i = 0; i < REPLICAS; i++)); do echo "${PID[i]}" >"$TMP/pids/$((BASE_PORT + i))"; done
+    wait_for_leader
     [[ ${METRICS:-0} == 1 ]] && start_scraper
     return 0
 }

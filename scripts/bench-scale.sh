@@ -14,6 +14,9 @@
 #   BENCH_KEYS   distinct keys the measured puts write (default 100000)
 #   SKIP_BUILD=1 uses the binaries already built; KEEP_DATA=1 keeps logs and data.
 #   SERVER_BIN   another paxoskv-server (e.g. an older build, to compare)
+#   SERVER_ARGS  extra arguments for every replica (split on spaces), e.g. "--snapshot-log-bytes N"
+# Also prints the leader's slow steps during the run (driver turns, WAL persists >= 20 ms, as
+# the server logs them) to attribute latency spikes.
 # Exits non-zero if a step failed; leaves no process behind.
 set -euo pipefail
 
@@ -27,6 +30,7 @@ LOAD_CLIENTS=${LOAD_CLIENTS:-64}
 CLIENTS=${CLIENTS:-64}
 DURATION=${DURATION:-60s}
 BENCH_KEYS=${BENCH_KEYS:-100000}
+read -r -a SERVER_ARGS <<<"${SERVER_ARGS:-}"
 
 ROOT=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
 BIN="${CARGO_TARGET_DIR:-$ROOT/target}/release"
@@ -68,6 +72,8 @@ trap 'exit 143' TERM
 
 # shellcheck source=scripts/ports.sh
 source "$ROOT/scripts/ports.sh"
+# shellcheck source=scripts/lib-cluster.sh
+source "$ROOT/scripts/lib-cluster.sh"
 
 kv() { "$CLIENT" --servers "$PEERS" "$@"; }
 
@@ -75,26 +81,8 @@ kv() { "$CLIENT" --servers "$PEERS" "$@"; }
 json_get() { python3 -c 'import json, sys; v = json.loads(sys.argv[1]); print(eval(sys.argv[2]))' "$1" "$2"; }
 
 start_cluster() {
-    local i deadline
-    mkdir -p "$TMP/data"
-    for ((i = 0; i < REPLICAS; i++)); do
-        "$SERVER" --replica "$i" --peers "$PEERS" --data-dir "$TMP/data" </dev/null \
-            >"$TMP/replica-$i.log" 2>&1 &
-        PID[i]=$!
-    done
-    for ((i = 0; i < REPLICAS; i++)); do
-        deadline=$((SECONDS + START_WAIT_S))
-        until grep -q "Replica $i is running" "$TMP/replica-$i.log"; do
-            alive "${PID[i]}" || die "replica $i exited: $(tail -n 20 "$TMP/replica-$i.log")"
-            ((SECONDS < deadline)) || die "replica $i not running after ${START_WAIT_S}s"
-            sleep 0.1
-        done
-    done
-    deadline=$((SECONDS + LEADER_WAIT_S))
-    until kv --timeout 2s status -w simple 2>/dev/null | grep -q ' role=leader '; do
-        ((SECONDS < deadline)) || die "no leader after ${LEADER_WAIT_S}s"
-        sleep 0.2
-    done
+    launch_replicas "$TMP" "${SERVER_ARGS[@]}"
+    wait_for_leader
 }
 
 # "LEADER BALLOT" as the cluster reports it now.
@@ -162,6 +150,14 @@ main() {
         "$(json_get "$out" 'v["errors"]')"
     echo "snapshots started by the leader (replica $leader) during the run: $((snaps_after - snaps_before))"
     snapshot_lines "$leader" | tail -n $((2 * (snaps_after - snaps_before) + 1)) | cut -c1-200
+    local slow
+    slow=$(grep -cE "slow (driver turn|WAL persist)" "$TMP/replica-$leader.log" || true)
+    echo "slow steps logged by the leader (>= 20 ms; whole run incl. load): $slow; the 5 slowest:"
+    grep -E "slow (driver turn|WAL persist)" "$TMP/replica-$leader.log" |
+        sed -E 's/^([^ ]+) .*(slow [a-zA-Z ]+): (.*)$/\1 \2 \3/' |
+        awk '{ for (i = 1; i <= NF; i++) if ($i ~ /^(took_ms|rest_ms|handled_ms)=/) { split($i, kv, "="); t += kv[2] } print t, $0; t = 0 }' |
+        sort -rn | head -n 5 | cut -d' ' -f2- | cut -c1-200
+    echo "snapshot push failures logged by the leader: $(grep -c "snapshot push failed" "$TMP/replica-$leader.log" || true)"
     if [[ $before == "$after" ]]; then
         echo "leader change: no (leader and ballot before and after: $before)"
     else

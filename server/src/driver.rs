@@ -41,17 +41,56 @@ const REOPEN_MAX_DELAY_MS: u64 = 30_000;
 const REFENCE_MEMORY_MS: u64 = 60_000;
 /// Retry a snapshot postponed for lack of disk space after this long.
 const SNAPSHOT_SPACE_RETRY_MS: u64 = 1000;
+/// Driver turns, WAL syncs and snapshot steps slower than this are logged (info) with their
+/// duration, so latency spikes can be attributed (scripts/bench-scale.sh greps them).
+const SLOW_STEP: Duration = Duration::from_millis(20);
 /// Deadline of one snapshot chunk.
 const SNAPSHOT_CHUNK_TIMEOUT_MS: u64 = 10_000;
 /// Snapshot pushes at once: each holds a copy of the map and its encoding, so pushes to
 /// several lagging peers go one after the other (the others ask again).
 const MAX_CONCURRENT_PUSHES: usize = 1;
+/// First wait before retrying a failed snapshot push to a peer; doubles per failure.
+const PUSH_BACKOFF_MIN_MS: u64 = 250;
+/// Longest wait between snapshot pushes to a peer that keep failing.
+const PUSH_BACKOFF_MAX_MS: u64 = 10_000;
 /// Requests smaller than this do not count against a peer's send budget, so heartbeats and
 /// votes are never crowded out by large accepts.
 const SMALL_SEND_BYTES: usize = crate::rpc::SMALL_PEER_MESSAGE_BYTES;
 
 /// Timeout of a peer call carrying a large value (the peer syncs it before answering).
 const LARGE_REQUEST_TIMEOUT_MS: u64 = 1000;
+
+/// Exponential backoff of snapshot pushes per peer: a peer that cannot take a snapshot (down,
+/// out of space, too slow) asks for one on every message, and without a pause the leader
+/// would re-encode and resend its whole map many times a second.
+#[derive(Default)]
+struct PushBackoff {
+    /// Peer -> (earliest next push, current delay in ms); absent after a success.
+    failed: HashMap<ReplicaId, (Instant, u64)>,
+}
+
+impl PushBackoff {
+    fn allows(&self, to: ReplicaId, now: Instant) -> bool {
+        self.failed
+            .get(&to)
+            .is_none_or(|(not_before, _)| now >= *not_before)
+    }
+
+    fn record(&mut self, to: ReplicaId, ok: bool, now: Instant) {
+        if ok {
+            self.failed.remove(&to);
+            return;
+        }
+        let delay_ms = self
+            .failed
+            .get(&to)
+            .map_or(PUSH_BACKOFF_MIN_MS, |(_, last_ms)| {
+                last_ms.saturating_mul(2).min(PUSH_BACKOFF_MAX_MS)
+            });
+        self.failed
+            .insert(to, (now + Duration::from_millis(delay_ms), delay_ms));
+    }
+}
 
 /// Large accepts in flight, by (peer, slot, ballot).
 #[derive(Clone, Default)]
@@ -177,6 +216,8 @@ pub enum DriverInput {
     PushDone {
         /// The receiver.
         to: ReplicaId,
+        /// Whether every chunk arrived.
+        ok: bool,
     },
 }
 
@@ -273,6 +314,8 @@ pub struct Driver {
     /// for its append-only file).
     snapshot_bytes: u64,
     pushing: BTreeSet<ReplicaId>,
+    /// When a failed push to a peer may be retried.
+    push_backoff: PushBackoff,
     failure: Arc<FailureInjector>,
     syncing: Option<Syncing>,
     refusals: RefusalWarnings,
@@ -384,6 +427,7 @@ impl Driver {
             snapshot_task: None,
             snapshot_bytes: 0,
             pushing: BTreeSet::new(),
+            push_backoff: PushBackoff::default(),
             refusals: RefusalWarnings::default(),
             failure,
             syncing: None,
@@ -497,6 +541,8 @@ impl Driver {
         let mut ticker = tokio::time::interval(Duration::from_millis(self.timing.tick_ms));
         ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         loop {
+            // Busy time of this turn: input handling (not the wait for it) plus the rest.
+            let mut handled = Duration::ZERO;
             tokio::select! {
                 biased;
                 _ = shutdown.changed() => break,
@@ -505,16 +551,20 @@ impl Driver {
                 }
                 input = self.inbox.recv() => {
                     let Some(input) = input else { break };
+                    let started = Instant::now();
                     self.handle(input).await;
                     self.drain_inbox().await;
+                    handled = started.elapsed();
                 }
                 _ = ticker.tick() => self.on_tick().await,
             }
+            let rest_started = Instant::now();
             self.perform_ready();
             self.publish();
             if self.syncing.is_none() {
                 self.maybe_snapshot().await;
             }
+            log_slow_turn(self.core.id(), handled, rest_started.elapsed());
         }
         self.wait_for_sync().await;
         if let Some((_, task)) = self.snapshot_task.take() {
@@ -617,8 +667,9 @@ impl Driver {
                 let result = self.install_snapshot(from, *snapshot).await;
                 let _ = reply.send(result);
             }
-            DriverInput::PushDone { to } => {
+            DriverInput::PushDone { to, ok } => {
                 self.pushing.remove(&to);
+                self.push_backoff.record(to, ok, Instant::now());
             }
         }
     }
@@ -704,7 +755,15 @@ impl Driver {
         let task = tokio::task::spawn_blocking(move || {
             let started = Instant::now();
             let result = store.persist(&persist);
-            fsync_seconds.observe(started.elapsed().as_secs_f64());
+            let took = started.elapsed();
+            fsync_seconds.observe(took.as_secs_f64());
+            if took >= SLOW_STEP {
+                tracing::info!(
+                    records = persist.len(),
+                    took_ms = took.as_millis() as u64,
+                    "slow WAL persist"
+                );
+            }
             (store, result)
         });
         self.syncing = Some(Syncing { task, batch });
@@ -881,7 +940,11 @@ impl Driver {
         match self.with_store(move |s| s.begin_snapshot(&live)).await {
             Ok(Some(job)) => {
                 let writer = job.clone();
-                let task = tokio::task::spawn_blocking(move || writer.write(&snapshot));
+                // Low priority: the encoder must not take the CPU from the driver and the
+                // WAL syncs (2 cores), or puts stall behind it.
+                let task = tokio::task::spawn_blocking(move || {
+                    crate::storage::run_at_low_priority(|| writer.write(&snapshot))
+                });
                 self.snapshot_task = Some((job, task));
                 self.snapshot_started = Some(Instant::now());
                 tracing::info!(replica = self.core.id(), through, "snapshot started");
@@ -933,13 +996,20 @@ impl Driver {
                         .observe(started.elapsed().as_secs_f64());
                 }
                 let done = job.clone();
-                match self.with_store(move |s| s.finish_snapshot(&done)).await {
+                // Timed apart: both run on the driver's turn, so they show up as put latency.
+                let store_started = Instant::now();
+                let finished = self.with_store(move |s| s.finish_snapshot(&done)).await;
+                let store_ms = store_started.elapsed().as_millis() as u64;
+                let compact_started = Instant::now();
+                match finished {
                     Ok(()) => self.compact(self.snapshot_slot),
                     Err(reason) => self.mark_failed(&reason),
                 }
                 tracing::info!(
                     replica = self.core.id(),
                     through = self.snapshot_slot,
+                    store_ms,
+                    compact_ms = compact_started.elapsed().as_millis() as u64,
                     "snapshot durable; log compacted"
                 );
             }
@@ -1003,6 +1073,9 @@ impl Driver {
         let Some(Some(peer)) = self.peers.get(to as usize) else {
             return;
         };
+        if !self.push_backoff.allows(to, Instant::now()) {
+            return; // The last push to it failed recently: the peer asks again anyway.
+        }
         if self.pushing.len() >= MAX_CONCURRENT_PUSHES || !self.pushing.insert(to) {
             return;
         }
@@ -1016,10 +1089,12 @@ impl Driver {
             "pushing snapshot"
         );
         tokio::spawn(async move {
-            if let Err(e) = push_snapshot(me, &peer, snapshot).await {
+            let result = push_snapshot(me, &peer, snapshot).await;
+            if let Err(e) = &result {
                 tracing::warn!(replica = me, to, error = %e, "snapshot push failed");
             }
-            let _ = tx.send(DriverInput::PushDone { to }).await;
+            let ok = result.is_ok();
+            let _ = tx.send(DriverInput::PushDone { to, ok }).await;
         });
     }
 
@@ -1085,12 +1160,28 @@ impl Driver {
     }
 }
 
+/// Logs a driver turn that kept the driver busy for at least [`SLOW_STEP`]: `handled` is
+/// input handling, `rest` performing the Ready, publishing and snapshot scheduling.
+fn log_slow_turn(me: ReplicaId, handled: Duration, rest: Duration) {
+    if handled + rest >= SLOW_STEP {
+        tracing::info!(
+            replica = me,
+            handled_ms = handled.as_millis() as u64,
+            rest_ms = rest.as_millis() as u64,
+            "slow driver turn"
+        );
+    }
+}
+
 async fn push_snapshot(me: ReplicaId, peer: &PeerLink, snapshot: Snapshot) -> Result<(), String> {
     let through = snapshot.through;
-    let bytes = tokio::task::spawn_blocking(move || bincode::serialize(&snapshot))
-        .await
-        .map_err(|e| e.to_string())?
-        .map_err(|e| e.to_string())?;
+    // Encoding a large map takes a core for a while: below the driver's priority (2 cores).
+    let bytes = tokio::task::spawn_blocking(move || {
+        crate::storage::run_at_low_priority(|| bincode::serialize(&snapshot))
+    })
+    .await
+    .map_err(|e| e.to_string())?
+    .map_err(|e| e.to_string())?;
     let total_bytes = bytes.len() as u64;
     let timeout = Duration::from_millis(SNAPSHOT_CHUNK_TIMEOUT_MS);
     for (i, data) in bytes.chunks(SNAPSHOT_CHUNK_BYTES).enumerate() {
@@ -1245,5 +1336,42 @@ mod tests {
         backoff.on_unfenced(start);
         backoff.on_fenced(start + Duration::from_millis(REFENCE_MEMORY_MS + 1));
         assert_eq!(backoff.delay_ms, REOPEN_FIRST_DELAY_MS);
+    }
+}
+
+#[cfg(test)]
+mod push_backoff_tests {
+    use super::*;
+
+    #[test]
+    fn failed_pushes_back_off_exponentially_up_to_the_cap_and_a_success_resets() {
+        let mut backoff = PushBackoff::default();
+        let start = Instant::now();
+        assert!(backoff.allows(2, start));
+        backoff.record(2, false, start);
+        assert!(!backoff.allows(2, start));
+        assert!(backoff.allows(3, start), "other peers are not held back");
+        let first = Duration::from_millis(PUSH_BACKOFF_MIN_MS);
+        assert!(backoff.allows(2, start + first));
+
+        let mut now = start;
+        let mut expected_ms = PUSH_BACKOFF_MIN_MS;
+        for _ in 0..10 {
+            expected_ms = (expected_ms * 2).min(PUSH_BACKOFF_MAX_MS);
+            backoff.record(2, false, now);
+            let wait = Duration::from_millis(expected_ms);
+            assert!(!backoff.allows(2, now + wait - Duration::from_millis(1)));
+            assert!(backoff.allows(2, now + wait));
+            now += wait;
+        }
+        assert_eq!(expected_ms, PUSH_BACKOFF_MAX_MS);
+
+        backoff.record(2, true, now);
+        assert!(backoff.allows(2, now));
+        backoff.record(2, false, now);
+        assert!(
+            backoff.allows(2, now + first),
+            "a success restarts at the minimum"
+        );
     }
 }

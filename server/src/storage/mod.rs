@@ -46,8 +46,8 @@ pub use fault::FaultInjector;
 pub use frame::{FRAME_HEADER_BYTES, MAX_RECORD_BYTES, SCAN_BUDGET_BYTES};
 pub use lock::{DirLock, LOCK_FILE_NAME};
 pub use snapshot::{
-    load_latest_snapshot, read_snapshot, snapshot_path, write_snapshot, SnapshotMeta,
-    MAX_SNAPSHOT_BYTES, SNAPSHOT_HEADER_BYTES, SNAPSHOT_MAGIC,
+    load_latest_snapshot, read_snapshot, run_at_low_priority, snapshot_path, write_snapshot,
+    SnapshotMeta, MAX_SNAPSHOT_BYTES, SNAPSHOT_HEADER_BYTES, SNAPSHOT_MAGIC,
 };
 pub use space::{
     check_snapshot_space, free_disk_bytes, probe_write, PROBE_FILE_NAME, SPACE_MARGIN_BYTES,
