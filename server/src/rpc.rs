@@ -411,6 +411,74 @@ impl KvServer {
     }
 }
 
+impl KvServer {
+    /// A linearizable scan through the same path as `KvRpc::scan`, forwarded once to the
+    /// leader when this replica is a follower that knows it (for RESP, as `get_via_leader`).
+    pub async fn scan_via_leader(
+        &self,
+        range: KeyRange,
+        after: Option<String>,
+        limit: u32,
+        budget: Duration,
+    ) -> Result<ScanReply, KvError> {
+        let started = Instant::now();
+        let mut ctx = tarpc::context::current();
+        ctx.deadline = started + budget;
+        let local = self.clone().scan(
+            ctx,
+            range.clone(),
+            after.clone(),
+            limit,
+            ReadMode::Linearizable,
+        );
+        match local.await {
+            Err(KvError::NotLeader {
+                leader: Some(l), ..
+            }) if l != self.0.id => match self.0.peers.get(l as usize) {
+                Some(Some(peer)) => {
+                    let left = budget.saturating_sub(started.elapsed());
+                    peer.forward_scan(range, after, limit, left).await
+                }
+                _ => Err(KvError::NotLeader {
+                    leader: None,
+                    leader_addr: None,
+                }),
+            },
+            other => other,
+        }
+    }
+
+    /// A linearizable count through the same path as `KvRpc::count`, forwarded once to
+    /// the leader when this replica is a follower that knows it.
+    pub async fn count_via_leader(
+        &self,
+        range: KeyRange,
+        budget: Duration,
+    ) -> Result<CountReply, KvError> {
+        let started = Instant::now();
+        let mut ctx = tarpc::context::current();
+        ctx.deadline = started + budget;
+        let local = self
+            .clone()
+            .count(ctx, range.clone(), ReadMode::Linearizable);
+        match local.await {
+            Err(KvError::NotLeader {
+                leader: Some(l), ..
+            }) if l != self.0.id => match self.0.peers.get(l as usize) {
+                Some(Some(peer)) => {
+                    let left = budget.saturating_sub(started.elapsed());
+                    peer.forward_count(range, left).await
+                }
+                _ => Err(KvError::NotLeader {
+                    leader: None,
+                    leader_addr: None,
+                }),
+            },
+            other => other,
+        }
+    }
+}
+
 fn map_failure(reply: ClientReply, seq: u64) -> KvError {
     match reply {
         ClientReply::Failed(ClientError::Busy) => KvError::Busy("leader queue is full".into()),

@@ -1,9 +1,12 @@
 //! The command layer: one connection's state (protocol, name, authentication) and what each
 //! command does, over a [`Backend`] that holds the key-value operations.
 
+use super::glob;
 use super::reply::{Protocol, Reply};
+use paxoskv::kv::{KeyRange, ScanPage, MAX_SCAN_LIMIT};
 use paxoskv::{Op, Outcome};
 use paxoskv_service::{KvError, ReplicaStatus};
+use std::collections::VecDeque;
 
 /// What the commands need of the store. Every operation is linearizable.
 pub trait Backend {
@@ -19,6 +22,19 @@ pub trait Backend {
     ) -> impl std::future::Future<Output = Result<Outcome, KvError>> + Send;
     /// This replica's status, for INFO.
     fn status(&mut self) -> impl std::future::Future<Output = ReplicaStatus> + Send;
+    /// One page of the keys of `range` after `after`, read linearizably (at most `limit`
+    /// entries, capped by the store).
+    fn scan(
+        &mut self,
+        range: KeyRange,
+        after: Option<String>,
+        limit: u32,
+    ) -> impl std::future::Future<Output = Result<ScanPage, KvError>> + Send;
+    /// The number of keys in `range`, read linearizably.
+    fn count(
+        &mut self,
+        range: KeyRange,
+    ) -> impl std::future::Future<Output = Result<u64, KvError>> + Send;
 }
 
 /// paxoskv's version, shown by HELLO and INFO.
@@ -41,7 +57,21 @@ pub struct Connection {
     id: u64,
     /// Largest MGET reply (value bytes) this connection builds in memory.
     pub max_reply_bytes: usize,
+    /// Most keys one KEYS reads; a pattern whose range holds more is refused (use SCAN).
+    pub max_keys_scanned: usize,
+    /// Open SCAN cursors: the number handed to the client and the key to continue after.
+    /// Redis clients parse cursors as integers, so the continuation key stays here.
+    cursors: VecDeque<(u64, String)>,
+    /// The last cursor number handed out (0 is "start" and "done").
+    last_cursor: u64,
 }
+
+/// Default of [`Connection::max_keys_scanned`]: one scan page's limit.
+pub const DEFAULT_MAX_KEYS_SCANNED: usize = MAX_SCAN_LIMIT;
+/// SCAN cursors one connection keeps open; the oldest is forgotten first.
+const MAX_OPEN_CURSORS: usize = 256;
+/// SCAN's page size without COUNT, as in Redis.
+const DEFAULT_SCAN_COUNT: u32 = 10;
 
 /// Default of [`Connection::max_reply_bytes`]: 4096 keys of 1 MiB values would otherwise
 /// be a 4 GiB reply.
@@ -66,9 +96,6 @@ const NOT_YET: &[(&str, &str)] = &[
     ("PEXPIRE", "needs leases, issue 13"),
     ("TTL", "needs leases, issue 13"),
     ("PTTL", "needs leases, issue 13"),
-    ("KEYS", "needs the ordered map and scan, issue 12"),
-    ("SCAN", "needs the ordered map and scan, issue 12"),
-    ("DBSIZE", "needs the ordered map and count, issue 12"),
     ("MULTI", "needs transactions, issue 13"),
 ];
 
@@ -84,6 +111,9 @@ impl Connection {
             token,
             id,
             max_reply_bytes: DEFAULT_MAX_REPLY_BYTES,
+            max_keys_scanned: DEFAULT_MAX_KEYS_SCANNED,
+            cursors: VecDeque::new(),
+            last_cursor: 0,
         }
     }
 
@@ -220,6 +250,21 @@ impl Connection {
             }
             "MGET" | "EXISTS" | "DEL" | "UNLINK" => arity(&name),
             "INFO" => Reply::Bulk(info(&backend.status().await).into_bytes()),
+            "KEYS" => match rest {
+                [pattern] => self.keys(backend, pattern).await,
+                _ => arity(&name),
+            },
+            "SCAN" => match rest.split_first() {
+                Some((cursor, options)) => self.scan(backend, cursor, options).await,
+                None => arity(&name),
+            },
+            "DBSIZE" => match rest {
+                [] => match backend.count(KeyRange::Prefix(String::new())).await {
+                    Ok(keys) => Reply::Int(keys.try_into().unwrap_or(i64::MAX)),
+                    Err(e) => kv_error(&e),
+                },
+                _ => arity(&name),
+            },
             _ => match NOT_YET.iter().find(|(n, _)| *n == name) {
                 Some((_, why)) => Reply::err(format!(
                     "'{}' is not supported yet ({why})",
@@ -228,6 +273,138 @@ impl Connection {
                 None => unknown(&args),
             },
         }
+    }
+
+    /// `KEYS pattern`: every matching key, reading at most `max_keys_scanned` keys of
+    /// the pattern's literal prefix; more is refused rather than answered in part.
+    async fn keys<B: Backend>(&mut self, backend: &mut B, pattern: &[u8]) -> Reply {
+        if !pattern
+            .iter()
+            .any(|b| matches!(b, b'*' | b'?' | b'[' | b'\\'))
+        {
+            // No wildcard: the pattern is one key.
+            return match key_of(pattern) {
+                Err(_) => Reply::Array(vec![]),
+                Ok(key) => match backend.get(key.clone()).await {
+                    Ok(Some(_)) => Reply::Array(vec![Reply::text(key)]),
+                    Ok(None) => Reply::Array(vec![]),
+                    Err(e) => kv_error(&e),
+                },
+            };
+        }
+        let range = range_of(pattern);
+        let mut after = None;
+        let mut scanned = 0usize;
+        let mut keys = Vec::new();
+        loop {
+            let left = self.max_keys_scanned.saturating_sub(scanned);
+            let limit = left.clamp(1, MAX_SCAN_LIMIT) as u32;
+            let page = match backend.scan(range.clone(), after.take(), limit).await {
+                Ok(page) => page,
+                Err(e) => return kv_error(&e),
+            };
+            scanned += page.entries.len();
+            keys.extend(
+                page.entries
+                    .into_iter()
+                    .filter(|(k, _)| glob::matches(pattern, k.as_bytes()))
+                    .map(|(k, _)| Reply::text(k)),
+            );
+            match page.next_after {
+                None => return Reply::Array(keys),
+                Some(_) if scanned >= self.max_keys_scanned => {
+                    return Reply::err(format!(
+                        "KEYS would read more than {} keys; use SCAN with MATCH instead",
+                        self.max_keys_scanned
+                    ))
+                }
+                Some(next) => after = Some(next),
+            }
+        }
+    }
+
+    /// `SCAN cursor [MATCH pattern] [COUNT count] [TYPE type]`: one page of the
+    /// linearizable scan. COUNT keys are read (as in Redis, fewer may match).
+    async fn scan<B: Backend>(
+        &mut self,
+        backend: &mut B,
+        cursor: &[u8],
+        options: &[Vec<u8>],
+    ) -> Reply {
+        let after = if cursor == b"0" {
+            None
+        } else {
+            let number = std::str::from_utf8(cursor)
+                .ok()
+                .and_then(|c| c.parse::<u64>().ok());
+            let Some(number) = number else {
+                return Reply::err("invalid cursor");
+            };
+            match self.cursors.iter().find(|(n, _)| *n == number) {
+                Some((_, key)) => Some(key.clone()),
+                None => {
+                    return Reply::err(
+                        "invalid cursor (paxoskv cursors belong to the connection that opened them, and it keeps the last 256)",
+                    )
+                }
+            }
+        };
+        let mut pattern: Option<&[u8]> = None;
+        let mut count = DEFAULT_SCAN_COUNT;
+        let mut strings_only = true;
+        let mut rest = options;
+        loop {
+            match rest {
+                [] => break,
+                [option, value, more @ ..] => {
+                    match option.to_ascii_uppercase().as_slice() {
+                        b"MATCH" => pattern = Some(value),
+                        b"COUNT" => match parse_int(value) {
+                            Some(n) if n >= 1 => {
+                                count = n.min(MAX_SCAN_LIMIT as i64) as u32;
+                            }
+                            Some(_) => return Reply::err("syntax error"),
+                            None => return not_an_integer(),
+                        },
+                        // Every paxoskv value is a string.
+                        b"TYPE" => strings_only = value.eq_ignore_ascii_case(b"string"),
+                        _ => return Reply::err("syntax error"),
+                    }
+                    rest = more;
+                }
+                [_] => return Reply::err("syntax error"),
+            }
+        }
+        let range = match pattern {
+            Some(p) => range_of(p),
+            None => KeyRange::Prefix(String::new()),
+        };
+        let page = match backend.scan(range, after, count).await {
+            Ok(page) => page,
+            Err(e) => return kv_error(&e),
+        };
+        let keys = page
+            .entries
+            .into_iter()
+            .filter(|(k, _)| strings_only && pattern.is_none_or(|p| glob::matches(p, k.as_bytes())))
+            .map(|(k, _)| Reply::text(k))
+            .collect();
+        let next = match page.next_after {
+            None => 0,
+            Some(key) => self.open_cursor(key),
+        };
+        Reply::Array(vec![Reply::text(next.to_string()), Reply::Array(keys)])
+    }
+
+    /// A new cursor number for continuing after `key`.
+    fn open_cursor(&mut self, key: String) -> u64 {
+        self.last_cursor += 1;
+        if self.cursors.len() >= MAX_OPEN_CURSORS {
+            self.cursors.pop_front();
+        }
+        self.cursors.push_back((self.last_cursor, key));
+        debug_assert!(self.cursors.len() <= MAX_OPEN_CURSORS);
+        self.last_cursor
     }
 
     fn auth(&mut self, presented: &[u8]) -> Reply {
@@ -356,6 +533,21 @@ fn key_of(key: &[u8]) -> Result<String, Reply> {
     Ok(key)
 }
 
+/// The range a glob pattern's matches lie in: its literal prefix (every key, when that
+/// prefix is not UTF-8 and so cannot be a key's start).
+fn range_of(pattern: &[u8]) -> KeyRange {
+    KeyRange::Prefix(String::from_utf8(glob::literal_prefix(pattern)).unwrap_or_default())
+}
+
+/// A decimal integer argument, as Redis parses one.
+fn parse_int(arg: &[u8]) -> Option<i64> {
+    std::str::from_utf8(arg).ok()?.parse().ok()
+}
+
+fn not_an_integer() -> Reply {
+    Reply::err("value is not an integer or out of range")
+}
+
 fn kv_error(error: &KvError) -> Reply {
     match error {
         KvError::Busy(_) => Reply::Error(format!("BUSY {error}")),
@@ -413,12 +605,12 @@ fn info(status: &ReplicaStatus) -> String {
 #[cfg(test)]
 pub(crate) mod memory {
     use super::*;
-    use std::collections::HashMap;
+    use std::collections::BTreeMap;
 
     /// An in-memory store: the command layer's behaviour without a cluster.
     #[derive(Default)]
     pub(crate) struct Memory {
-        pub(crate) map: HashMap<String, Vec<u8>>,
+        pub(crate) map: BTreeMap<String, Vec<u8>>,
         pub(crate) fail_with: Option<KvError>,
     }
 
@@ -454,6 +646,42 @@ pub(crate) mod memory {
                 applied_through: 42,
                 keys: self.map.len() as u64,
                 ..ReplicaStatus::default()
+            }
+        }
+
+        async fn scan(
+            &mut self,
+            range: KeyRange,
+            after: Option<String>,
+            limit: u32,
+        ) -> Result<ScanPage, KvError> {
+            if let Some(e) = &self.fail_with {
+                return Err(e.clone());
+            }
+            let limit = (limit as usize).clamp(1, MAX_SCAN_LIMIT);
+            let mut matching = self
+                .map
+                .iter()
+                .filter(|(k, _)| range.contains(k))
+                .filter(|(k, _)| after.as_ref().is_none_or(|a| *k > a));
+            let entries: Vec<_> = matching
+                .by_ref()
+                .take(limit)
+                .map(|(k, v)| (k.clone(), v.clone()))
+                .collect();
+            let more = matching.next().is_some();
+            Ok(ScanPage {
+                next_after: more
+                    .then(|| entries.last().map(|(k, _)| k.clone()))
+                    .flatten(),
+                entries,
+            })
+        }
+
+        async fn count(&mut self, range: KeyRange) -> Result<u64, KvError> {
+            match &self.fail_with {
+                Some(e) => Err(e.clone()),
+                None => Ok(self.map.keys().filter(|k| range.contains(k)).count() as u64),
             }
         }
     }
@@ -529,6 +757,145 @@ mod tests {
             e.contains("not supported yet (needs compare-and-swap, issue 13)"),
             "{e}"
         );
+    }
+
+    fn keys_of(reply: Reply) -> Vec<String> {
+        let Reply::Array(items) = reply else {
+            panic!("not an array: {reply:?}")
+        };
+        items
+            .into_iter()
+            .map(|r| match r {
+                Reply::Bulk(b) => String::from_utf8(b).expect("utf-8"),
+                other => panic!("not a bulk: {other:?}"),
+            })
+            .collect()
+    }
+
+    fn filled(n: usize) -> Memory {
+        let mut m = Memory::default();
+        for i in 0..n {
+            m.map.insert(format!("user:{i:03}"), b"v".to_vec());
+        }
+        m.map.insert("other".into(), b"o".to_vec());
+        m.map.insert("user".into(), b"u".to_vec());
+        m
+    }
+
+    #[test]
+    fn keys_matches_globs_and_refuses_too_large_a_range() {
+        let (mut c, mut m) = (Connection::new(1, None), filled(30));
+        let all = keys_of(run(&mut c, &mut m, &["KEYS", "*"]));
+        assert_eq!(all.len(), 32);
+        assert!(all.is_sorted());
+        let users = keys_of(run(&mut c, &mut m, &["KEYS", "user:*"]));
+        assert_eq!(users.len(), 30);
+        assert!(users.iter().all(|k| k.starts_with("user:")));
+        assert_eq!(
+            keys_of(run(&mut c, &mut m, &["KEYS", "user:00?"])),
+            (0..10).map(|i| format!("user:00{i}")).collect::<Vec<_>>()
+        );
+        assert_eq!(keys_of(run(&mut c, &mut m, &["KEYS", "user"])), ["user"]);
+        assert_eq!(keys_of(run(&mut c, &mut m, &["KEYS", "nope"])), [""; 0]);
+        assert_eq!(
+            keys_of(run(&mut c, &mut m, &["KEYS", "*er"])),
+            ["other", "user"]
+        );
+        c.max_keys_scanned = 30;
+        // 30 keys start with "user:", and nothing else: exactly the limit is answered.
+        assert_eq!(keys_of(run(&mut c, &mut m, &["KEYS", "user:*"])).len(), 30);
+        let Reply::Error(e) = run(&mut c, &mut m, &["KEYS", "*"]) else {
+            panic!("KEYS over the limit answered")
+        };
+        assert!(e.contains("KEYS would read more than 30 keys"), "{e}");
+    }
+
+    /// Runs a SCAN to the end with `options`; returns the keys and the pages it took.
+    fn scan_all(c: &mut Connection, m: &mut Memory, options: &[&str]) -> (Vec<String>, usize) {
+        let (mut cursor, mut keys, mut pages) = ("0".to_string(), Vec::new(), 0);
+        loop {
+            let mut words = vec!["SCAN", cursor.as_str()];
+            words.extend_from_slice(options);
+            let Reply::Array(reply) = run(c, m, &words) else {
+                panic!("SCAN is an array")
+            };
+            let [Reply::Bulk(next), page] = <[Reply; 2]>::try_from(reply).expect("two items")
+            else {
+                panic!("SCAN reply shape")
+            };
+            keys.extend(keys_of(page));
+            pages += 1;
+            cursor = String::from_utf8(next).expect("utf-8");
+            if cursor == "0" {
+                return (keys, pages);
+            }
+            assert!(pages < 1000, "SCAN does not end");
+        }
+    }
+
+    #[test]
+    fn scan_walks_every_key_once_with_match_and_count() {
+        let (mut c, mut m) = (Connection::new(1, None), filled(30));
+        let (all, pages) = scan_all(&mut c, &mut m, &[]);
+        assert_eq!(all, m.map.keys().cloned().collect::<Vec<_>>());
+        assert_eq!(pages, 4, "32 keys at the default COUNT 10");
+        let (users, pages) = scan_all(&mut c, &mut m, &["MATCH", "user:*", "COUNT", "7"]);
+        assert_eq!(users.len(), 30);
+        assert_eq!(pages, 5);
+        let (some, _) = scan_all(&mut c, &mut m, &["COUNT", "100", "MATCH", "*1?"]);
+        assert_eq!(some.len(), 10, "{some:?}");
+        let (none, _) = scan_all(&mut c, &mut m, &["TYPE", "hash"]);
+        assert!(none.is_empty());
+        for (words, wanted) in [
+            (
+                &["SCAN", "0", "COUNT", "x"][..],
+                "ERR value is not an integer",
+            ),
+            (&["SCAN", "0", "COUNT", "0"][..], "ERR syntax error"),
+            (&["SCAN", "0", "MATCH"][..], "ERR syntax error"),
+            (&["SCAN", "0", "BOGUS", "1"][..], "ERR syntax error"),
+            (&["SCAN", "12345"][..], "ERR invalid cursor"),
+            (&["SCAN", "abc"][..], "ERR invalid cursor"),
+            (&["SCAN"][..], "ERR wrong number of arguments"),
+        ] {
+            let Reply::Error(e) = run(&mut c, &mut m, words) else {
+                panic!("{words:?} answered")
+            };
+            assert!(e.starts_with(wanted), "{words:?}: {e}");
+        }
+    }
+
+    #[test]
+    fn scan_cursors_are_bounded_per_connection() {
+        let (mut c, mut m) = (Connection::new(1, None), filled(30));
+        let first = run(&mut c, &mut m, &["SCAN", "0", "COUNT", "1"]);
+        let Reply::Array(items) = first else {
+            panic!("array")
+        };
+        let Reply::Bulk(cursor) = &items[0] else {
+            panic!("cursor")
+        };
+        let cursor = String::from_utf8(cursor.clone()).expect("utf-8");
+        for _ in 0..MAX_OPEN_CURSORS {
+            run(&mut c, &mut m, &["SCAN", "0", "COUNT", "1"]);
+        }
+        assert!(c.cursors.len() <= MAX_OPEN_CURSORS);
+        let Reply::Error(e) = run(&mut c, &mut m, &["SCAN", &cursor]) else {
+            panic!("a forgotten cursor answered")
+        };
+        assert!(e.starts_with("ERR invalid cursor"), "{e}");
+    }
+
+    #[test]
+    fn dbsize_counts_every_key() {
+        let (mut c, mut m) = (Connection::new(1, None), filled(30));
+        assert_eq!(run(&mut c, &mut m, &["DBSIZE"]), Reply::Int(32));
+        run(&mut c, &mut m, &["DEL", "other"]);
+        assert_eq!(run(&mut c, &mut m, &["DBSIZE"]), Reply::Int(31));
+        assert!(matches!(
+            run(&mut c, &mut m, &["DBSIZE", "x"]),
+            Reply::Error(_)
+        ));
     }
 
     #[test]

@@ -7,12 +7,14 @@
 
 pub mod command;
 pub mod framing;
+pub mod glob;
 pub mod reply;
 
 use crate::limits::{ConnectionCounter, LogLimiter};
 use crate::rpc::{KvServer, Shared};
 use command::{Backend, Connection};
 use framing::{next_request, RequestLimits};
+use paxoskv::kv::{KeyRange, ScanPage};
 use paxoskv::{CommandId, Op, Outcome};
 use paxoskv_service::{Caller, KvError, KvRpc, ReplicaStatus};
 use reply::Reply;
@@ -366,6 +368,37 @@ impl Backend for KvSession {
 
     async fn status(&mut self) -> ReplicaStatus {
         self.server.clone().status(tarpc::context::current()).await
+    }
+
+    async fn scan(
+        &mut self,
+        range: KeyRange,
+        after: Option<String>,
+        limit: u32,
+    ) -> Result<ScanPage, KvError> {
+        let budget = self.server.0.request_timeout;
+        self.with_retries(|server, ctx| {
+            let (range, after) = (range.clone(), after.clone());
+            let left = ctx.deadline.saturating_duration_since(Instant::now());
+            async move {
+                server
+                    .scan_via_leader(range, after, limit, left.min(budget))
+                    .await
+            }
+        })
+        .await
+        .map(|reply| reply.page)
+    }
+
+    async fn count(&mut self, range: KeyRange) -> Result<u64, KvError> {
+        let budget = self.server.0.request_timeout;
+        self.with_retries(|server, ctx| {
+            let range = range.clone();
+            let left = ctx.deadline.saturating_duration_since(Instant::now());
+            async move { server.count_via_leader(range, left.min(budget)).await }
+        })
+        .await
+        .map(|reply| reply.keys)
     }
 }
 
