@@ -227,6 +227,93 @@ fn redis_clients_read_and_write_through_leader_and_followers() {
 }
 
 #[test]
+fn keys_scan_and_dbsize_read_the_ordered_map_linearizably() {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let (_procs, _addrs, resp) = resp_cluster(dir.path(), 3, &[]);
+    let leader = wait_leader(&resp, Duration::from_secs(20));
+    let follower = (leader + 1) % resp.len();
+    // Through a follower: scans and counts are forwarded to the leader like GET.
+    let mut con = connect(resp[follower], "");
+    let mut pipe = redis::pipe();
+    for i in 0..25 {
+        pipe.cmd("SET").arg(format!("user:{i:02}")).arg(i).ignore();
+    }
+    pipe.cmd("SET").arg("other").arg("x").ignore();
+    let () = pipe.query(&mut con).expect("SETs");
+    // A write through the leader is seen at once by the follower's DBSIZE and KEYS.
+    let mut on_leader = connect(resp[leader], "");
+    let () = redis::cmd("SET")
+        .arg("user:99")
+        .arg("last")
+        .query(&mut on_leader)
+        .expect("SET");
+    let size: i64 = redis::cmd("DBSIZE").query(&mut con).expect("DBSIZE");
+    assert_eq!(size, 27);
+
+    let mut users: Vec<String> = redis::cmd("KEYS")
+        .arg("user:*")
+        .query(&mut con)
+        .expect("KEYS");
+    users.sort();
+    let mut wanted: Vec<String> = (0..25).map(|i| format!("user:{i:02}")).collect();
+    wanted.push("user:99".into());
+    assert_eq!(users, wanted);
+    let exact: Vec<String> = redis::cmd("KEYS")
+        .arg("other")
+        .query(&mut con)
+        .expect("KEYS");
+    assert_eq!(exact, ["other"]);
+    let tens: Vec<String> = redis::cmd("KEYS")
+        .arg("user:1?")
+        .query(&mut con)
+        .expect("KEYS ?");
+    assert_eq!(tens.len(), 10);
+
+    // SCAN by hand: the cursor is an integer; "0" starts and ends.
+    let (mut cursor, mut seen, mut pages) = (0u64, Vec::<String>::new(), 0);
+    loop {
+        let (next, keys): (u64, Vec<String>) = redis::cmd("SCAN")
+            .arg(cursor)
+            .arg("MATCH")
+            .arg("user:*")
+            .arg("COUNT")
+            .arg(4)
+            .query(&mut con)
+            .expect("SCAN");
+        seen.extend(keys);
+        pages += 1;
+        cursor = next;
+        if cursor == 0 {
+            break;
+        }
+        assert!(pages < 100, "SCAN does not end");
+    }
+    assert_eq!(seen, wanted, "every key once, in byte order");
+    assert_eq!(pages, 7, "26 keys at COUNT 4");
+    // The crate's own iterator (it parses cursors as integers).
+    let mut iterated: Vec<String> = redis::Commands::scan(&mut con)
+        .expect("SCAN iterator")
+        .collect::<Result<_, _>>()
+        .expect("SCAN pages");
+    iterated.sort();
+    assert_eq!(iterated.len(), 27);
+    assert!(iterated.contains(&"other".to_string()));
+
+    let e = server_error(redis::cmd("SCAN").arg(987654).query(&mut con));
+    assert!(e.contains("invalid cursor"), "{e}");
+    let e = server_error(
+        redis::cmd("SCAN")
+            .arg(0)
+            .arg("COUNT")
+            .arg("x")
+            .query(&mut con),
+    );
+    assert!(e.contains("value is not an integer or out of range"), "{e}");
+    let e = server_error(redis::cmd("DBSIZE").arg("x").query(&mut con));
+    assert!(e.contains("wrong number of arguments for 'dbsize'"), "{e}");
+}
+
+#[test]
 fn with_a_token_every_command_needs_auth_first() {
     let dir = tempfile::tempdir().expect("temp dir");
     let token_file = dir.path().join("token");
@@ -321,6 +408,14 @@ fn redis_cli_works_against_paxoskv() {
     assert!(cli(port, &["INFO"]).contains("# Replication"));
     let hello = cli(port, &["-3", "HELLO", "3"]);
     assert!(hello.contains("paxoskv"), "{hello}");
+    assert_eq!(cli(port, &["SET", "scan:a", "1"]), "OK");
+    assert_eq!(cli(port, &["SET", "scan:b", "2"]), "OK");
+    assert_eq!(cli(port, &["KEYS", "scan:*"]), "scan:a\nscan:b");
+    assert_eq!(
+        cli(port, &["--scan", "--pattern", "scan:*"]),
+        "scan:a\nscan:b"
+    );
+    assert!(cli(port, &["DBSIZE"]).parse::<u64>().is_ok_and(|n| n >= 2));
     let unknown = cli(port, &["NOSUCH", "x"]);
     assert!(unknown.contains("unknown command 'NOSUCH'"), "{unknown}");
     // Interactive start-up (COMMAND DOCS, then a command from stdin) works too.
