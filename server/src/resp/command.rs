@@ -509,14 +509,82 @@ impl Connection {
     }
 }
 
+/// The commands paxoskv answers, for COMMAND DOCS: name, group, summary (paxoskv's).
+const DOCS: &[(&str, &str, &str)] = &[
+    (
+        "GET",
+        "string",
+        "Returns the value of a key, read linearizably.",
+    ),
+    ("SET", "string", "Sets a key through the replicated log."),
+    (
+        "MGET",
+        "string",
+        "Returns the values of keys, each read linearizably.",
+    ),
+    ("DEL", "generic", "Deletes keys, each in its own log slot."),
+    ("UNLINK", "generic", "Same as DEL."),
+    ("EXISTS", "generic", "Counts the keys that exist."),
+    (
+        "KEYS",
+        "generic",
+        "Returns the keys matching a glob (bounded: use SCAN for more).",
+    ),
+    (
+        "SCAN",
+        "generic",
+        "Iterates the keys in byte order with a per-connection cursor.",
+    ),
+    (
+        "DBSIZE",
+        "server",
+        "Returns the number of keys, counted linearizably.",
+    ),
+    (
+        "INFO",
+        "server",
+        "Returns replication role, leader and applied slot.",
+    ),
+    ("PING", "connection", "Returns PONG or the message."),
+    ("ECHO", "connection", "Returns the message."),
+    (
+        "HELLO",
+        "connection",
+        "Chooses RESP2 or RESP3 and authenticates.",
+    ),
+    ("AUTH", "connection", "Presents the replica's token."),
+    ("SELECT", "connection", "Accepts database 0 only."),
+    ("CLIENT", "connection", "SETNAME, GETNAME, ID, SETINFO."),
+    ("QUIT", "connection", "Closes the connection."),
+    ("COMMAND", "server", "DOCS, COUNT and INFO, minimal."),
+    ("CONFIG", "server", "GET answers with nothing."),
+];
+
 /// Minimal COMMAND: enough for redis-cli to start (it asks for COMMAND DOCS).
 fn command_info(args: &[Vec<u8>]) -> Reply {
     let Some((sub, rest)) = args.split_first() else {
         return Reply::Array(vec![]);
     };
     match sub.to_ascii_uppercase().as_slice() {
-        b"DOCS" => Reply::Map(vec![]),
-        b"COUNT" => Reply::Int(0),
+        b"DOCS" => {
+            let wanted = |name: &str| {
+                rest.is_empty() || rest.iter().any(|r| r.eq_ignore_ascii_case(name.as_bytes()))
+            };
+            Reply::Map(
+                DOCS.iter()
+                    .filter(|(name, _, _)| wanted(name))
+                    .map(|(name, group, summary)| {
+                        let doc = Reply::Map(vec![
+                            (Reply::text("summary"), Reply::text(*summary)),
+                            (Reply::text("since"), Reply::text("1.0.0")),
+                            (Reply::text("group"), Reply::text(*group)),
+                        ]);
+                        (Reply::text(name.to_ascii_lowercase()), doc)
+                    })
+                    .collect(),
+            )
+        }
+        b"COUNT" => Reply::Int(DOCS.len() as i64),
         b"INFO" => Reply::Array(rest.iter().map(|_| Reply::Nil).collect()),
         _ => Reply::err(format!(
             "unknown subcommand '{}'. Try COMMAND HELP.",
@@ -938,10 +1006,15 @@ mod tests {
             Reply::ok()
         );
         assert_eq!(run(&mut c, &mut m, &["client", "getname"]), bulk("me"));
-        assert_eq!(
-            run(&mut c, &mut m, &["COMMAND", "DOCS"]),
-            Reply::Map(vec![])
-        );
+        let Reply::Map(docs) = run(&mut c, &mut m, &["COMMAND", "DOCS"]) else {
+            panic!("COMMAND DOCS is a map")
+        };
+        assert_eq!(docs.len(), DOCS.len());
+        let Reply::Map(docs) = run(&mut c, &mut m, &["COMMAND", "DOCS", "scan", "nope"]) else {
+            panic!("COMMAND DOCS is a map")
+        };
+        assert_eq!(docs.len(), 1);
+        assert_eq!(docs[0].0, Reply::text("scan"));
         assert_eq!(run(&mut c, &mut m, &["COMMAND"]), Reply::Array(vec![]));
         let Reply::Map(hello) = run(&mut c, &mut m, &["HELLO", "3"]) else {
             panic!("HELLO is a map")
