@@ -702,6 +702,7 @@ pub(crate) mod memory {
                     existed: self.map.remove(&key).is_some(),
                 },
                 Op::Register => Outcome::Registered,
+                Op::Txn(_) => return Err(KvError::InvalidRequest("no txn in the fake".into())),
             })
         }
 

@@ -16,7 +16,7 @@ use command::{Backend, Connection};
 use framing::{next_request, RequestLimits};
 use paxoskv::kv::{KeyRange, ScanPage};
 use paxoskv::{CommandId, Op, Outcome};
-use paxoskv_service::{Caller, KvError, KvRpc, ReplicaStatus};
+use paxoskv_service::{Caller, KvError, KvRpc, ReplicaStatus, WriteReply};
 use reply::Reply;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
@@ -331,6 +331,10 @@ impl KvSession {
                         Op::Put { key, value } => server.put(ctx, id, key, value).await,
                         Op::Delete { key } => server.delete(ctx, id, key).await,
                         Op::Register => server.register_session(ctx, id).await,
+                        Op::Txn(txn) => server.txn(ctx, id, txn).await.map(|r| WriteReply {
+                            outcome: Outcome::Txn(r.outcome),
+                            leader_addr: r.leader_addr,
+                        }),
                     }
                 }
             })
