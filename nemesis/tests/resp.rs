@@ -193,15 +193,16 @@ fn redis_clients_read_and_write_through_leader_and_followers() {
         redis::cmd("SET")
             .arg("k")
             .arg("v")
-            .arg("NX")
+            .arg("EX")
+            .arg(10)
             .query(&mut on_leader),
     );
-    assert!(e.contains("not supported yet"), "{e}");
+    assert!(e.contains("needs leases"), "{e}");
     let got: Option<String> = redis::cmd("GET")
         .arg("k")
         .query(&mut on_leader)
         .expect("GET");
-    assert_eq!(got, None, "a refused SET NX wrote nothing");
+    assert_eq!(got, None, "a refused SET EX wrote nothing");
     let e = server_error(
         redis::cmd("SET")
             .arg("big")
@@ -311,6 +312,123 @@ fn keys_scan_and_dbsize_read_the_ordered_map_linearizably() {
     assert!(e.contains("value is not an integer or out of range"), "{e}");
     let e = server_error(redis::cmd("DBSIZE").arg("x").query(&mut con));
     assert!(e.contains("wrong number of arguments for 'dbsize'"), "{e}");
+}
+
+fn get(con: &mut redis::Connection, key: &str) -> Option<String> {
+    redis::cmd("GET").arg(key).query(con).expect("GET")
+}
+
+#[test]
+fn conditional_writes_and_counters_are_one_transaction_each() {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let (_procs, _addrs, resp) = resp_cluster(dir.path(), 3, &[]);
+    let leader = wait_leader(&resp, Duration::from_secs(20));
+    let follower = (leader + 1) % resp.len();
+    let mut con = connect(resp[follower], "");
+    let set = |con: &mut redis::Connection, args: &[&str]| -> redis::Value {
+        redis::cmd("SET").arg(args).query(con).expect("SET")
+    };
+    assert_eq!(set(&mut con, &["k", "1", "XX"]), redis::Value::Nil);
+    assert_eq!(
+        get(&mut con, "k"),
+        None,
+        "SET XX of a missing key writes nothing"
+    );
+    assert_eq!(set(&mut con, &["k", "1", "NX"]), redis::Value::Okay);
+    assert_eq!(set(&mut con, &["k", "2", "NX"]), redis::Value::Nil);
+    assert_eq!(get(&mut con, "k").as_deref(), Some("1"));
+    assert_eq!(set(&mut con, &["k", "3", "XX"]), redis::Value::Okay);
+    let old: Option<String> = redis::cmd("SET")
+        .arg(&["k", "4", "GET"])
+        .query(&mut con)
+        .expect("SET GET");
+    assert_eq!(old.as_deref(), Some("3"));
+    let n: i64 = redis::cmd("SETNX")
+        .arg(&["k", "x"])
+        .query(&mut con)
+        .expect("SETNX");
+    assert_eq!(n, 0);
+    assert_eq!(get(&mut con, "k").as_deref(), Some("4"));
+
+    let () = redis::cmd("MSET")
+        .arg(&["m1", "a", "m2", "b"])
+        .query(&mut con)
+        .expect("MSET");
+    let both: Vec<Option<String>> = redis::cmd("MGET")
+        .arg(&["m1", "m2"])
+        .query(&mut con)
+        .expect("MGET");
+    assert_eq!(both, [Some("a".to_string()), Some("b".to_string())]);
+    let n: i64 = redis::cmd("MSETNX")
+        .arg(&["m2", "z", "m3", "c"])
+        .query(&mut con)
+        .expect("MSETNX");
+    assert_eq!(n, 0);
+    assert_eq!(get(&mut con, "m3"), None, "MSETNX is all or nothing");
+    let old: Option<String> = redis::cmd("GETSET")
+        .arg(&["m1", "A"])
+        .query(&mut con)
+        .expect("GETSET");
+    assert_eq!(old.as_deref(), Some("a"));
+    assert_eq!(get(&mut con, "m1").as_deref(), Some("A"));
+    let old: Option<String> = redis::cmd("GETDEL")
+        .arg("m1")
+        .query(&mut con)
+        .expect("GETDEL");
+    assert_eq!(old.as_deref(), Some("A"));
+    assert_eq!(get(&mut con, "m1"), None);
+
+    let n: i64 = redis::cmd("INCRBY")
+        .arg(&["n", "41"])
+        .query(&mut con)
+        .expect("INCRBY");
+    assert_eq!(n, 41);
+    let n: i64 = redis::cmd("INCR").arg("n").query(&mut con).expect("INCR");
+    assert_eq!(n, 42);
+    let n: i64 = redis::cmd("DECRBY")
+        .arg(&["n", "50"])
+        .query(&mut con)
+        .expect("DECRBY");
+    assert_eq!(n, -8);
+    let e = server_error(redis::cmd("INCR").arg("m2").query(&mut con));
+    assert!(e.contains("value is not an integer or out of range"), "{e}");
+    assert_eq!(
+        get(&mut con, "m2").as_deref(),
+        Some("b"),
+        "a failed INCR writes nothing"
+    );
+    let n: i64 = redis::cmd("APPEND")
+        .arg(&["m2", "cd"])
+        .query(&mut con)
+        .expect("APPEND");
+    assert_eq!(n, 3);
+    assert_eq!(get(&mut con, "m2").as_deref(), Some("bcd"));
+
+    // Concurrent INCRs from every replica's port: compare-and-swap loses none.
+    let per_client = 25;
+    let threads: Vec<_> = resp
+        .iter()
+        .map(|addr| {
+            let addr = *addr;
+            std::thread::spawn(move || {
+                let mut con = connect(addr, "");
+                for _ in 0..per_client {
+                    let _: i64 = redis::cmd("INCR")
+                        .arg("shared")
+                        .query(&mut con)
+                        .expect("INCR");
+                }
+            })
+        })
+        .collect();
+    for t in threads {
+        t.join().expect("INCR thread");
+    }
+    let total: i64 = redis::cmd("GET")
+        .arg("shared")
+        .query(&mut con)
+        .expect("GET");
+    assert_eq!(total, per_client * resp.len() as i64);
 }
 
 #[test]

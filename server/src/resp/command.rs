@@ -1,6 +1,7 @@
 //! The command layer: one connection's state (protocol, name, authentication) and what each
 //! command does, over a [`Backend`] that holds the key-value operations.
 
+use super::conditional::{self, Compare, Step, TxnAnswer};
 use super::glob;
 use super::reply::{Protocol, Reply};
 use paxoskv::kv::{KeyRange, ScanPage, MAX_SCAN_LIMIT};
@@ -35,6 +36,14 @@ pub trait Backend {
         &mut self,
         range: KeyRange,
     ) -> impl std::future::Future<Output = Result<u64, KvError>> + Send;
+    /// One transaction in one log slot (exactly once within this connection's session):
+    /// `then` if every comparison holds, else `otherwise`.
+    fn txn(
+        &mut self,
+        compares: Vec<Compare>,
+        then: Vec<Step>,
+        otherwise: Vec<Step>,
+    ) -> impl std::future::Future<Output = Result<TxnAnswer, KvError>> + Send;
 }
 
 /// paxoskv's version, shown by HELLO and INFO.
@@ -80,23 +89,16 @@ pub const DEFAULT_MAX_REPLY_BYTES: usize = 64 * 1024 * 1024;
 /// Commands that answer `-ERR ... not supported yet` with the reason, until the data model
 /// (issue 13) and the ordered map (issue 12) land.
 const NOT_YET: &[(&str, &str)] = &[
-    ("MSET", "needs transactions, issue 13"),
-    ("MSETNX", "needs transactions, issue 13"),
-    ("SETNX", "needs compare-and-swap, issue 13"),
-    ("GETSET", "needs compare-and-swap, issue 13"),
-    ("GETDEL", "needs compare-and-swap, issue 13"),
-    ("INCR", "needs compare-and-swap, issue 13"),
-    ("DECR", "needs compare-and-swap, issue 13"),
-    ("INCRBY", "needs compare-and-swap, issue 13"),
-    ("DECRBY", "needs compare-and-swap, issue 13"),
-    ("APPEND", "needs compare-and-swap, issue 13"),
     ("SETEX", "needs leases, issue 13"),
     ("PSETEX", "needs leases, issue 13"),
     ("EXPIRE", "needs leases, issue 13"),
     ("PEXPIRE", "needs leases, issue 13"),
     ("TTL", "needs leases, issue 13"),
     ("PTTL", "needs leases, issue 13"),
-    ("MULTI", "needs transactions, issue 13"),
+    (
+        "MULTI",
+        "MULTI/EXEC queueing is not built; SET NX/XX, MSET, MSETNX, GETSET, INCR are each one transaction",
+    ),
 ];
 
 impl Connection {
@@ -212,26 +214,16 @@ impl Connection {
                 }
                 Reply::Int(count)
             }
-            "SET" => match rest {
-                [key, value] => match key_of(key) {
-                    Ok(key) => {
-                        let op = Op::Put {
-                            key,
-                            value: value.clone(),
-                        };
-                        match backend.write(op).await {
-                            Ok(_) => Reply::ok(),
-                            Err(e) => kv_error(&e),
-                        }
-                    }
-                    Err(reply) => reply,
-                },
-                [_, _, option, ..] => Reply::err(format!(
-                    "SET option '{}' is not supported yet (NX/XX need compare-and-swap, EX/PX/KEEPTTL need leases, GET needs both: issue 13)",
-                    String::from_utf8_lossy(option)
-                )),
-                _ => arity(&name),
-            },
+            "SET" => conditional::set(backend, rest).await,
+            "SETNX" => conditional::setnx(backend, rest).await,
+            "MSET" => conditional::mset(backend, rest, false).await,
+            "MSETNX" => conditional::mset(backend, rest, true).await,
+            "GETSET" => conditional::get_and(backend, rest, false).await,
+            "GETDEL" => conditional::get_and(backend, rest, true).await,
+            "INCR" | "DECR" | "INCRBY" | "DECRBY" => {
+                conditional::incr_by(backend, &name, rest).await
+            }
+            "APPEND" => conditional::append(backend, rest).await,
             "DEL" | "UNLINK" if !rest.is_empty() => {
                 // Each key is its own linearizable delete: DEL of several keys is not atomic.
                 let mut deleted = 0;
@@ -594,7 +586,7 @@ fn command_info(args: &[Vec<u8>]) -> Reply {
 }
 
 /// A key as paxoskv stores it (UTF-8, within the key limit).
-fn key_of(key: &[u8]) -> Result<String, Reply> {
+pub(super) fn key_of(key: &[u8]) -> Result<String, Reply> {
     let key =
         String::from_utf8(key.to_vec()).map_err(|_| Reply::err("keys must be UTF-8 in paxoskv"))?;
     paxoskv::check_key(&key).map_err(Reply::err)?;
@@ -608,15 +600,15 @@ fn range_of(pattern: &[u8]) -> KeyRange {
 }
 
 /// A decimal integer argument, as Redis parses one.
-fn parse_int(arg: &[u8]) -> Option<i64> {
+pub(super) fn parse_int(arg: &[u8]) -> Option<i64> {
     std::str::from_utf8(arg).ok()?.parse().ok()
 }
 
-fn not_an_integer() -> Reply {
+pub(super) fn not_an_integer() -> Reply {
     Reply::err("value is not an integer or out of range")
 }
 
-fn kv_error(error: &KvError) -> Reply {
+pub(super) fn kv_error(error: &KvError) -> Reply {
     match error {
         KvError::Busy(_) => Reply::Error(format!("BUSY {error}")),
         KvError::NotLeader { .. } | KvError::Unavailable { .. } | KvError::Timeout { .. } => {
@@ -626,7 +618,7 @@ fn kv_error(error: &KvError) -> Reply {
     }
 }
 
-fn arity(name: &str) -> Reply {
+pub(super) fn arity(name: &str) -> Reply {
     Reply::err(format!(
         "wrong number of arguments for '{}' command",
         name.to_ascii_lowercase()
@@ -675,11 +667,17 @@ pub(crate) mod memory {
     use super::*;
     use std::collections::BTreeMap;
 
+    type Map = BTreeMap<String, Vec<u8>>;
+    /// Another client's write, run just before a transaction.
+    pub(crate) type Interloper = Box<dyn FnOnce(&mut Map) + Send>;
+
     /// An in-memory store: the command layer's behaviour without a cluster.
     #[derive(Default)]
     pub(crate) struct Memory {
-        pub(crate) map: BTreeMap<String, Vec<u8>>,
+        pub(crate) map: Map,
         pub(crate) fail_with: Option<KvError>,
+        /// A write by "another client" just before the next transaction (a CAS conflict).
+        pub(crate) before_txn: Option<Interloper>,
     }
 
     impl Backend for Memory {
@@ -753,6 +751,38 @@ pub(crate) mod memory {
                 None => Ok(self.map.keys().filter(|k| range.contains(k)).count() as u64),
             }
         }
+
+        async fn txn(
+            &mut self,
+            compares: Vec<Compare>,
+            then: Vec<Step>,
+            otherwise: Vec<Step>,
+        ) -> Result<TxnAnswer, KvError> {
+            if let Some(e) = &self.fail_with {
+                return Err(e.clone());
+            }
+            if let Some(change) = self.before_txn.take() {
+                change(&mut self.map);
+            }
+            let succeeded = compares.iter().all(|c| match c {
+                Compare::Absent(k) => !self.map.contains_key(k),
+                Compare::Exists(k) => self.map.contains_key(k),
+                Compare::ValueIs(k, v) => self.map.get(k) == Some(v),
+            });
+            let mut gets = Vec::new();
+            for step in if succeeded { then } else { otherwise } {
+                match step {
+                    Step::Get(k) => gets.push(self.map.get(&k).cloned()),
+                    Step::Put(k, v) => {
+                        self.map.insert(k, v);
+                    }
+                    Step::Delete(k) => {
+                        self.map.remove(&k);
+                    }
+                }
+            }
+            Ok(TxnAnswer { succeeded, gets })
+        }
     }
 }
 
@@ -806,26 +836,115 @@ mod tests {
     }
 
     #[test]
-    fn set_options_are_refused_until_cas_and_leases_exist() {
+    fn set_nx_xx_get_and_setnx_compare_in_one_transaction() {
         let (mut c, mut m) = (Connection::new(1, None), Memory::default());
-        for option in ["NX", "XX", "EX", "PX", "GET"] {
-            let reply = run(&mut c, &mut m, &["SET", "k", "v", option, "10"]);
-            let Reply::Error(e) = reply else {
-                panic!("{option}: {reply:?}")
-            };
-            assert!(
-                e.starts_with("ERR SET option") && e.contains("not supported yet"),
-                "{e}"
+        assert_eq!(run(&mut c, &mut m, &["SET", "k", "1", "XX"]), Reply::Nil);
+        assert_eq!(run(&mut c, &mut m, &["GET", "k"]), Reply::Nil);
+        assert_eq!(run(&mut c, &mut m, &["SET", "k", "1", "NX"]), Reply::ok());
+        assert_eq!(run(&mut c, &mut m, &["SET", "k", "2", "nx"]), Reply::Nil);
+        assert_eq!(run(&mut c, &mut m, &["GET", "k"]), bulk("1"));
+        assert_eq!(run(&mut c, &mut m, &["SET", "k", "3", "XX"]), Reply::ok());
+        assert_eq!(run(&mut c, &mut m, &["SET", "k", "4", "GET"]), bulk("3"));
+        assert_eq!(
+            run(&mut c, &mut m, &["SET", "k", "5", "NX", "GET"]),
+            bulk("4")
+        );
+        assert_eq!(run(&mut c, &mut m, &["GET", "k"]), bulk("4"));
+        assert_eq!(run(&mut c, &mut m, &["SET", "n", "1", "GET"]), Reply::Nil);
+        assert_eq!(run(&mut c, &mut m, &["SETNX", "n", "2"]), Reply::Int(0));
+        assert_eq!(run(&mut c, &mut m, &["SETNX", "s", "2"]), Reply::Int(1));
+        assert_eq!(run(&mut c, &mut m, &["GET", "s"]), bulk("2"));
+        for bad in [
+            &["SET", "k", "9", "NX", "XX"][..],
+            &["SET", "k", "9", "BOGUS"][..],
+        ] {
+            assert_eq!(
+                run(&mut c, &mut m, bad),
+                Reply::Error("ERR syntax error".into())
             );
         }
-        assert!(m.map.is_empty(), "a refused SET must not write");
-        let Reply::Error(e) = run(&mut c, &mut m, &["INCR", "k"]) else {
-            panic!("INCR answered")
-        };
-        assert!(
-            e.contains("not supported yet (needs compare-and-swap, issue 13)"),
-            "{e}"
+        for option in ["EX", "PX", "EXAT", "PXAT", "KEEPTTL"] {
+            let Reply::Error(e) = run(&mut c, &mut m, &["SET", "k", "9", option, "10"]) else {
+                panic!("{option} answered")
+            };
+            assert!(e.contains("needs leases"), "{e}");
+        }
+        assert_eq!(
+            run(&mut c, &mut m, &["GET", "k"]),
+            bulk("4"),
+            "refused SETs wrote nothing"
         );
+    }
+
+    #[test]
+    fn mset_msetnx_getset_getdel() {
+        let (mut c, mut m) = (Connection::new(1, None), Memory::default());
+        assert_eq!(
+            run(&mut c, &mut m, &["MSET", "a", "1", "b", "2"]),
+            Reply::ok()
+        );
+        assert_eq!(
+            run(&mut c, &mut m, &["MGET", "a", "b"]),
+            Reply::Array(vec![bulk("1"), bulk("2")])
+        );
+        assert!(matches!(
+            run(&mut c, &mut m, &["MSET", "a"]),
+            Reply::Error(_)
+        ));
+        assert_eq!(
+            run(&mut c, &mut m, &["MSETNX", "b", "9", "c", "3"]),
+            Reply::Int(0)
+        );
+        assert_eq!(
+            run(&mut c, &mut m, &["GET", "c"]),
+            Reply::Nil,
+            "all or nothing"
+        );
+        assert_eq!(
+            run(&mut c, &mut m, &["MSETNX", "c", "3", "d", "4"]),
+            Reply::Int(1)
+        );
+        assert_eq!(run(&mut c, &mut m, &["GETSET", "a", "10"]), bulk("1"));
+        assert_eq!(run(&mut c, &mut m, &["GET", "a"]), bulk("10"));
+        assert_eq!(run(&mut c, &mut m, &["GETSET", "new", "x"]), Reply::Nil);
+        assert_eq!(run(&mut c, &mut m, &["GETDEL", "new"]), bulk("x"));
+        assert_eq!(run(&mut c, &mut m, &["GETDEL", "new"]), Reply::Nil);
+        assert_eq!(run(&mut c, &mut m, &["EXISTS", "new"]), Reply::Int(0));
+    }
+
+    #[test]
+    fn incr_decr_and_append_are_compare_and_swap() {
+        let (mut c, mut m) = (Connection::new(1, None), Memory::default());
+        assert_eq!(run(&mut c, &mut m, &["INCR", "n"]), Reply::Int(1));
+        assert_eq!(run(&mut c, &mut m, &["INCRBY", "n", "41"]), Reply::Int(42));
+        assert_eq!(run(&mut c, &mut m, &["DECR", "n"]), Reply::Int(41));
+        assert_eq!(run(&mut c, &mut m, &["DECRBY", "n", "50"]), Reply::Int(-9));
+        assert_eq!(run(&mut c, &mut m, &["GET", "n"]), bulk("-9"));
+        // Another client's write between the read and the transaction: retried from it.
+        m.before_txn = Some(Box::new(|map| {
+            map.insert("n".into(), b"100".to_vec());
+        }));
+        assert_eq!(run(&mut c, &mut m, &["INCR", "n"]), Reply::Int(101));
+        let not_int = Reply::Error("ERR value is not an integer or out of range".into());
+        assert_eq!(run(&mut c, &mut m, &["SET", "s", "abc"]), Reply::ok());
+        assert_eq!(run(&mut c, &mut m, &["INCR", "s"]), not_int);
+        assert_eq!(run(&mut c, &mut m, &["INCRBY", "n", "x"]), not_int);
+        assert_eq!(
+            run(&mut c, &mut m, &["SET", "max", &i64::MAX.to_string()]),
+            Reply::ok()
+        );
+        let Reply::Error(e) = run(&mut c, &mut m, &["INCR", "max"]) else {
+            panic!("overflow answered")
+        };
+        assert!(e.contains("would overflow"), "{e}");
+        assert_eq!(run(&mut c, &mut m, &["GET", "s"]), bulk("abc"));
+        assert_eq!(run(&mut c, &mut m, &["APPEND", "s", "de"]), Reply::Int(5));
+        assert_eq!(run(&mut c, &mut m, &["APPEND", "t", "x"]), Reply::Int(1));
+        assert_eq!(run(&mut c, &mut m, &["GET", "s"]), bulk("abcde"));
+        let Reply::Error(e) = run(&mut c, &mut m, &["EXPIRE", "s", "10"]) else {
+            panic!("EXPIRE answered")
+        };
+        assert!(e.contains("needs leases"), "{e}");
     }
 
     fn keys_of(reply: Reply) -> Vec<String> {

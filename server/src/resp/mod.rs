@@ -6,6 +6,7 @@
 //! in order (Redis's guarantee to a pipelining client); its replies are written in batches.
 
 pub mod command;
+pub mod conditional;
 pub mod framing;
 pub mod glob;
 pub mod reply;
@@ -13,6 +14,7 @@ pub mod reply;
 use crate::limits::{ConnectionCounter, LogLimiter};
 use crate::rpc::{KvServer, Shared};
 use command::{Backend, Connection};
+use conditional::{Compare, Step, TxnAnswer};
 use framing::{next_request, RequestLimits};
 use paxoskv::kv::{KeyRange, ScanPage};
 use paxoskv::{CommandId, Op, Outcome};
@@ -394,6 +396,35 @@ impl Backend for KvSession {
         .map(|reply| reply.page)
     }
 
+    async fn txn(
+        &mut self,
+        compares: Vec<Compare>,
+        then: Vec<Step>,
+        otherwise: Vec<Step>,
+    ) -> Result<TxnAnswer, KvError> {
+        let txn = paxoskv::Txn {
+            compares: compares.into_iter().map(core_compare).collect(),
+            success: then.into_iter().map(core_op).collect(),
+            failure: otherwise.into_iter().map(core_op).collect(),
+        };
+        match self.write(Op::Txn(txn)).await? {
+            Outcome::Txn(outcome) => Ok(TxnAnswer {
+                succeeded: outcome.succeeded,
+                gets: outcome
+                    .results
+                    .into_iter()
+                    .filter_map(|r| match r {
+                        paxoskv::TxnResult::Get { value, .. } => Some(value),
+                        _ => None,
+                    })
+                    .collect(),
+            }),
+            other => Err(KvError::InvalidRequest(format!(
+                "a transaction answered {other:?}"
+            ))),
+        }
+    }
+
     async fn count(&mut self, range: KeyRange) -> Result<u64, KvError> {
         let budget = self.server.0.request_timeout;
         self.with_retries(|server, ctx| {
@@ -403,6 +434,25 @@ impl Backend for KvSession {
         })
         .await
         .map(|reply| reply.keys)
+    }
+}
+
+/// A RESP comparison as the core's transaction compare.
+fn core_compare(compare: Compare) -> paxoskv::Compare {
+    let (key, check) = match compare {
+        Compare::Absent(key) => (key, paxoskv::Check::Absent),
+        Compare::Exists(key) => (key, paxoskv::Check::Exists),
+        Compare::ValueIs(key, value) => (key, paxoskv::Check::Value(paxoskv::CmpOp::Eq, value)),
+    };
+    paxoskv::Compare { key, check }
+}
+
+/// A RESP transaction step as the core's transaction op.
+fn core_op(step: Step) -> paxoskv::TxnOp {
+    match step {
+        Step::Get(key) => paxoskv::TxnOp::Get { key },
+        Step::Put(key, value) => paxoskv::TxnOp::Put { key, value },
+        Step::Delete(key) => paxoskv::TxnOp::Delete { key },
     }
 }
 
