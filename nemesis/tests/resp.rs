@@ -534,6 +534,10 @@ fn redis_cli_works_against_paxoskv() {
         "scan:a\nscan:b"
     );
     assert!(cli(port, &["DBSIZE"]).parse::<u64>().is_ok_and(|n| n >= 2));
+    assert_eq!(cli(port, &["SET", "scan:a", "9", "NX"]), "");
+    assert_eq!(cli(port, &["INCRBY", "scan:a", "41"]), "42");
+    assert_eq!(cli(port, &["MSET", "m:x", "1", "m:y", "2"]), "OK");
+    assert_eq!(cli(port, &["GETSET", "m:x", "3"]), "1");
     let unknown = cli(port, &["NOSUCH", "x"]);
     assert!(unknown.contains("unknown command 'NOSUCH'"), "{unknown}");
     // Interactive start-up (COMMAND DOCS, then a command from stdin) works too.
