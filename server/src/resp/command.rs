@@ -510,6 +510,52 @@ const DOCS: &[(&str, &str, &str)] = &[
     ),
     ("SET", "string", "Sets a key through the replicated log."),
     (
+        "SETNX",
+        "string",
+        "Sets a key if it does not exist, in one transaction.",
+    ),
+    ("MSET", "string", "Sets keys in one transaction."),
+    (
+        "MSETNX",
+        "string",
+        "Sets keys if none exists, in one transaction.",
+    ),
+    (
+        "GETSET",
+        "string",
+        "Sets a key and returns its old value, in one transaction.",
+    ),
+    (
+        "GETDEL",
+        "string",
+        "Deletes a key and returns its value, in one transaction.",
+    ),
+    (
+        "INCR",
+        "string",
+        "Adds 1 to an integer by compare-and-swap.",
+    ),
+    (
+        "DECR",
+        "string",
+        "Subtracts 1 from an integer by compare-and-swap.",
+    ),
+    (
+        "INCRBY",
+        "string",
+        "Adds to an integer by compare-and-swap.",
+    ),
+    (
+        "DECRBY",
+        "string",
+        "Subtracts from an integer by compare-and-swap.",
+    ),
+    (
+        "APPEND",
+        "string",
+        "Appends to a value by compare-and-swap.",
+    ),
+    (
         "MGET",
         "string",
         "Returns the values of keys, each read linearizably.",
