@@ -2,7 +2,8 @@
 # Smoke run of the Redis protocol front end: five in-memory replicas in one process with
 # --resp-port, redis-cli PING until the RESP port answers, then
 # `redis-benchmark -t set,get -n $REQUESTS -c 10` (and -P 16) against it. Passes when
-# redis-benchmark exits 0 and a key it wrote reads back; no speed is asserted.
+# redis-benchmark exits 0 and a key it wrote reads back (by GET, KEYS, SCAN, DBSIZE); no
+# speed is asserted.
 # Usage: scripts/resp-smoke.sh   (needs redis-tools; release build of paxoskv-server)
 # Environment: REQUESTS (default 2000).
 set -euo pipefail
@@ -56,4 +57,8 @@ redis-benchmark -p "$RESP_PORT" -t set,get -n "$REQUESTS" -c 10 -P 16 -q || die 
 # read it back through another replica.
 value=$(redis-cli -p $((RESP_PORT + 1)) GET key:__rand_int__)
 [[ ${#value} -eq 3 ]] || die "the benchmark's key did not read back (got '$value')"
+# The ordered map through RESP: the benchmark's one key, found by KEYS, SCAN and DBSIZE.
+[[ $(redis-cli -p "$RESP_PORT" KEYS 'key:*') == "key:__rand_int__" ]] || die "KEYS key:* wrong"
+[[ $(redis-cli -p "$RESP_PORT" --scan --pattern 'key:*') == "key:__rand_int__" ]] || die "SCAN wrong"
+[[ $(redis-cli -p "$RESP_PORT" DBSIZE) -ge 1 ]] || die "DBSIZE wrong"
 echo "resp-smoke.sh: OK (redis-benchmark -n $REQUESTS against RESP port $RESP_PORT)"

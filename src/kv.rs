@@ -1,6 +1,9 @@
 //! The replicated map and the client session table that makes retries exactly-once.
 
-use crate::types::{Command, CommandId, Op, Outcome, Slot};
+use crate::types::{
+    Check, Command, CommandId, Compare, KeyMeta, Op, Outcome, Slot, Txn, TxnOp, TxnOutcome,
+    TxnResult,
+};
 use imbl::{OrdMap, OrdSet};
 use serde::{Deserialize, Serialize};
 use std::fmt;
@@ -9,7 +12,21 @@ use std::ops::Bound;
 /// The map itself, in key byte order. A persistent B-tree: cloning it is O(1) (the clone
 /// shares every node until one side writes), so a snapshot or a read view costs the driver
 /// nothing. Boxed slices, not `String`/`Vec`, save 16 bytes per entry.
-type Map = OrdMap<Box<str>, Box<[u8]>>;
+type Map = OrdMap<Box<str>, Entry>;
+
+/// One key's value and its revisions.
+#[derive(Clone, Debug, PartialEq, Eq)]
+struct Entry {
+    value: Box<[u8]>,
+    meta: KeyMeta,
+}
+
+/// Marks the snapshot encoding with revisions: where the older encoding starts with the
+/// map's length, this one starts with a length no map can have, then a format number.
+const FORMAT_MARK: u64 = u64::MAX;
+
+/// The encoding with per-key meta and the store revision.
+const FORMAT_REVISIONS: u64 = 2;
 
 /// Most entries one scan returns.
 pub const MAX_SCAN_LIMIT: usize = 10_000;
@@ -101,14 +118,15 @@ impl Applied {
 /// The state machine: a map plus the session table. Deterministic, so every replica that
 /// applies the same commands in the same order holds the same state.
 /// Every part is a persistent structure, so `clone()` is O(1).
-#[derive(Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+/// (De)serialised by hand (module `encoding`): the older encoding, without revisions,
+/// still decodes.
+#[derive(Clone, Default, PartialEq, Eq)]
 pub struct KvState {
-    #[serde(with = "bytes_map")]
     map: Map,
-    #[serde(with = "bounded::map")]
+    /// Grows by one with every applied command that changes the map (etcd's revision).
+    revision: u64,
     sessions: OrdMap<u64, Session>,
     /// (last_slot, client_id) of every session, for deterministic oldest-first eviction.
-    #[serde(with = "bounded::set")]
     session_age: OrdSet<(Slot, u64)>,
     max_sessions: usize,
     digest: u64,
@@ -122,6 +140,7 @@ impl fmt::Debug for KvState {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("KvState")
             .field("keys", &self.map.len())
+            .field("revision", &self.revision)
             .field("sessions", &self.sessions.len())
             .field("max_sessions", &self.max_sessions)
             .field("digest", &format_args!("{:016x}", self.digest()))
@@ -141,7 +160,17 @@ impl KvState {
 
     /// The value of `key`.
     pub fn get(&self, key: &str) -> Option<&[u8]> {
-        self.map.get(key).map(|v| &**v)
+        self.map.get(key).map(|e| &*e.value)
+    }
+
+    /// The value of `key` with its revisions.
+    pub fn get_meta(&self, key: &str) -> Option<(&[u8], KeyMeta)> {
+        self.map.get(key).map(|e| (&*e.value, e.meta))
+    }
+
+    /// The store revision: how many applied commands changed the map.
+    pub fn revision(&self) -> u64 {
+        self.revision
     }
 
     /// Number of keys.
@@ -157,7 +186,8 @@ impl KvState {
     /// Order-independent digest of the map and the session table, kept up to date
     /// incrementally.
     pub fn digest(&self) -> u64 {
-        self.digest ^ self.session_digest.rotate_left(17)
+        let revision = fnv_bytes(&[&self.revision.to_le_bytes()]);
+        self.digest ^ self.session_digest.rotate_left(17) ^ revision
     }
 
     /// Sessions held.
@@ -167,7 +197,7 @@ impl KvState {
 
     /// Iterates over all entries in key byte order.
     pub fn entries(&self) -> impl Iterator<Item = (&str, &[u8])> {
-        self.map.iter().map(|(k, v)| (&**k, &**v))
+        self.map.iter().map(|(k, e)| (&**k, &*e.value))
     }
 
     /// The entries of `range` after the key `after` (a previous page's `next_after`), in
@@ -209,7 +239,7 @@ impl KvState {
         };
         self.map
             .range::<_, str>((lower, Bound::Unbounded))
-            .map(|(k, v)| (&**k, &**v))
+            .map(|(k, e)| (&**k, &*e.value))
             .take_while(move |(k, _)| range.contains(k))
     }
 
@@ -247,30 +277,130 @@ impl KvState {
     }
 
     fn apply_op(&mut self, op: &Op) -> Outcome {
-        match op {
+        let before = self.revision;
+        let outcome = match op {
             Op::Put { key, value } => {
-                let old = self
-                    .map
-                    .insert(key.as_str().into(), value.as_slice().into());
-                if let Some(old) = &old {
-                    self.digest ^= entry_hash(key, old);
-                }
-                self.digest ^= entry_hash(key, value);
-                Outcome::Put {
-                    replaced: old.is_some(),
-                }
+                let revision = before + 1;
+                let replaced = self.put_at(key, value, revision);
+                self.revision = revision;
+                Outcome::Put { replaced }
             }
             Op::Delete { key } => {
-                let old = self.map.remove(key.as_str());
-                if let Some(old) = &old {
-                    self.digest ^= entry_hash(key, old);
+                let existed = self.remove_key(key);
+                if existed {
+                    self.revision = before + 1;
                 }
-                Outcome::Delete {
-                    existed: old.is_some(),
-                }
+                Outcome::Delete { existed }
             }
             Op::Register => Outcome::Registered,
+            Op::Txn(txn) => Outcome::Txn(self.apply_txn(txn)),
+        };
+        assert!(
+            self.revision == before || self.revision == before + 1,
+            "one command moves the revision by at most one"
+        );
+        outcome
+    }
+
+    /// Every compare is evaluated against the map before any op runs; then one branch
+    /// runs, its writes sharing one new revision (taken only if something changed).
+    fn apply_txn(&mut self, txn: &Txn) -> TxnOutcome {
+        let succeeded = txn.compares.iter().all(|c| self.holds(c));
+        let branch = if succeeded {
+            &txn.success
+        } else {
+            &txn.failure
+        };
+        let revision = self.revision + 1;
+        let mut changed = false;
+        let mut results = Vec::with_capacity(branch.len());
+        for op in branch {
+            let result = match op {
+                TxnOp::Put { key, value } => {
+                    changed = true;
+                    TxnResult::Put {
+                        replaced: self.put_at(key, value, revision),
+                    }
+                }
+                TxnOp::Delete { key } => {
+                    let existed = self.remove_key(key);
+                    changed |= existed;
+                    TxnResult::Delete { existed }
+                }
+                TxnOp::Get { key } => {
+                    let found = self.map.get(key.as_str());
+                    TxnResult::Get {
+                        value: found.map(|e| e.value.to_vec()),
+                        meta: found.map(|e| e.meta),
+                    }
+                }
+            };
+            results.push(result);
         }
+        if changed {
+            self.revision = revision;
+        }
+        TxnOutcome {
+            succeeded,
+            revision: self.revision,
+            results,
+        }
+    }
+
+    /// Whether `compare` holds now. An absent key has version 0 and mod revision 0, and
+    /// no value (a value compare is false for it).
+    pub fn holds(&self, compare: &Compare) -> bool {
+        let entry = self.map.get(compare.key.as_str());
+        let meta = entry.map(|e| e.meta).unwrap_or_default();
+        match &compare.check {
+            Check::Version(op, n) => op.holds(&meta.version, n),
+            Check::ModRevision(op, n) => op.holds(&meta.mod_revision, n),
+            Check::Value(op, v) => entry.is_some_and(|e| op.holds(&*e.value, v.as_slice())),
+            Check::Exists => entry.is_some(),
+            Check::Absent => entry.is_none(),
+        }
+    }
+
+    /// Sets `key` at `revision` (the one the current command takes; several puts of one
+    /// transaction share it); true if the key existed before.
+    fn put_at(&mut self, key: &str, value: &[u8], revision: u64) -> bool {
+        assert!(revision > self.revision, "a write takes a new revision");
+        let old = self.map.get(key).map(|e| e.meta);
+        if let Some(old_entry) = self.map.get(key) {
+            self.digest ^= entry_hash(key, old_entry);
+        }
+        let meta = match old {
+            Some(m) => KeyMeta {
+                create_revision: m.create_revision,
+                mod_revision: revision,
+                version: m
+                    .version
+                    .checked_add(1)
+                    .expect("a version never reaches u64::MAX"),
+            },
+            None => KeyMeta {
+                create_revision: revision,
+                mod_revision: revision,
+                version: 1,
+            },
+        };
+        debug_assert!(old.is_none_or(|m| meta.version == m.version + 1));
+        let entry = Entry {
+            value: value.into(),
+            meta,
+        };
+        self.digest ^= entry_hash(key, &entry);
+        self.map.insert(key.into(), entry);
+        old.is_some()
+    }
+
+    /// Removes `key`; true if it existed.
+    fn remove_key(&mut self, key: &str) -> bool {
+        let old = self.map.remove(key);
+        if let Some(old) = &old {
+            self.digest ^= entry_hash(key, old);
+        }
+        old.is_some()
     }
 
     /// True if this state (from a peer's snapshot or the disk, so untrusted) is one that
@@ -284,12 +414,17 @@ impl KvState {
             && self.sessions.iter().all(|(&id, s)| {
                 s.last_slot <= through && self.session_age.contains(&(s.last_slot, id))
             });
-        let digest = self.map.iter().fold(0, |d, (k, v)| d ^ entry_hash(k, v));
+        let revision = self.revision;
+        let meta_ok = self.map.values().all(|e| {
+            let m = e.meta;
+            m.version >= 1 && m.create_revision <= m.mod_revision && m.mod_revision <= revision
+        });
+        let digest = self.map.iter().fold(0, |d, (k, e)| d ^ entry_hash(k, e));
         let session_digest = self
             .sessions
             .iter()
             .fold(0, |d, (&id, s)| d ^ session_hash(id, s));
-        sessions_ok && digest == self.digest && session_digest == self.session_digest
+        sessions_ok && meta_ok && digest == self.digest && session_digest == self.session_digest
     }
 
     fn remember(&mut self, slot: Slot, id: CommandId, outcome: Outcome) {
@@ -316,37 +451,188 @@ impl KvState {
     }
 }
 
-/// Encodes map values as byte strings rather than sequences of numbers: a snapshot of a
-/// million keys loads several times faster.
-mod bytes_map {
-    use super::Map;
-    use serde::de::{MapAccess, Visitor};
-    use serde::{Deserializer, Serializer};
+/// The snapshot encoding of [`KvState`], a tuple. The current one: [`FORMAT_MARK`],
+/// [`FORMAT_REVISIONS`], the revision, the entries (a sequence of key, value bytes,
+/// create_revision, mod_revision, version), then the session tail. The older one (before
+/// revisions): the map (key to value bytes), then the same tail (sessions, session age,
+/// max_sessions, digest, session_digest). An older snapshot loads with every key at version
+/// 1 and revisions 0; its digest is checked with the older entry hash, then recomputed.
+/// Nothing is preallocated from a length the input claims: entries are inserted one by one.
+mod encoding {
+    use super::{
+        bounded, entry_hash, old_entry_hash, Entry, KvState, Map, Session, FORMAT_MARK,
+        FORMAT_REVISIONS,
+    };
+    use crate::types::{KeyMeta, Slot};
+    use imbl::{OrdMap, OrdSet};
+    use serde::de::{self, Deserialize, Deserializer, SeqAccess, Visitor};
+    use serde::ser::{Serialize, SerializeTuple, Serializer};
     use std::fmt;
 
-    pub fn serialize<S: Serializer>(map: &Map, s: S) -> Result<S::Ok, S::Error> {
-        s.collect_map(map.iter().map(|(k, v)| (k, serde_bytes::Bytes::new(v))))
+    const FIELDS: usize = 9;
+
+    struct EntriesOut<'a>(&'a Map);
+
+    impl Serialize for EntriesOut<'_> {
+        fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+            s.collect_seq(self.0.iter().map(|(k, e)| {
+                let m = e.meta;
+                let value = serde_bytes::Bytes::new(&e.value);
+                (k, value, m.create_revision, m.mod_revision, m.version)
+            }))
+        }
     }
 
-    pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<Map, D::Error> {
-        d.deserialize_map(MapVisitor)
+    struct EntriesIn(Map);
+
+    impl<'de> Deserialize<'de> for EntriesIn {
+        fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+            d.deserialize_seq(EntriesVisitor)
+        }
     }
 
-    struct MapVisitor;
+    struct EntriesVisitor;
 
-    impl<'de> Visitor<'de> for MapVisitor {
-        type Value = Map;
+    type EncodedEntry = (String, serde_bytes::ByteBuf, u64, u64, u64);
+
+    impl<'de> Visitor<'de> for EntriesVisitor {
+        type Value = EntriesIn;
 
         fn expecting(&self, f: &mut fmt::Formatter) -> fmt::Result {
-            f.write_str("a map of string keys to byte values")
+            f.write_str("a sequence of entries with revisions")
         }
 
-        fn visit_map<A: MapAccess<'de>>(self, mut access: A) -> Result<Self::Value, A::Error> {
+        fn visit_seq<A: SeqAccess<'de>>(self, mut a: A) -> Result<Self::Value, A::Error> {
             let mut map = Map::new();
-            while let Some((k, v)) = access.next_entry::<String, serde_bytes::ByteBuf>()? {
-                map.insert(k.into_boxed_str(), v.into_vec().into_boxed_slice());
+            while let Some((k, v, create_revision, mod_revision, version)) =
+                a.next_element::<EncodedEntry>()?
+            {
+                let meta = KeyMeta {
+                    create_revision,
+                    mod_revision,
+                    version,
+                };
+                let entry = Entry {
+                    value: v.into_vec().into_boxed_slice(),
+                    meta,
+                };
+                map.insert(k.into_boxed_str(), entry);
             }
-            Ok(map)
+            Ok(EntriesIn(map))
+        }
+    }
+
+    struct SessionsOut<'a>(&'a OrdMap<u64, Session>);
+
+    impl Serialize for SessionsOut<'_> {
+        fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+            bounded::map::serialize(self.0, s)
+        }
+    }
+
+    struct SessionsIn(OrdMap<u64, Session>);
+
+    impl<'de> Deserialize<'de> for SessionsIn {
+        fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+            bounded::map::deserialize(d).map(SessionsIn)
+        }
+    }
+
+    struct AgeOut<'a>(&'a OrdSet<(Slot, u64)>);
+
+    impl Serialize for AgeOut<'_> {
+        fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+            bounded::set::serialize(self.0, s)
+        }
+    }
+
+    struct AgeIn(OrdSet<(Slot, u64)>);
+
+    impl<'de> Deserialize<'de> for AgeIn {
+        fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+            bounded::set::deserialize(d).map(AgeIn)
+        }
+    }
+
+    impl Serialize for KvState {
+        fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+            let mut t = s.serialize_tuple(FIELDS)?;
+            t.serialize_element(&FORMAT_MARK)?;
+            t.serialize_element(&FORMAT_REVISIONS)?;
+            t.serialize_element(&self.revision)?;
+            t.serialize_element(&EntriesOut(&self.map))?;
+            t.serialize_element(&SessionsOut(&self.sessions))?;
+            t.serialize_element(&AgeOut(&self.session_age))?;
+            t.serialize_element(&self.max_sessions)?;
+            t.serialize_element(&self.digest)?;
+            t.serialize_element(&self.session_digest)?;
+            t.end()
+        }
+    }
+
+    impl<'de> Deserialize<'de> for KvState {
+        fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+            // The older encoding has as many elements as its map has entries, plus five.
+            d.deserialize_tuple(usize::MAX, KvVisitor)
+        }
+    }
+
+    struct KvVisitor;
+
+    fn next<'de, T: Deserialize<'de>, A: SeqAccess<'de>>(a: &mut A) -> Result<T, A::Error> {
+        a.next_element()?
+            .ok_or_else(|| de::Error::custom("key-value state ends early"))
+    }
+
+    impl<'de> Visitor<'de> for KvVisitor {
+        type Value = KvState;
+
+        fn expecting(&self, f: &mut fmt::Formatter) -> fmt::Result {
+            f.write_str("a key-value state")
+        }
+
+        fn visit_seq<A: SeqAccess<'de>>(self, mut a: A) -> Result<KvState, A::Error> {
+            let first: u64 = next(&mut a)?;
+            let mut kv = KvState::default();
+            let old_digest = if first == FORMAT_MARK {
+                let format: u64 = next(&mut a)?;
+                if format != FORMAT_REVISIONS {
+                    return Err(de::Error::custom(format!(
+                        "unknown key-value state format {format}"
+                    )));
+                }
+                kv.revision = next(&mut a)?;
+                kv.map = next::<EntriesIn, _>(&mut a)?.0;
+                None
+            } else {
+                // `first` is the older map's length, untrusted: each entry is read before
+                // it is counted, so a lie ends in an error at the end of the input.
+                let mut digest = 0;
+                for _ in 0..first {
+                    let (k, v): (String, serde_bytes::ByteBuf) = next(&mut a)?;
+                    digest ^= old_entry_hash(&k, &v);
+                    let entry = Entry {
+                        value: v.into_vec().into_boxed_slice(),
+                        meta: KeyMeta {
+                            create_revision: 0,
+                            mod_revision: 0,
+                            version: 1,
+                        },
+                    };
+                    kv.map.insert(k.into_boxed_str(), entry);
+                }
+                Some(digest)
+            };
+            kv.sessions = next::<SessionsIn, _>(&mut a)?.0;
+            kv.session_age = next::<AgeIn, _>(&mut a)?.0;
+            kv.max_sessions = next(&mut a)?;
+            kv.digest = next(&mut a)?;
+            kv.session_digest = next(&mut a)?;
+            if old_digest == Some(kv.digest) {
+                // Checked against the older hash; from now on the hash covers revisions.
+                kv.digest = kv.map.iter().fold(0, |d, (k, e)| d ^ entry_hash(k, e));
+            }
+            Ok(kv)
         }
     }
 }
@@ -457,8 +743,19 @@ fn session_hash(client_id: u64, session: &Session) -> u64 {
     fnv_bytes(&[&bytes])
 }
 
-/// FNV-1a over key and value; XOR of these over all entries is order-independent.
-fn entry_hash(key: &str, value: &[u8]) -> u64 {
+/// FNV-1a over key, value and meta; XOR of these over all entries is order-independent.
+fn entry_hash(key: &str, entry: &Entry) -> u64 {
+    let m = entry.meta;
+    let mut meta = [0u8; 24];
+    meta[..8].copy_from_slice(&m.create_revision.to_le_bytes());
+    meta[8..16].copy_from_slice(&m.mod_revision.to_le_bytes());
+    meta[16..].copy_from_slice(&m.version.to_le_bytes());
+    fnv_bytes(&[key.as_bytes(), &[0xff], &entry.value, &[0xfe], &meta])
+}
+
+/// The entry hash of the encoding without revisions (key and value only), to check an old
+/// snapshot's digest before it is recomputed.
+fn old_entry_hash(key: &str, value: &[u8]) -> u64 {
     fnv_bytes(&[key.as_bytes(), &[0xff], value])
 }
 
@@ -526,7 +823,15 @@ mod tests {
         b.apply(1, &register(1));
         b.apply(2, &put(1, 2, "y", "2"));
         b.apply(3, &put(1, 3, "x", "1"));
-        assert_eq!(a.digest(), b.digest());
+        // Same keys and values, but each key carries another mod revision.
+        assert_ne!(a.digest(), b.digest());
+        let mut same = KvState::new(10);
+        for slot in 1..=3 {
+            let cmd = [register(1), put(1, 2, "x", "1"), put(1, 3, "y", "2")];
+            same.apply(slot, &cmd[slot as usize - 1]);
+        }
+        assert_eq!(a.digest(), same.digest());
+        assert_eq!(a, same);
         // Same map, different session table: a retry would behave differently.
         let mut c = a.clone();
         c.apply(4, &register(2));
@@ -704,11 +1009,240 @@ mod tests {
             sessions: kv.sessions.iter().map(|(k, v)| (*k, v.clone())).collect(),
             session_age: kv.session_age.iter().copied().collect(),
             max_sessions: kv.max_sessions,
-            digest: kv.digest,
+            digest: kv.entries().fold(0, |d, (k, v)| d ^ old_entry_hash(k, v)),
             session_digest: kv.session_digest,
         };
-        let decoded: KvState = bincode::deserialize(&bincode::serialize(&old).unwrap()).unwrap();
-        assert_eq!(decoded, kv);
+        let encoded = bincode::serialize(&old).unwrap();
+        let decoded: KvState = bincode::deserialize(&encoded).unwrap();
+        assert!(decoded.entries().eq(kv.entries()));
+        assert_eq!(decoded.sessions, kv.sessions);
+        assert_eq!(decoded.revision(), 0);
+        assert_eq!(
+            decoded.get_meta("a").map(|(_, m)| m),
+            Some(KeyMeta {
+                create_revision: 0,
+                mod_revision: 0,
+                version: 1
+            })
+        );
         assert!(decoded.is_consistent(10));
+        // A digest that does not match the older hash stays wrong, so the state is refused.
+        let mut lying = old;
+        lying.digest ^= 1;
+        let decoded: KvState = bincode::deserialize(&bincode::serialize(&lying).unwrap()).unwrap();
+        assert!(!decoded.is_consistent(10));
+        // A map length the input does not hold ends in an error, not an allocation.
+        let mut truncated = encoded.clone();
+        truncated[..8].copy_from_slice(&(u64::MAX - 1).to_le_bytes());
+        assert!(bincode::deserialize::<KvState>(&truncated).is_err());
+    }
+}
+
+#[cfg(test)]
+mod txn_tests {
+    use super::*;
+    use crate::types::{CmpOp, MAX_TXN_COMPARES, MAX_TXN_OPS};
+
+    fn cmd(seq: u64, op: Op) -> Command {
+        Command {
+            id: CommandId { client_id: 1, seq },
+            op,
+        }
+    }
+
+    fn state() -> KvState {
+        let mut kv = KvState::new(10);
+        kv.apply(1, &cmd(1, Op::Register));
+        kv
+    }
+
+    fn put_op(key: &str, value: &str) -> Op {
+        Op::Put {
+            key: key.into(),
+            value: value.into(),
+        }
+    }
+
+    fn txn_outcome(applied: Applied) -> TxnOutcome {
+        match applied {
+            Applied::Fresh(Outcome::Txn(t)) | Applied::Duplicate(Outcome::Txn(t)) => t,
+            other => panic!("not a transaction outcome: {other:?}"),
+        }
+    }
+
+    fn meta(kv: &KvState, key: &str) -> Option<KeyMeta> {
+        kv.get_meta(key).map(|(_, m)| m)
+    }
+
+    #[test]
+    fn revisions_and_versions_follow_etcd() {
+        let mut kv = state();
+        assert_eq!(kv.revision(), 0, "a registration changes no key");
+        kv.apply(2, &cmd(2, put_op("a", "1")));
+        kv.apply(3, &cmd(3, put_op("b", "1")));
+        kv.apply(4, &cmd(4, put_op("a", "2")));
+        assert_eq!(kv.revision(), 3);
+        let a = KeyMeta {
+            create_revision: 1,
+            mod_revision: 3,
+            version: 2,
+        };
+        assert_eq!(meta(&kv, "a"), Some(a));
+        // Deleting nothing takes no revision; deleting takes one and forgets the key.
+        kv.apply(5, &cmd(5, Op::Delete { key: "zz".into() }));
+        assert_eq!(kv.revision(), 3);
+        kv.apply(6, &cmd(6, Op::Delete { key: "a".into() }));
+        assert_eq!((kv.revision(), meta(&kv, "a")), (4, None));
+        // Created again: version 1, new create revision.
+        kv.apply(7, &cmd(7, put_op("a", "3")));
+        let again = KeyMeta {
+            create_revision: 5,
+            mod_revision: 5,
+            version: 1,
+        };
+        assert_eq!(meta(&kv, "a"), Some(again));
+        assert!(kv.is_consistent(7));
+        let bytes = bincode::serialize(&kv).unwrap();
+        let decoded: KvState = bincode::deserialize(&bytes).unwrap();
+        assert_eq!(decoded, kv);
+        assert!(decoded.is_consistent(7));
+    }
+
+    #[test]
+    fn a_txn_runs_the_branch_its_compares_choose_in_one_revision() {
+        let mut kv = state();
+        kv.apply(2, &cmd(2, put_op("k1", "x")));
+        let txn = Txn {
+            compares: vec![
+                Compare {
+                    key: "k1".into(),
+                    check: Check::Version(CmpOp::Eq, 1),
+                },
+                Compare {
+                    key: "k1".into(),
+                    check: Check::Value(CmpOp::Eq, b"x".to_vec()),
+                },
+                Compare {
+                    key: "k3".into(),
+                    check: Check::Absent,
+                },
+            ],
+            success: vec![
+                TxnOp::Put {
+                    key: "k1".into(),
+                    value: b"v".to_vec(),
+                },
+                TxnOp::Put {
+                    key: "k2".into(),
+                    value: b"w".to_vec(),
+                },
+                TxnOp::Get { key: "k1".into() },
+            ],
+            failure: vec![TxnOp::Get { key: "k1".into() }],
+        };
+        let done = txn_outcome(kv.apply(3, &cmd(3, Op::Txn(txn.clone()))));
+        assert!(done.succeeded);
+        assert_eq!(done.revision, 2, "all writes of one txn share one revision");
+        assert_eq!(meta(&kv, "k2").map(|m| m.mod_revision), Some(2));
+        let read = &done.results[2];
+        let expected_meta = KeyMeta {
+            create_revision: 1,
+            mod_revision: 2,
+            version: 2,
+        };
+        assert_eq!(
+            read,
+            &TxnResult::Get {
+                value: Some(b"v".to_vec()),
+                meta: Some(expected_meta)
+            }
+        );
+        // Same txn again (new id): version is 2 now, so the failure branch reads only.
+        let again = txn_outcome(kv.apply(4, &cmd(4, Op::Txn(txn))));
+        assert!(!again.succeeded);
+        assert_eq!(again.revision, 2, "a read-only branch takes no revision");
+        assert_eq!(again.results.len(), 1);
+        assert!(kv.is_consistent(4));
+    }
+
+    #[test]
+    fn a_retried_txn_is_answered_not_applied_again() {
+        let mut kv = state();
+        let cas = Op::Txn(Txn::put_if(
+            vec![Compare {
+                key: "n".into(),
+                check: Check::Absent,
+            }],
+            "n".into(),
+            b"1".to_vec(),
+        ));
+        let first = txn_outcome(kv.apply(2, &cmd(2, cas.clone())));
+        assert!(first.succeeded);
+        let retry = kv.apply(3, &cmd(2, cas));
+        assert_eq!(retry, Applied::Duplicate(Outcome::Txn(first)));
+        assert_eq!(kv.revision(), 1);
+        assert_eq!(meta(&kv, "n").map(|m| m.version), Some(1));
+    }
+
+    #[test]
+    fn compares_on_absent_keys_and_orderings() {
+        let mut kv = state();
+        kv.apply(2, &cmd(2, put_op("k", "b")));
+        let holds = |key: &str, check: Check| {
+            kv.holds(&Compare {
+                key: key.into(),
+                check,
+            })
+        };
+        assert!(holds("none", Check::Version(CmpOp::Eq, 0)));
+        assert!(holds("none", Check::ModRevision(CmpOp::Lt, 1)));
+        assert!(!holds("none", Check::Value(CmpOp::Ne, b"x".to_vec())));
+        assert!(holds("k", Check::Value(CmpOp::Gt, b"a".to_vec())));
+        assert!(holds("k", Check::Value(CmpOp::Lt, b"c".to_vec())));
+        assert!(holds("k", Check::Version(CmpOp::Gt, 0)));
+        assert!(holds("k", Check::ModRevision(CmpOp::Eq, 1)));
+        assert!(holds("k", Check::Exists) && !holds("k", Check::Absent));
+    }
+
+    #[test]
+    fn txn_bounds_are_checked() {
+        let compare = Compare {
+            key: "k".into(),
+            check: Check::Exists,
+        };
+        let get = TxnOp::Get { key: "k".into() };
+        let many_compares = Txn {
+            compares: vec![compare; MAX_TXN_COMPARES + 1],
+            ..Txn::default()
+        };
+        assert!(matches!(
+            many_compares.check(1024),
+            Err(crate::types::InvalidInput::TxnTooLarge { .. })
+        ));
+        let many_ops = Txn {
+            failure: vec![get; MAX_TXN_OPS + 1],
+            ..Txn::default()
+        };
+        assert!(many_ops.check(1024).is_err());
+        let big_value = Txn::put_if(vec![], "k".into(), vec![0; 2048]);
+        assert!(big_value.check(1024).is_err());
+        let empty_key = Txn::delete_if(vec![], String::new());
+        assert!(empty_key.check(1024).is_err());
+        let many_bytes = Txn {
+            success: (0..100)
+                .map(|i| TxnOp::Put {
+                    key: format!("k{i}"),
+                    value: vec![0; 60 * 1024],
+                })
+                .collect(),
+            ..Txn::default()
+        };
+        assert!(
+            many_bytes.check(1024 * 1024).is_err(),
+            "6 MB over the 4 MiB bound"
+        );
+        assert!(Txn::put_if(vec![], "k".into(), b"v".to_vec())
+            .check(1024)
+            .is_ok());
     }
 }

@@ -35,6 +35,7 @@ pub use replica::{
     ClientError, ClientReply, ClientToken, CoreStatus, Footprint, PeerToken, Replica,
 };
 pub use types::{
-    check_key, check_value, Ballot, Command, CommandId, InvalidInput, Op, Outcome, ReplicaId, Slot,
-    Value, DEFAULT_MAX_VALUE_BYTES, MAX_KEY_BYTES,
+    check_key, check_value, Ballot, Check, CmpOp, Command, CommandId, Compare, InvalidInput,
+    KeyMeta, Op, Outcome, ReplicaId, Slot, Txn, TxnOp, TxnOutcome, TxnResult, Value,
+    DEFAULT_MAX_VALUE_BYTES, MAX_KEY_BYTES, MAX_TXN_BYTES, MAX_TXN_COMPARES, MAX_TXN_OPS,
 };

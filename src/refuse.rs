@@ -177,6 +177,7 @@ pub(crate) fn value_ok(value: &Value, cfg: &Config) -> bool {
         }
         Op::Delete { key } => check_key(key).is_ok(),
         Op::Register => true,
+        Op::Txn(txn) => txn.check(cfg.max_value_bytes).is_ok(),
     });
     let batch_ok = value.commands.len() <= cfg.max_batch_commands
         && (value.commands.len() <= 1 || value.size_bytes() <= cfg.max_batch_bytes);

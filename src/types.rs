@@ -84,14 +84,19 @@ pub enum Op {
     /// session the table no longer holds is refused as expired instead of being applied a
     /// second time (Ongaro's thesis §6.3). Touches no key.
     Register,
+    /// Compares and then writes, atomically, in one slot (etcd's Txn). Appended last so
+    /// older encodings of the other variants keep their numbers.
+    Txn(Txn),
 }
 
 impl Op {
-    /// The key this operation touches (none for a registration).
+    /// The key this operation touches (none for a registration; the first key for a
+    /// transaction, which may touch several).
     pub fn key(&self) -> Option<&str> {
         match self {
             Op::Put { key, .. } | Op::Delete { key } => Some(key),
             Op::Register => None,
+            Op::Txn(txn) => txn.keys().next(),
         }
     }
 
@@ -102,6 +107,7 @@ impl Op {
             Op::Put { key, value } => HEADER_BYTES + key.len() + value.len(),
             Op::Delete { key } => HEADER_BYTES + key.len(),
             Op::Register => HEADER_BYTES,
+            Op::Txn(txn) => HEADER_BYTES + txn.size_bytes(),
         }
     }
 }
@@ -154,6 +160,261 @@ pub enum Outcome {
     },
     /// A session was opened.
     Registered,
+    /// A transaction was applied (whichever branch its compares chose).
+    Txn(TxnOutcome),
+}
+
+/// Most compares one transaction may carry.
+pub const MAX_TXN_COMPARES: usize = 64;
+
+/// Most operations one branch (success or failure) of a transaction may carry.
+pub const MAX_TXN_OPS: usize = 128;
+
+/// Bound on the keys and values a transaction carries, all compares and ops together.
+pub const MAX_TXN_BYTES: usize = 4 * 1024 * 1024;
+
+/// What the store remembers of a key besides its value (etcd's meanings).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash, Serialize, Deserialize)]
+pub struct KeyMeta {
+    /// Store revision of the put that created the key (since it last did not exist).
+    pub create_revision: u64,
+    /// Store revision of the last put to the key.
+    pub mod_revision: u64,
+    /// 1 on create, +1 per put; a deleted key is gone, and starts at 1 again.
+    pub version: u64,
+}
+
+/// How a compare relates the key's current figure to the given one.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
+pub enum CmpOp {
+    /// Equal.
+    Eq,
+    /// Not equal.
+    Ne,
+    /// Current is less than the given one.
+    Lt,
+    /// Current is greater than the given one.
+    Gt,
+}
+
+impl CmpOp {
+    /// Applies the relation: `current OP given`.
+    pub fn holds<T: Ord + ?Sized>(self, current: &T, given: &T) -> bool {
+        match self {
+            CmpOp::Eq => current == given,
+            CmpOp::Ne => current != given,
+            CmpOp::Lt => current < given,
+            CmpOp::Gt => current > given,
+        }
+    }
+}
+
+/// What a compare looks at. An absent key has version 0, mod revision 0 and no value
+/// (so `value == x` is false and `value != x` is true for it).
+#[derive(Clone, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
+pub enum Check {
+    /// The key's version.
+    Version(CmpOp, u64),
+    /// The key's mod revision.
+    ModRevision(CmpOp, u64),
+    /// The key's value, in byte order.
+    Value(CmpOp, #[serde(with = "serde_bytes")] Vec<u8>),
+    /// The key exists.
+    Exists,
+    /// The key does not exist.
+    Absent,
+}
+
+/// One condition of a transaction.
+#[derive(Clone, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
+pub struct Compare {
+    /// The key it looks at.
+    pub key: String,
+    /// What must hold of it.
+    pub check: Check,
+}
+
+/// One operation of a transaction branch, applied in order.
+#[derive(Clone, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
+pub enum TxnOp {
+    /// Set `key` to `value`.
+    Put {
+        /// The key.
+        key: String,
+        /// The new value.
+        #[serde(with = "serde_bytes")]
+        value: Vec<u8>,
+    },
+    /// Remove `key`.
+    Delete {
+        /// The key.
+        key: String,
+    },
+    /// Read `key` as of this point of the transaction.
+    Get {
+        /// The key.
+        key: String,
+    },
+}
+
+impl TxnOp {
+    /// The key it touches.
+    pub fn key(&self) -> &str {
+        match self {
+            TxnOp::Put { key, .. } | TxnOp::Delete { key } | TxnOp::Get { key } => key,
+        }
+    }
+
+    /// True for put and delete.
+    pub fn writes(&self) -> bool {
+        !matches!(self, TxnOp::Get { .. })
+    }
+}
+
+/// If every compare holds, apply `success`, else `failure`; atomically, in one slot.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Hash, Serialize, Deserialize)]
+pub struct Txn {
+    /// Conditions, all of which must hold (none: always success).
+    pub compares: Vec<Compare>,
+    /// Applied when every compare holds.
+    pub success: Vec<TxnOp>,
+    /// Applied otherwise.
+    pub failure: Vec<TxnOp>,
+}
+
+impl Txn {
+    /// A put applied only if the compares hold (a conditional put).
+    pub fn put_if(compares: Vec<Compare>, key: String, value: Vec<u8>) -> Txn {
+        Txn {
+            compares,
+            success: vec![TxnOp::Put { key, value }],
+            failure: Vec::new(),
+        }
+    }
+
+    /// A delete applied only if the compares hold (a conditional delete).
+    pub fn delete_if(compares: Vec<Compare>, key: String) -> Txn {
+        Txn {
+            compares,
+            success: vec![TxnOp::Delete { key }],
+            failure: Vec::new(),
+        }
+    }
+
+    /// Every key the transaction names, compares first, with repeats.
+    pub fn keys(&self) -> impl Iterator<Item = &str> {
+        let compared = self.compares.iter().map(|c| c.key.as_str());
+        let ops = self.success.iter().chain(&self.failure).map(TxnOp::key);
+        compared.chain(ops)
+    }
+
+    /// Bytes of keys and values the transaction carries (plus a small header per item).
+    pub fn size_bytes(&self) -> usize {
+        const ITEM_BYTES: usize = 16;
+        let compares: usize = self
+            .compares
+            .iter()
+            .map(|c| {
+                let value = match &c.check {
+                    Check::Value(_, v) => v.len(),
+                    _ => 0,
+                };
+                ITEM_BYTES + c.key.len() + value
+            })
+            .sum();
+        let ops: usize = self
+            .success
+            .iter()
+            .chain(&self.failure)
+            .map(|op| {
+                let value = match op {
+                    TxnOp::Put { value, .. } => value.len(),
+                    _ => 0,
+                };
+                ITEM_BYTES + op.key().len() + value
+            })
+            .sum();
+        compares + ops
+    }
+
+    /// Validates the bounds, every key, and every value against `max_value_bytes`.
+    pub fn check(&self, max_value_bytes: usize) -> Result<(), InvalidInput> {
+        if self.compares.len() > MAX_TXN_COMPARES {
+            return Err(InvalidInput::TxnTooLarge {
+                what: "compares".into(),
+                count: self.compares.len(),
+                max: MAX_TXN_COMPARES,
+            });
+        }
+        for (what, ops) in [
+            ("success ops", &self.success),
+            ("failure ops", &self.failure),
+        ] {
+            if ops.len() > MAX_TXN_OPS {
+                return Err(InvalidInput::TxnTooLarge {
+                    what: what.into(),
+                    count: ops.len(),
+                    max: MAX_TXN_OPS,
+                });
+            }
+        }
+        let size_bytes = self.size_bytes();
+        if size_bytes > MAX_TXN_BYTES {
+            return Err(InvalidInput::TxnTooLarge {
+                what: "bytes".into(),
+                count: size_bytes,
+                max: MAX_TXN_BYTES,
+            });
+        }
+        for key in self.keys() {
+            check_key(key)?;
+        }
+        for op in self.success.iter().chain(&self.failure) {
+            if let TxnOp::Put { value, .. } = op {
+                check_value(value, max_value_bytes)?;
+            }
+        }
+        for c in &self.compares {
+            if let Check::Value(_, value) = &c.check {
+                check_value(value, max_value_bytes)?;
+            }
+        }
+        Ok(())
+    }
+}
+
+/// What one transaction op did.
+#[derive(Clone, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
+pub enum TxnResult {
+    /// A put; `replaced` tells whether the key existed before.
+    Put {
+        /// The key existed before.
+        replaced: bool,
+    },
+    /// A delete; `existed` tells whether there was anything to delete.
+    Delete {
+        /// The key existed before.
+        existed: bool,
+    },
+    /// A read, as of its place in the transaction.
+    Get {
+        /// The value, if the key exists.
+        #[serde(with = "serde_bytes")]
+        value: Option<Vec<u8>>,
+        /// Its meta, if the key exists.
+        meta: Option<KeyMeta>,
+    },
+}
+
+/// What applying a transaction did.
+#[derive(Clone, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
+pub struct TxnOutcome {
+    /// Every compare held, so the success branch ran.
+    pub succeeded: bool,
+    /// The store revision after the transaction (grown by one if it wrote anything).
+    pub revision: u64,
+    /// One result per op of the branch that ran, in order.
+    pub results: Vec<TxnResult>,
 }
 
 /// Validates a key: not empty, at most [`MAX_KEY_BYTES`].
@@ -202,5 +463,15 @@ pub enum InvalidInput {
         size_bytes: usize,
         /// The limit.
         max_bytes: usize,
+    },
+    /// A transaction over one of its bounds.
+    #[error("transaction has {count} {what}, over the limit of {max}")]
+    TxnTooLarge {
+        /// Which bound: compares, success ops, failure ops, bytes.
+        what: String,
+        /// What it has.
+        count: usize,
+        /// The limit.
+        max: usize,
     },
 }

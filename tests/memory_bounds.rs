@@ -56,6 +56,7 @@ fn within_limits(value: &Value) -> bool {
         }
         Op::Delete { key } => check_key(key).is_ok(),
         Op::Register => true,
+        Op::Txn(txn) => txn.check(MAX_VALUE_BYTES).is_ok(),
     });
     let n = value.commands.len();
     each && n <= MAX_BATCH_COMMANDS && (n <= 1 || value.size_bytes() <= MAX_BATCH_BYTES)

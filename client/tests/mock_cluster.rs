@@ -148,6 +148,24 @@ impl KvRpc for Fake {
         Err(KvError::InvalidRequest("not in the fake".into()))
     }
 
+    async fn txn(
+        self,
+        _: Context,
+        _: CommandId,
+        _: paxoskv::Txn,
+    ) -> Result<paxoskv_service::TxnReply, KvError> {
+        Err(KvError::InvalidRequest("not in the fake".into()))
+    }
+
+    async fn get_meta(
+        self,
+        _: Context,
+        _: String,
+        _: ReadMode,
+    ) -> Result<paxoskv_service::GetMetaReply, KvError> {
+        Err(KvError::InvalidRequest("not in the fake".into()))
+    }
+
     async fn set_partition(self, _: Context, _: Vec<u32>) -> Result<(), KvError> {
         Err(KvError::InvalidRequest(
             "the fake has no fault control".into(),

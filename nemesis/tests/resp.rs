@@ -193,15 +193,16 @@ fn redis_clients_read_and_write_through_leader_and_followers() {
         redis::cmd("SET")
             .arg("k")
             .arg("v")
-            .arg("NX")
+            .arg("EX")
+            .arg(10)
             .query(&mut on_leader),
     );
-    assert!(e.contains("not supported yet"), "{e}");
+    assert!(e.contains("needs leases"), "{e}");
     let got: Option<String> = redis::cmd("GET")
         .arg("k")
         .query(&mut on_leader)
         .expect("GET");
-    assert_eq!(got, None, "a refused SET NX wrote nothing");
+    assert_eq!(got, None, "a refused SET EX wrote nothing");
     let e = server_error(
         redis::cmd("SET")
             .arg("big")
@@ -224,6 +225,210 @@ fn redis_clients_read_and_write_through_leader_and_followers() {
         .query(&mut fresh)
         .expect("EXISTS");
     assert_eq!(n, 1);
+}
+
+#[test]
+fn keys_scan_and_dbsize_read_the_ordered_map_linearizably() {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let (_procs, _addrs, resp) = resp_cluster(dir.path(), 3, &[]);
+    let leader = wait_leader(&resp, Duration::from_secs(20));
+    let follower = (leader + 1) % resp.len();
+    // Through a follower: scans and counts are forwarded to the leader like GET.
+    let mut con = connect(resp[follower], "");
+    let mut pipe = redis::pipe();
+    for i in 0..25 {
+        pipe.cmd("SET").arg(format!("user:{i:02}")).arg(i).ignore();
+    }
+    pipe.cmd("SET").arg("other").arg("x").ignore();
+    let () = pipe.query(&mut con).expect("SETs");
+    // A write through the leader is seen at once by the follower's DBSIZE and KEYS.
+    let mut on_leader = connect(resp[leader], "");
+    let () = redis::cmd("SET")
+        .arg("user:99")
+        .arg("last")
+        .query(&mut on_leader)
+        .expect("SET");
+    let size: i64 = redis::cmd("DBSIZE").query(&mut con).expect("DBSIZE");
+    assert_eq!(size, 27);
+
+    let mut users: Vec<String> = redis::cmd("KEYS")
+        .arg("user:*")
+        .query(&mut con)
+        .expect("KEYS");
+    users.sort();
+    let mut wanted: Vec<String> = (0..25).map(|i| format!("user:{i:02}")).collect();
+    wanted.push("user:99".into());
+    assert_eq!(users, wanted);
+    let exact: Vec<String> = redis::cmd("KEYS")
+        .arg("other")
+        .query(&mut con)
+        .expect("KEYS");
+    assert_eq!(exact, ["other"]);
+    let tens: Vec<String> = redis::cmd("KEYS")
+        .arg("user:1?")
+        .query(&mut con)
+        .expect("KEYS ?");
+    assert_eq!(tens.len(), 10);
+
+    // SCAN by hand: the cursor is an integer; "0" starts and ends.
+    let (mut cursor, mut seen, mut pages) = (0u64, Vec::<String>::new(), 0);
+    loop {
+        let (next, keys): (u64, Vec<String>) = redis::cmd("SCAN")
+            .arg(cursor)
+            .arg("MATCH")
+            .arg("user:*")
+            .arg("COUNT")
+            .arg(4)
+            .query(&mut con)
+            .expect("SCAN");
+        seen.extend(keys);
+        pages += 1;
+        cursor = next;
+        if cursor == 0 {
+            break;
+        }
+        assert!(pages < 100, "SCAN does not end");
+    }
+    assert_eq!(seen, wanted, "every key once, in byte order");
+    assert_eq!(pages, 7, "26 keys at COUNT 4");
+    // The crate's own iterator (it parses cursors as integers).
+    let mut iterated: Vec<String> = redis::Commands::scan(&mut con)
+        .expect("SCAN iterator")
+        .collect::<Result<_, _>>()
+        .expect("SCAN pages");
+    iterated.sort();
+    assert_eq!(iterated.len(), 27);
+    assert!(iterated.contains(&"other".to_string()));
+
+    let e = server_error(redis::cmd("SCAN").arg(987654).query(&mut con));
+    assert!(e.contains("invalid cursor"), "{e}");
+    let e = server_error(
+        redis::cmd("SCAN")
+            .arg(0)
+            .arg("COUNT")
+            .arg("x")
+            .query(&mut con),
+    );
+    assert!(e.contains("value is not an integer or out of range"), "{e}");
+    let e = server_error(redis::cmd("DBSIZE").arg("x").query(&mut con));
+    assert!(e.contains("wrong number of arguments for 'dbsize'"), "{e}");
+}
+
+fn get(con: &mut redis::Connection, key: &str) -> Option<String> {
+    redis::cmd("GET").arg(key).query(con).expect("GET")
+}
+
+#[test]
+fn conditional_writes_and_counters_are_one_transaction_each() {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let (_procs, _addrs, resp) = resp_cluster(dir.path(), 3, &[]);
+    let leader = wait_leader(&resp, Duration::from_secs(20));
+    let follower = (leader + 1) % resp.len();
+    let mut con = connect(resp[follower], "");
+    let set = |con: &mut redis::Connection, args: &[&str]| -> redis::Value {
+        redis::cmd("SET").arg(args).query(con).expect("SET")
+    };
+    assert_eq!(set(&mut con, &["k", "1", "XX"]), redis::Value::Nil);
+    assert_eq!(
+        get(&mut con, "k"),
+        None,
+        "SET XX of a missing key writes nothing"
+    );
+    assert_eq!(set(&mut con, &["k", "1", "NX"]), redis::Value::Okay);
+    assert_eq!(set(&mut con, &["k", "2", "NX"]), redis::Value::Nil);
+    assert_eq!(get(&mut con, "k").as_deref(), Some("1"));
+    assert_eq!(set(&mut con, &["k", "3", "XX"]), redis::Value::Okay);
+    let old: Option<String> = redis::cmd("SET")
+        .arg(&["k", "4", "GET"])
+        .query(&mut con)
+        .expect("SET GET");
+    assert_eq!(old.as_deref(), Some("3"));
+    let n: i64 = redis::cmd("SETNX")
+        .arg(&["k", "x"])
+        .query(&mut con)
+        .expect("SETNX");
+    assert_eq!(n, 0);
+    assert_eq!(get(&mut con, "k").as_deref(), Some("4"));
+
+    let () = redis::cmd("MSET")
+        .arg(&["m1", "a", "m2", "b"])
+        .query(&mut con)
+        .expect("MSET");
+    let both: Vec<Option<String>> = redis::cmd("MGET")
+        .arg(&["m1", "m2"])
+        .query(&mut con)
+        .expect("MGET");
+    assert_eq!(both, [Some("a".to_string()), Some("b".to_string())]);
+    let n: i64 = redis::cmd("MSETNX")
+        .arg(&["m2", "z", "m3", "c"])
+        .query(&mut con)
+        .expect("MSETNX");
+    assert_eq!(n, 0);
+    assert_eq!(get(&mut con, "m3"), None, "MSETNX is all or nothing");
+    let old: Option<String> = redis::cmd("GETSET")
+        .arg(&["m1", "A"])
+        .query(&mut con)
+        .expect("GETSET");
+    assert_eq!(old.as_deref(), Some("a"));
+    assert_eq!(get(&mut con, "m1").as_deref(), Some("A"));
+    let old: Option<String> = redis::cmd("GETDEL")
+        .arg("m1")
+        .query(&mut con)
+        .expect("GETDEL");
+    assert_eq!(old.as_deref(), Some("A"));
+    assert_eq!(get(&mut con, "m1"), None);
+
+    let n: i64 = redis::cmd("INCRBY")
+        .arg(&["n", "41"])
+        .query(&mut con)
+        .expect("INCRBY");
+    assert_eq!(n, 41);
+    let n: i64 = redis::cmd("INCR").arg("n").query(&mut con).expect("INCR");
+    assert_eq!(n, 42);
+    let n: i64 = redis::cmd("DECRBY")
+        .arg(&["n", "50"])
+        .query(&mut con)
+        .expect("DECRBY");
+    assert_eq!(n, -8);
+    let e = server_error(redis::cmd("INCR").arg("m2").query(&mut con));
+    assert!(e.contains("value is not an integer or out of range"), "{e}");
+    assert_eq!(
+        get(&mut con, "m2").as_deref(),
+        Some("b"),
+        "a failed INCR writes nothing"
+    );
+    let n: i64 = redis::cmd("APPEND")
+        .arg(&["m2", "cd"])
+        .query(&mut con)
+        .expect("APPEND");
+    assert_eq!(n, 3);
+    assert_eq!(get(&mut con, "m2").as_deref(), Some("bcd"));
+
+    // Concurrent INCRs from every replica's port: compare-and-swap loses none.
+    let per_client = 25;
+    let threads: Vec<_> = resp
+        .iter()
+        .map(|addr| {
+            let addr = *addr;
+            std::thread::spawn(move || {
+                let mut con = connect(addr, "");
+                for _ in 0..per_client {
+                    let _: i64 = redis::cmd("INCR")
+                        .arg("shared")
+                        .query(&mut con)
+                        .expect("INCR");
+                }
+            })
+        })
+        .collect();
+    for t in threads {
+        t.join().expect("INCR thread");
+    }
+    let total: i64 = redis::cmd("GET")
+        .arg("shared")
+        .query(&mut con)
+        .expect("GET");
+    assert_eq!(total, per_client * resp.len() as i64);
 }
 
 #[test]
@@ -321,6 +526,18 @@ fn redis_cli_works_against_paxoskv() {
     assert!(cli(port, &["INFO"]).contains("# Replication"));
     let hello = cli(port, &["-3", "HELLO", "3"]);
     assert!(hello.contains("paxoskv"), "{hello}");
+    assert_eq!(cli(port, &["SET", "scan:a", "1"]), "OK");
+    assert_eq!(cli(port, &["SET", "scan:b", "2"]), "OK");
+    assert_eq!(cli(port, &["KEYS", "scan:*"]), "scan:a\nscan:b");
+    assert_eq!(
+        cli(port, &["--scan", "--pattern", "scan:*"]),
+        "scan:a\nscan:b"
+    );
+    assert!(cli(port, &["DBSIZE"]).parse::<u64>().is_ok_and(|n| n >= 2));
+    assert_eq!(cli(port, &["SET", "scan:a", "9", "NX"]), "");
+    assert_eq!(cli(port, &["INCRBY", "scan:a", "41"]), "42");
+    assert_eq!(cli(port, &["MSET", "m:x", "1", "m:y", "2"]), "OK");
+    assert_eq!(cli(port, &["GETSET", "m:x", "3"]), "1");
     let unknown = cli(port, &["NOSUCH", "x"]);
     assert!(unknown.contains("unknown command 'NOSUCH'"), "{unknown}");
     // Interactive start-up (COMMAND DOCS, then a command from stdin) works too.

@@ -4,8 +4,8 @@
 use paxoskv::message::{Request, Response};
 use paxoskv::{Command, ReplicaId};
 use paxoskv_service::{
-    connect_kv, connect_replica, Dialer, GetReply, KvError, KvRpcClient, ReadMode,
-    ReplicaRpcClient, SnapshotChunk, WriteReply,
+    connect_kv, connect_replica, CountReply, Dialer, GetReply, KeyRange, KvError, KvRpcClient,
+    ReadMode, ReplicaRpcClient, ScanReply, SnapshotChunk, WriteReply,
 };
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -190,6 +190,34 @@ impl PeerLink {
     pub async fn forward_get(&self, key: String, timeout: Duration) -> Result<GetReply, KvError> {
         self.call_kv(timeout, |client, ctx| async move {
             client.get(ctx, key, ReadMode::Linearizable).await
+        })
+        .await
+    }
+
+    /// Forwards a front end's linearizable scan to this peer (the leader).
+    pub async fn forward_scan(
+        &self,
+        range: KeyRange,
+        after: Option<String>,
+        limit: u32,
+        timeout: Duration,
+    ) -> Result<ScanReply, KvError> {
+        self.call_kv(timeout, |client, ctx| async move {
+            client
+                .scan(ctx, range, after, limit, ReadMode::Linearizable)
+                .await
+        })
+        .await
+    }
+
+    /// Forwards a front end's linearizable count to this peer (the leader).
+    pub async fn forward_count(
+        &self,
+        range: KeyRange,
+        timeout: Duration,
+    ) -> Result<CountReply, KvError> {
+        self.call_kv(timeout, |client, ctx| async move {
+            client.count(ctx, range, ReadMode::Linearizable).await
         })
         .await
     }

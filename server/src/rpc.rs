@@ -9,12 +9,13 @@ use crate::refusals::WarnGate;
 use crate::snapshot_in::{ChunkOutcome, SnapshotReceiver};
 use paxoskv::message::{Accept, FetchChosen, Learn, Prepare, Request, Response};
 use paxoskv::{
-    check_key, check_value, ClientError, ClientReply, Command, CommandId, Op, ReplicaId,
+    check_key, check_value, ClientError, ClientReply, Command, CommandId, Op, Outcome, ReplicaId,
+    Txn,
 };
 use paxoskv_service::tls::ServerSecurity;
 use paxoskv_service::{
-    Caller, CountReply, GetReply, KeyRange, KvError, KvRpc, ReadMode, ReplicaRpc, ReplicaStatus,
-    ScanReply, SnapshotChunk, WriteReply,
+    Caller, CountReply, GetMetaReply, GetReply, KeyRange, KvError, KvRpc, ReadMode, ReplicaRpc,
+    ReplicaStatus, ScanReply, SnapshotChunk, TxnReply, WriteReply,
 };
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -302,6 +303,9 @@ impl KvServer {
     }
 
     fn validate(&self, op: &Op) -> Result<(), KvError> {
+        if let Op::Txn(txn) = op {
+            return Ok(txn.check(self.0.max_value_bytes)?);
+        }
         if let Some(key) = op.key() {
             check_key(key)?;
         }
@@ -410,6 +414,74 @@ impl KvServer {
                 Some(Some(peer)) => {
                     peer.forward_get(key, budget.saturating_sub(started.elapsed()))
                         .await
+                }
+                _ => Err(KvError::NotLeader {
+                    leader: None,
+                    leader_addr: None,
+                }),
+            },
+            other => other,
+        }
+    }
+}
+
+impl KvServer {
+    /// A linearizable scan through the same path as `KvRpc::scan`, forwarded once to the
+    /// leader when this replica is a follower that knows it (for RESP, as `get_via_leader`).
+    pub async fn scan_via_leader(
+        &self,
+        range: KeyRange,
+        after: Option<String>,
+        limit: u32,
+        budget: Duration,
+    ) -> Result<ScanReply, KvError> {
+        let started = Instant::now();
+        let mut ctx = tarpc::context::current();
+        ctx.deadline = started + budget;
+        let local = self.clone().scan(
+            ctx,
+            range.clone(),
+            after.clone(),
+            limit,
+            ReadMode::Linearizable,
+        );
+        match local.await {
+            Err(KvError::NotLeader {
+                leader: Some(l), ..
+            }) if l != self.0.id => match self.0.peers.get(l as usize) {
+                Some(Some(peer)) => {
+                    let left = budget.saturating_sub(started.elapsed());
+                    peer.forward_scan(range, after, limit, left).await
+                }
+                _ => Err(KvError::NotLeader {
+                    leader: None,
+                    leader_addr: None,
+                }),
+            },
+            other => other,
+        }
+    }
+
+    /// A linearizable count through the same path as `KvRpc::count`, forwarded once to
+    /// the leader when this replica is a follower that knows it.
+    pub async fn count_via_leader(
+        &self,
+        range: KeyRange,
+        budget: Duration,
+    ) -> Result<CountReply, KvError> {
+        let started = Instant::now();
+        let mut ctx = tarpc::context::current();
+        ctx.deadline = started + budget;
+        let local = self
+            .clone()
+            .count(ctx, range.clone(), ReadMode::Linearizable);
+        match local.await {
+            Err(KvError::NotLeader {
+                leader: Some(l), ..
+            }) if l != self.0.id => match self.0.peers.get(l as usize) {
+                Some(Some(peer)) => {
+                    let left = budget.saturating_sub(started.elapsed());
+                    peer.forward_count(range, left).await
                 }
                 _ => Err(KvError::NotLeader {
                     leader: None,
@@ -616,6 +688,44 @@ impl KvRpc for KvServer {
     ) -> Result<WriteReply, KvError> {
         self.require_replica("propose")?;
         self.write(&ctx, command, forwarded).await
+    }
+
+    async fn txn(self, ctx: Context, id: CommandId, txn: Txn) -> Result<TxnReply, KvError> {
+        let command = Command {
+            id,
+            op: Op::Txn(txn),
+        };
+        let reply = self.write(&ctx, command, false).await?;
+        match reply.outcome {
+            Outcome::Txn(outcome) => Ok(TxnReply {
+                outcome,
+                leader_addr: reply.leader_addr,
+            }),
+            // Only a retry under an id its session used for another command lands here.
+            other => Err(KvError::InvalidRequest(format!(
+                "command {}/{} was not a transaction: {other:?}",
+                id.client_id, id.seq
+            ))),
+        }
+    }
+
+    async fn get_meta(
+        self,
+        ctx: Context,
+        key: String,
+        mode: ReadMode,
+    ) -> Result<GetMetaReply, KvError> {
+        check_key(&key)?;
+        let view = self.read_view(&ctx, mode).await?;
+        let found = view.kv.get_meta(&key);
+        Ok(GetMetaReply {
+            value: found.map(|(v, _)| v.to_vec()),
+            meta: found.map(|(_, m)| m),
+            revision: view.kv.revision(),
+            served_by: self.0.id,
+            stale: view.stale,
+            leader_addr: view.leader_addr,
+        })
     }
 
     async fn set_partition(self, _: Context, blocked: Vec<ReplicaId>) -> Result<(), KvError> {

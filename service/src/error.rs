@@ -65,9 +65,9 @@ impl From<InvalidInput> for KvError {
     fn from(e: InvalidInput) -> Self {
         match e {
             InvalidInput::EmptyKey => KvError::InvalidRequest(e.to_string()),
-            InvalidInput::KeyTooLarge { .. } | InvalidInput::ValueTooLarge { .. } => {
-                KvError::TooLarge(e.to_string())
-            }
+            InvalidInput::KeyTooLarge { .. }
+            | InvalidInput::ValueTooLarge { .. }
+            | InvalidInput::TxnTooLarge { .. } => KvError::TooLarge(e.to_string()),
         }
     }
 }

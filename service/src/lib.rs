@@ -25,7 +25,7 @@ pub use transport::{
 
 pub use paxoskv::kv::{KeyRange, ScanPage, MAX_SCAN_LIMIT, MAX_SCAN_REPLY_BYTES};
 use paxoskv::message::{Accept, FetchChosen, Learn, Prepare, Response};
-use paxoskv::{Command, CommandId, Outcome, ReplicaId, Slot};
+use paxoskv::{Command, CommandId, KeyMeta, Outcome, ReplicaId, Slot, Txn, TxnOutcome};
 use serde::{Deserialize, Serialize};
 
 /// How a GET is served.
@@ -84,6 +84,32 @@ pub struct WriteReply {
     /// What applying the command did.
     pub outcome: Outcome,
     /// Where the leader is, so the client can go there directly next time.
+    pub leader_addr: Option<String>,
+}
+
+/// Reply to `txn`: which branch ran, the store revision after it, one result per op.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct TxnReply {
+    /// What applying the transaction did (the first application's, for a retry).
+    pub outcome: TxnOutcome,
+    /// The replica that answered (the leader), for the client to go straight to it.
+    pub leader_addr: Option<String>,
+}
+
+/// Reply to `get_meta`: a key's value with its revisions, and the store revision.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct GetMetaReply {
+    /// The value; `None` if the key does not exist.
+    pub value: Option<Vec<u8>>,
+    /// The key's revisions; `None` if it does not exist.
+    pub meta: Option<KeyMeta>,
+    /// The store revision the read saw.
+    pub revision: u64,
+    /// The replica that answered.
+    pub served_by: ReplicaId,
+    /// True when served from this replica's own state (may be behind).
+    pub stale: bool,
+    /// The leader's address, if known.
     pub leader_addr: Option<String>,
 }
 
@@ -191,4 +217,9 @@ pub trait KvRpc {
     ) -> Result<ScanReply, KvError>;
     /// Count the keys of `range`. `mode` as for `get`.
     async fn count(range: KeyRange, mode: ReadMode) -> Result<CountReply, KvError>;
+    /// Compares, then the success or failure ops, atomically in one slot; exactly once per
+    /// `id` like `put`. A failed compare is not an error (`outcome.succeeded` is false).
+    async fn txn(id: CommandId, txn: Txn) -> Result<TxnReply, KvError>;
+    /// `get` with the key's revisions and the store revision.
+    async fn get_meta(key: String, mode: ReadMode) -> Result<GetMetaReply, KvError>;
 }

@@ -389,5 +389,7 @@ fn write_result(outcome: Outcome) -> KvResult {
             existed: Some(existed),
         },
         Outcome::Registered => KvResult::Put, // never recorded; see `on_reply`
+        // Never recorded: these clients propose no transactions yet.
+        Outcome::Txn(_) => KvResult::Put,
     }
 }

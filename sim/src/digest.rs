@@ -54,6 +54,11 @@ impl RunDigest {
                 self.bytes(key.as_bytes());
             }
             Op::Register => self.word(3),
+            Op::Txn(txn) => {
+                // Debug output is deterministic and covers every field.
+                self.word(4);
+                self.bytes(format!("{txn:?}").as_bytes());
+            }
         }
     }
 

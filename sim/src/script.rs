@@ -424,6 +424,7 @@ fn render_value(v: &Value) -> String {
             Op::Put { key, value } => format!("put {key} {}", String::from_utf8_lossy(value)),
             Op::Delete { key } => format!("delete {key}"),
             Op::Register => "register".into(),
+            Op::Txn(txn) => format!("txn {txn:?}"),
         })
         .collect();
     cmds.join(" ; ")
@@ -458,6 +459,7 @@ fn render_reply(r: &ClientReply) -> String {
         ClientReply::Failed(ClientError::Busy) => "busy".into(),
         ClientReply::Failed(ClientError::Stale { last_applied }) => format!("stale {last_applied}"),
         ClientReply::Applied(Outcome::Registered) => "registered".into(),
+        ClientReply::Applied(Outcome::Txn(t)) => format!("txn {t:?}"),
         ClientReply::Failed(ClientError::SessionExpired) => "session-expired".into(),
         ClientReply::Failed(ClientError::DeadlinePassed) => "deadline-passed".into(),
     }

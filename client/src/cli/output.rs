@@ -89,6 +89,8 @@ fn outcome_word(outcome: &Outcome) -> &'static str {
         Outcome::Delete { existed: true } => "deleted",
         Outcome::Delete { existed: false } => "did not exist",
         Outcome::Registered => "session opened",
+        Outcome::Txn(t) if t.succeeded => "condition held",
+        Outcome::Txn(_) => "condition failed",
     }
 }
 
@@ -97,6 +99,9 @@ fn outcome_json(key: &str, outcome: &Outcome) -> serde_json::Value {
         Outcome::Put { replaced } => json!({"key": key, "ok": true, "replaced": replaced}),
         Outcome::Delete { existed } => json!({"key": key, "ok": true, "existed": existed}),
         Outcome::Registered => json!({"key": key, "ok": true, "session": "opened"}),
+        Outcome::Txn(t) => {
+            json!({"key": key, "ok": t.succeeded, "succeeded": t.succeeded, "revision": t.revision})
+        }
     }
 }
 

@@ -1,9 +1,13 @@
 //! The command layer: one connection's state (protocol, name, authentication) and what each
 //! command does, over a [`Backend`] that holds the key-value operations.
 
+use super::conditional::{self, Compare, Step, TxnAnswer};
+use super::glob;
 use super::reply::{Protocol, Reply};
+use paxoskv::kv::{KeyRange, ScanPage, MAX_SCAN_LIMIT};
 use paxoskv::{Op, Outcome};
 use paxoskv_service::{KvError, ReplicaStatus};
+use std::collections::VecDeque;
 
 /// What the commands need of the store. Every operation is linearizable.
 pub trait Backend {
@@ -19,6 +23,27 @@ pub trait Backend {
     ) -> impl std::future::Future<Output = Result<Outcome, KvError>> + Send;
     /// This replica's status, for INFO.
     fn status(&mut self) -> impl std::future::Future<Output = ReplicaStatus> + Send;
+    /// One page of the keys of `range` after `after`, read linearizably (at most `limit`
+    /// entries, capped by the store).
+    fn scan(
+        &mut self,
+        range: KeyRange,
+        after: Option<String>,
+        limit: u32,
+    ) -> impl std::future::Future<Output = Result<ScanPage, KvError>> + Send;
+    /// The number of keys in `range`, read linearizably.
+    fn count(
+        &mut self,
+        range: KeyRange,
+    ) -> impl std::future::Future<Output = Result<u64, KvError>> + Send;
+    /// One transaction in one log slot (exactly once within this connection's session):
+    /// `then` if every comparison holds, else `otherwise`.
+    fn txn(
+        &mut self,
+        compares: Vec<Compare>,
+        then: Vec<Step>,
+        otherwise: Vec<Step>,
+    ) -> impl std::future::Future<Output = Result<TxnAnswer, KvError>> + Send;
 }
 
 /// paxoskv's version, shown by HELLO and INFO.
@@ -41,7 +66,21 @@ pub struct Connection {
     id: u64,
     /// Largest MGET reply (value bytes) this connection builds in memory.
     pub max_reply_bytes: usize,
+    /// Most keys one KEYS reads; a pattern whose range holds more is refused (use SCAN).
+    pub max_keys_scanned: usize,
+    /// Open SCAN cursors: the number handed to the client and the key to continue after.
+    /// Redis clients parse cursors as integers, so the continuation key stays here.
+    cursors: VecDeque<(u64, String)>,
+    /// The last cursor number handed out (0 is "start" and "done").
+    last_cursor: u64,
 }
+
+/// Default of [`Connection::max_keys_scanned`]: one scan page's limit.
+pub const DEFAULT_MAX_KEYS_SCANNED: usize = MAX_SCAN_LIMIT;
+/// SCAN cursors one connection keeps open; the oldest is forgotten first.
+const MAX_OPEN_CURSORS: usize = 256;
+/// SCAN's page size without COUNT, as in Redis.
+const DEFAULT_SCAN_COUNT: u32 = 10;
 
 /// Default of [`Connection::max_reply_bytes`]: 4096 keys of 1 MiB values would otherwise
 /// be a 4 GiB reply.
@@ -50,26 +89,16 @@ pub const DEFAULT_MAX_REPLY_BYTES: usize = 64 * 1024 * 1024;
 /// Commands that answer `-ERR ... not supported yet` with the reason, until the data model
 /// (issue 13) and the ordered map (issue 12) land.
 const NOT_YET: &[(&str, &str)] = &[
-    ("MSET", "needs transactions, issue 13"),
-    ("MSETNX", "needs transactions, issue 13"),
-    ("SETNX", "needs compare-and-swap, issue 13"),
-    ("GETSET", "needs compare-and-swap, issue 13"),
-    ("GETDEL", "needs compare-and-swap, issue 13"),
-    ("INCR", "needs compare-and-swap, issue 13"),
-    ("DECR", "needs compare-and-swap, issue 13"),
-    ("INCRBY", "needs compare-and-swap, issue 13"),
-    ("DECRBY", "needs compare-and-swap, issue 13"),
-    ("APPEND", "needs compare-and-swap, issue 13"),
     ("SETEX", "needs leases, issue 13"),
     ("PSETEX", "needs leases, issue 13"),
     ("EXPIRE", "needs leases, issue 13"),
     ("PEXPIRE", "needs leases, issue 13"),
     ("TTL", "needs leases, issue 13"),
     ("PTTL", "needs leases, issue 13"),
-    ("KEYS", "needs the ordered map and scan, issue 12"),
-    ("SCAN", "needs the ordered map and scan, issue 12"),
-    ("DBSIZE", "needs the ordered map and count, issue 12"),
-    ("MULTI", "needs transactions, issue 13"),
+    (
+        "MULTI",
+        "MULTI/EXEC queueing is not built; SET NX/XX, MSET, MSETNX, GETSET, INCR are each one transaction",
+    ),
 ];
 
 impl Connection {
@@ -84,6 +113,9 @@ impl Connection {
             token,
             id,
             max_reply_bytes: DEFAULT_MAX_REPLY_BYTES,
+            max_keys_scanned: DEFAULT_MAX_KEYS_SCANNED,
+            cursors: VecDeque::new(),
+            last_cursor: 0,
         }
     }
 
@@ -182,26 +214,16 @@ impl Connection {
                 }
                 Reply::Int(count)
             }
-            "SET" => match rest {
-                [key, value] => match key_of(key) {
-                    Ok(key) => {
-                        let op = Op::Put {
-                            key,
-                            value: value.clone(),
-                        };
-                        match backend.write(op).await {
-                            Ok(_) => Reply::ok(),
-                            Err(e) => kv_error(&e),
-                        }
-                    }
-                    Err(reply) => reply,
-                },
-                [_, _, option, ..] => Reply::err(format!(
-                    "SET option '{}' is not supported yet (NX/XX need compare-and-swap, EX/PX/KEEPTTL need leases, GET needs both: issue 13)",
-                    String::from_utf8_lossy(option)
-                )),
-                _ => arity(&name),
-            },
+            "SET" => conditional::set(backend, rest).await,
+            "SETNX" => conditional::setnx(backend, rest).await,
+            "MSET" => conditional::mset(backend, rest, false).await,
+            "MSETNX" => conditional::mset(backend, rest, true).await,
+            "GETSET" => conditional::get_and(backend, rest, false).await,
+            "GETDEL" => conditional::get_and(backend, rest, true).await,
+            "INCR" | "DECR" | "INCRBY" | "DECRBY" => {
+                conditional::incr_by(backend, &name, rest).await
+            }
+            "APPEND" => conditional::append(backend, rest).await,
             "DEL" | "UNLINK" if !rest.is_empty() => {
                 // Each key is its own linearizable delete: DEL of several keys is not atomic.
                 let mut deleted = 0;
@@ -220,6 +242,21 @@ impl Connection {
             }
             "MGET" | "EXISTS" | "DEL" | "UNLINK" => arity(&name),
             "INFO" => Reply::Bulk(info(&backend.status().await).into_bytes()),
+            "KEYS" => match rest {
+                [pattern] => self.keys(backend, pattern).await,
+                _ => arity(&name),
+            },
+            "SCAN" => match rest.split_first() {
+                Some((cursor, options)) => self.scan(backend, cursor, options).await,
+                None => arity(&name),
+            },
+            "DBSIZE" => match rest {
+                [] => match backend.count(KeyRange::Prefix(String::new())).await {
+                    Ok(keys) => Reply::Int(keys.try_into().unwrap_or(i64::MAX)),
+                    Err(e) => kv_error(&e),
+                },
+                _ => arity(&name),
+            },
             _ => match NOT_YET.iter().find(|(n, _)| *n == name) {
                 Some((_, why)) => Reply::err(format!(
                     "'{}' is not supported yet ({why})",
@@ -228,6 +265,138 @@ impl Connection {
                 None => unknown(&args),
             },
         }
+    }
+
+    /// `KEYS pattern`: every matching key, reading at most `max_keys_scanned` keys of
+    /// the pattern's literal prefix; more is refused rather than answered in part.
+    async fn keys<B: Backend>(&mut self, backend: &mut B, pattern: &[u8]) -> Reply {
+        if !pattern
+            .iter()
+            .any(|b| matches!(b, b'*' | b'?' | b'[' | b'\\'))
+        {
+            // No wildcard: the pattern is one key.
+            return match key_of(pattern) {
+                Err(_) => Reply::Array(vec![]),
+                Ok(key) => match backend.get(key.clone()).await {
+                    Ok(Some(_)) => Reply::Array(vec![Reply::text(key)]),
+                    Ok(None) => Reply::Array(vec![]),
+                    Err(e) => kv_error(&e),
+                },
+            };
+        }
+        let range = range_of(pattern);
+        let mut after = None;
+        let mut scanned = 0usize;
+        let mut keys = Vec::new();
+        loop {
+            let left = self.max_keys_scanned.saturating_sub(scanned);
+            let limit = left.clamp(1, MAX_SCAN_LIMIT) as u32;
+            let page = match backend.scan(range.clone(), after.take(), limit).await {
+                Ok(page) => page,
+                Err(e) => return kv_error(&e),
+            };
+            scanned += page.entries.len();
+            keys.extend(
+                page.entries
+                    .into_iter()
+                    .filter(|(k, _)| glob::matches(pattern, k.as_bytes()))
+                    .map(|(k, _)| Reply::text(k)),
+            );
+            match page.next_after {
+                None => return Reply::Array(keys),
+                Some(_) if scanned >= self.max_keys_scanned => {
+                    return Reply::err(format!(
+                        "KEYS would read more than {} keys; use SCAN with MATCH instead",
+                        self.max_keys_scanned
+                    ))
+                }
+                Some(next) => after = Some(next),
+            }
+        }
+    }
+
+    /// `SCAN cursor [MATCH pattern] [COUNT count] [TYPE type]`: one page of the
+    /// linearizable scan. COUNT keys are read (as in Redis, fewer may match).
+    async fn scan<B: Backend>(
+        &mut self,
+        backend: &mut B,
+        cursor: &[u8],
+        options: &[Vec<u8>],
+    ) -> Reply {
+        let after = if cursor == b"0" {
+            None
+        } else {
+            let number = std::str::from_utf8(cursor)
+                .ok()
+                .and_then(|c| c.parse::<u64>().ok());
+            let Some(number) = number else {
+                return Reply::err("invalid cursor");
+            };
+            match self.cursors.iter().find(|(n, _)| *n == number) {
+                Some((_, key)) => Some(key.clone()),
+                None => {
+                    return Reply::err(
+                        "invalid cursor (paxoskv cursors belong to the connection that opened them, and it keeps the last 256)",
+                    )
+                }
+            }
+        };
+        let mut pattern: Option<&[u8]> = None;
+        let mut count = DEFAULT_SCAN_COUNT;
+        let mut strings_only = true;
+        let mut rest = options;
+        loop {
+            match rest {
+                [] => break,
+                [option, value, more @ ..] => {
+                    match option.to_ascii_uppercase().as_slice() {
+                        b"MATCH" => pattern = Some(value),
+                        b"COUNT" => match parse_int(value) {
+                            Some(n) if n >= 1 => {
+                                count = n.min(MAX_SCAN_LIMIT as i64) as u32;
+                            }
+                            Some(_) => return Reply::err("syntax error"),
+                            None => return not_an_integer(),
+                        },
+                        // Every paxoskv value is a string.
+                        b"TYPE" => strings_only = value.eq_ignore_ascii_case(b"string"),
+                        _ => return Reply::err("syntax error"),
+                    }
+                    rest = more;
+                }
+                [_] => return Reply::err("syntax error"),
+            }
+        }
+        let range = match pattern {
+            Some(p) => range_of(p),
+            None => KeyRange::Prefix(String::new()),
+        };
+        let page = match backend.scan(range, after, count).await {
+            Ok(page) => page,
+            Err(e) => return kv_error(&e),
+        };
+        let keys = page
+            .entries
+            .into_iter()
+            .filter(|(k, _)| strings_only && pattern.is_none_or(|p| glob::matches(p, k.as_bytes())))
+            .map(|(k, _)| Reply::text(k))
+            .collect();
+        let next = match page.next_after {
+            None => 0,
+            Some(key) => self.open_cursor(key),
+        };
+        Reply::Array(vec![Reply::text(next.to_string()), Reply::Array(keys)])
+    }
+
+    /// A new cursor number for continuing after `key`.
+    fn open_cursor(&mut self, key: String) -> u64 {
+        self.last_cursor += 1;
+        if self.cursors.len() >= MAX_OPEN_CURSORS {
+            self.cursors.pop_front();
+        }
+        self.cursors.push_back((self.last_cursor, key));
+        debug_assert!(self.cursors.len() <= MAX_OPEN_CURSORS);
+        self.last_cursor
     }
 
     fn auth(&mut self, presented: &[u8]) -> Reply {
@@ -332,14 +501,128 @@ impl Connection {
     }
 }
 
+/// The commands paxoskv answers, for COMMAND DOCS: name, group, summary (paxoskv's).
+const DOCS: &[(&str, &str, &str)] = &[
+    (
+        "GET",
+        "string",
+        "Returns the value of a key, read linearizably.",
+    ),
+    ("SET", "string", "Sets a key through the replicated log."),
+    (
+        "SETNX",
+        "string",
+        "Sets a key if it does not exist, in one transaction.",
+    ),
+    ("MSET", "string", "Sets keys in one transaction."),
+    (
+        "MSETNX",
+        "string",
+        "Sets keys if none exists, in one transaction.",
+    ),
+    (
+        "GETSET",
+        "string",
+        "Sets a key and returns its old value, in one transaction.",
+    ),
+    (
+        "GETDEL",
+        "string",
+        "Deletes a key and returns its value, in one transaction.",
+    ),
+    (
+        "INCR",
+        "string",
+        "Adds 1 to an integer by compare-and-swap.",
+    ),
+    (
+        "DECR",
+        "string",
+        "Subtracts 1 from an integer by compare-and-swap.",
+    ),
+    (
+        "INCRBY",
+        "string",
+        "Adds to an integer by compare-and-swap.",
+    ),
+    (
+        "DECRBY",
+        "string",
+        "Subtracts from an integer by compare-and-swap.",
+    ),
+    (
+        "APPEND",
+        "string",
+        "Appends to a value by compare-and-swap.",
+    ),
+    (
+        "MGET",
+        "string",
+        "Returns the values of keys, each read linearizably.",
+    ),
+    ("DEL", "generic", "Deletes keys, each in its own log slot."),
+    ("UNLINK", "generic", "Same as DEL."),
+    ("EXISTS", "generic", "Counts the keys that exist."),
+    (
+        "KEYS",
+        "generic",
+        "Returns the keys matching a glob (bounded: use SCAN for more).",
+    ),
+    (
+        "SCAN",
+        "generic",
+        "Iterates the keys in byte order with a per-connection cursor.",
+    ),
+    (
+        "DBSIZE",
+        "server",
+        "Returns the number of keys, counted linearizably.",
+    ),
+    (
+        "INFO",
+        "server",
+        "Returns replication role, leader and applied slot.",
+    ),
+    ("PING", "connection", "Returns PONG or the message."),
+    ("ECHO", "connection", "Returns the message."),
+    (
+        "HELLO",
+        "connection",
+        "Chooses RESP2 or RESP3 and authenticates.",
+    ),
+    ("AUTH", "connection", "Presents the replica's token."),
+    ("SELECT", "connection", "Accepts database 0 only."),
+    ("CLIENT", "connection", "SETNAME, GETNAME, ID, SETINFO."),
+    ("QUIT", "connection", "Closes the connection."),
+    ("COMMAND", "server", "DOCS, COUNT and INFO, minimal."),
+    ("CONFIG", "server", "GET answers with nothing."),
+];
+
 /// Minimal COMMAND: enough for redis-cli to start (it asks for COMMAND DOCS).
 fn command_info(args: &[Vec<u8>]) -> Reply {
     let Some((sub, rest)) = args.split_first() else {
         return Reply::Array(vec![]);
     };
     match sub.to_ascii_uppercase().as_slice() {
-        b"DOCS" => Reply::Map(vec![]),
-        b"COUNT" => Reply::Int(0),
+        b"DOCS" => {
+            let wanted = |name: &str| {
+                rest.is_empty() || rest.iter().any(|r| r.eq_ignore_ascii_case(name.as_bytes()))
+            };
+            Reply::Map(
+                DOCS.iter()
+                    .filter(|(name, _, _)| wanted(name))
+                    .map(|(name, group, summary)| {
+                        let doc = Reply::Map(vec![
+                            (Reply::text("summary"), Reply::text(*summary)),
+                            (Reply::text("since"), Reply::text("1.0.0")),
+                            (Reply::text("group"), Reply::text(*group)),
+                        ]);
+                        (Reply::text(name.to_ascii_lowercase()), doc)
+                    })
+                    .collect(),
+            )
+        }
+        b"COUNT" => Reply::Int(DOCS.len() as i64),
         b"INFO" => Reply::Array(rest.iter().map(|_| Reply::Nil).collect()),
         _ => Reply::err(format!(
             "unknown subcommand '{}'. Try COMMAND HELP.",
@@ -349,14 +632,29 @@ fn command_info(args: &[Vec<u8>]) -> Reply {
 }
 
 /// A key as paxoskv stores it (UTF-8, within the key limit).
-fn key_of(key: &[u8]) -> Result<String, Reply> {
+pub(super) fn key_of(key: &[u8]) -> Result<String, Reply> {
     let key =
         String::from_utf8(key.to_vec()).map_err(|_| Reply::err("keys must be UTF-8 in paxoskv"))?;
     paxoskv::check_key(&key).map_err(Reply::err)?;
     Ok(key)
 }
 
-fn kv_error(error: &KvError) -> Reply {
+/// The range a glob pattern's matches lie in: its literal prefix (every key, when that
+/// prefix is not UTF-8 and so cannot be a key's start).
+fn range_of(pattern: &[u8]) -> KeyRange {
+    KeyRange::Prefix(String::from_utf8(glob::literal_prefix(pattern)).unwrap_or_default())
+}
+
+/// A decimal integer argument, as Redis parses one.
+pub(super) fn parse_int(arg: &[u8]) -> Option<i64> {
+    std::str::from_utf8(arg).ok()?.parse().ok()
+}
+
+pub(super) fn not_an_integer() -> Reply {
+    Reply::err("value is not an integer or out of range")
+}
+
+pub(super) fn kv_error(error: &KvError) -> Reply {
     match error {
         KvError::Busy(_) => Reply::Error(format!("BUSY {error}")),
         KvError::NotLeader { .. } | KvError::Unavailable { .. } | KvError::Timeout { .. } => {
@@ -366,7 +664,7 @@ fn kv_error(error: &KvError) -> Reply {
     }
 }
 
-fn arity(name: &str) -> Reply {
+pub(super) fn arity(name: &str) -> Reply {
     Reply::err(format!(
         "wrong number of arguments for '{}' command",
         name.to_ascii_lowercase()
@@ -413,13 +711,19 @@ fn info(status: &ReplicaStatus) -> String {
 #[cfg(test)]
 pub(crate) mod memory {
     use super::*;
-    use std::collections::HashMap;
+    use std::collections::BTreeMap;
+
+    type Map = BTreeMap<String, Vec<u8>>;
+    /// Another client's write, run just before a transaction.
+    pub(crate) type Interloper = Box<dyn FnOnce(&mut Map) + Send>;
 
     /// An in-memory store: the command layer's behaviour without a cluster.
     #[derive(Default)]
     pub(crate) struct Memory {
-        pub(crate) map: HashMap<String, Vec<u8>>,
+        pub(crate) map: Map,
         pub(crate) fail_with: Option<KvError>,
+        /// A write by "another client" just before the next transaction (a CAS conflict).
+        pub(crate) before_txn: Option<Interloper>,
     }
 
     impl Backend for Memory {
@@ -442,6 +746,7 @@ pub(crate) mod memory {
                     existed: self.map.remove(&key).is_some(),
                 },
                 Op::Register => Outcome::Registered,
+                Op::Txn(_) => return Err(KvError::InvalidRequest("no txn in the fake".into())),
             })
         }
 
@@ -455,6 +760,74 @@ pub(crate) mod memory {
                 keys: self.map.len() as u64,
                 ..ReplicaStatus::default()
             }
+        }
+
+        async fn scan(
+            &mut self,
+            range: KeyRange,
+            after: Option<String>,
+            limit: u32,
+        ) -> Result<ScanPage, KvError> {
+            if let Some(e) = &self.fail_with {
+                return Err(e.clone());
+            }
+            let limit = (limit as usize).clamp(1, MAX_SCAN_LIMIT);
+            let mut matching = self
+                .map
+                .iter()
+                .filter(|(k, _)| range.contains(k))
+                .filter(|(k, _)| after.as_ref().is_none_or(|a| *k > a));
+            let entries: Vec<_> = matching
+                .by_ref()
+                .take(limit)
+                .map(|(k, v)| (k.clone(), v.clone()))
+                .collect();
+            let more = matching.next().is_some();
+            Ok(ScanPage {
+                next_after: more
+                    .then(|| entries.last().map(|(k, _)| k.clone()))
+                    .flatten(),
+                entries,
+            })
+        }
+
+        async fn count(&mut self, range: KeyRange) -> Result<u64, KvError> {
+            match &self.fail_with {
+                Some(e) => Err(e.clone()),
+                None => Ok(self.map.keys().filter(|k| range.contains(k)).count() as u64),
+            }
+        }
+
+        async fn txn(
+            &mut self,
+            compares: Vec<Compare>,
+            then: Vec<Step>,
+            otherwise: Vec<Step>,
+        ) -> Result<TxnAnswer, KvError> {
+            if let Some(e) = &self.fail_with {
+                return Err(e.clone());
+            }
+            if let Some(change) = self.before_txn.take() {
+                change(&mut self.map);
+            }
+            let succeeded = compares.iter().all(|c| match c {
+                Compare::Absent(k) => !self.map.contains_key(k),
+                Compare::Exists(k) => self.map.contains_key(k),
+                Compare::ValueIs(k, v) => self.map.get(k) == Some(v),
+            });
+            let mut gets = Vec::new();
+            for step in if succeeded { then } else { otherwise } {
+                match step {
+                    Step::Get(k) => gets.push(self.map.get(&k).cloned()),
+                    Step::Put(k, v) => {
+                        self.map.insert(k, v);
+                    }
+                    Step::Delete(k) => {
+                        self.map.remove(&k);
+                    }
+                }
+            }
+            Ok(TxnAnswer { succeeded, gets })
         }
     }
 }
@@ -509,26 +882,254 @@ mod tests {
     }
 
     #[test]
-    fn set_options_are_refused_until_cas_and_leases_exist() {
+    fn set_nx_xx_get_and_setnx_compare_in_one_transaction() {
         let (mut c, mut m) = (Connection::new(1, None), Memory::default());
-        for option in ["NX", "XX", "EX", "PX", "GET"] {
-            let reply = run(&mut c, &mut m, &["SET", "k", "v", option, "10"]);
-            let Reply::Error(e) = reply else {
-                panic!("{option}: {reply:?}")
-            };
-            assert!(
-                e.starts_with("ERR SET option") && e.contains("not supported yet"),
-                "{e}"
+        assert_eq!(run(&mut c, &mut m, &["SET", "k", "1", "XX"]), Reply::Nil);
+        assert_eq!(run(&mut c, &mut m, &["GET", "k"]), Reply::Nil);
+        assert_eq!(run(&mut c, &mut m, &["SET", "k", "1", "NX"]), Reply::ok());
+        assert_eq!(run(&mut c, &mut m, &["SET", "k", "2", "nx"]), Reply::Nil);
+        assert_eq!(run(&mut c, &mut m, &["GET", "k"]), bulk("1"));
+        assert_eq!(run(&mut c, &mut m, &["SET", "k", "3", "XX"]), Reply::ok());
+        assert_eq!(run(&mut c, &mut m, &["SET", "k", "4", "GET"]), bulk("3"));
+        assert_eq!(
+            run(&mut c, &mut m, &["SET", "k", "5", "NX", "GET"]),
+            bulk("4")
+        );
+        assert_eq!(run(&mut c, &mut m, &["GET", "k"]), bulk("4"));
+        assert_eq!(run(&mut c, &mut m, &["SET", "n", "1", "GET"]), Reply::Nil);
+        assert_eq!(run(&mut c, &mut m, &["SETNX", "n", "2"]), Reply::Int(0));
+        assert_eq!(run(&mut c, &mut m, &["SETNX", "s", "2"]), Reply::Int(1));
+        assert_eq!(run(&mut c, &mut m, &["GET", "s"]), bulk("2"));
+        for bad in [
+            &["SET", "k", "9", "NX", "XX"][..],
+            &["SET", "k", "9", "BOGUS"][..],
+        ] {
+            assert_eq!(
+                run(&mut c, &mut m, bad),
+                Reply::Error("ERR syntax error".into())
             );
         }
-        assert!(m.map.is_empty(), "a refused SET must not write");
-        let Reply::Error(e) = run(&mut c, &mut m, &["INCR", "k"]) else {
-            panic!("INCR answered")
-        };
-        assert!(
-            e.contains("not supported yet (needs compare-and-swap, issue 13)"),
-            "{e}"
+        for option in ["EX", "PX", "EXAT", "PXAT", "KEEPTTL"] {
+            let Reply::Error(e) = run(&mut c, &mut m, &["SET", "k", "9", option, "10"]) else {
+                panic!("{option} answered")
+            };
+            assert!(e.contains("needs leases"), "{e}");
+        }
+        assert_eq!(
+            run(&mut c, &mut m, &["GET", "k"]),
+            bulk("4"),
+            "refused SETs wrote nothing"
         );
+    }
+
+    #[test]
+    fn mset_msetnx_getset_getdel() {
+        let (mut c, mut m) = (Connection::new(1, None), Memory::default());
+        assert_eq!(
+            run(&mut c, &mut m, &["MSET", "a", "1", "b", "2"]),
+            Reply::ok()
+        );
+        assert_eq!(
+            run(&mut c, &mut m, &["MGET", "a", "b"]),
+            Reply::Array(vec![bulk("1"), bulk("2")])
+        );
+        assert!(matches!(
+            run(&mut c, &mut m, &["MSET", "a"]),
+            Reply::Error(_)
+        ));
+        assert_eq!(
+            run(&mut c, &mut m, &["MSETNX", "b", "9", "c", "3"]),
+            Reply::Int(0)
+        );
+        assert_eq!(
+            run(&mut c, &mut m, &["GET", "c"]),
+            Reply::Nil,
+            "all or nothing"
+        );
+        assert_eq!(
+            run(&mut c, &mut m, &["MSETNX", "c", "3", "d", "4"]),
+            Reply::Int(1)
+        );
+        assert_eq!(run(&mut c, &mut m, &["GETSET", "a", "10"]), bulk("1"));
+        assert_eq!(run(&mut c, &mut m, &["GET", "a"]), bulk("10"));
+        assert_eq!(run(&mut c, &mut m, &["GETSET", "new", "x"]), Reply::Nil);
+        assert_eq!(run(&mut c, &mut m, &["GETDEL", "new"]), bulk("x"));
+        assert_eq!(run(&mut c, &mut m, &["GETDEL", "new"]), Reply::Nil);
+        assert_eq!(run(&mut c, &mut m, &["EXISTS", "new"]), Reply::Int(0));
+    }
+
+    #[test]
+    fn incr_decr_and_append_are_compare_and_swap() {
+        let (mut c, mut m) = (Connection::new(1, None), Memory::default());
+        assert_eq!(run(&mut c, &mut m, &["INCR", "n"]), Reply::Int(1));
+        assert_eq!(run(&mut c, &mut m, &["INCRBY", "n", "41"]), Reply::Int(42));
+        assert_eq!(run(&mut c, &mut m, &["DECR", "n"]), Reply::Int(41));
+        assert_eq!(run(&mut c, &mut m, &["DECRBY", "n", "50"]), Reply::Int(-9));
+        assert_eq!(run(&mut c, &mut m, &["GET", "n"]), bulk("-9"));
+        // Another client's write between the read and the transaction: retried from it.
+        m.before_txn = Some(Box::new(|map| {
+            map.insert("n".into(), b"100".to_vec());
+        }));
+        assert_eq!(run(&mut c, &mut m, &["INCR", "n"]), Reply::Int(101));
+        let not_int = Reply::Error("ERR value is not an integer or out of range".into());
+        assert_eq!(run(&mut c, &mut m, &["SET", "s", "abc"]), Reply::ok());
+        assert_eq!(run(&mut c, &mut m, &["INCR", "s"]), not_int);
+        assert_eq!(run(&mut c, &mut m, &["INCRBY", "n", "x"]), not_int);
+        assert_eq!(
+            run(&mut c, &mut m, &["SET", "max", &i64::MAX.to_string()]),
+            Reply::ok()
+        );
+        let Reply::Error(e) = run(&mut c, &mut m, &["INCR", "max"]) else {
+            panic!("overflow answered")
+        };
+        assert!(e.contains("would overflow"), "{e}");
+        assert_eq!(run(&mut c, &mut m, &["GET", "s"]), bulk("abc"));
+        assert_eq!(run(&mut c, &mut m, &["APPEND", "s", "de"]), Reply::Int(5));
+        assert_eq!(run(&mut c, &mut m, &["APPEND", "t", "x"]), Reply::Int(1));
+        assert_eq!(run(&mut c, &mut m, &["GET", "s"]), bulk("abcde"));
+        let Reply::Error(e) = run(&mut c, &mut m, &["EXPIRE", "s", "10"]) else {
+            panic!("EXPIRE answered")
+        };
+        assert!(e.contains("needs leases"), "{e}");
+    }
+
+    fn keys_of(reply: Reply) -> Vec<String> {
+        let Reply::Array(items) = reply else {
+            panic!("not an array: {reply:?}")
+        };
+        items
+            .into_iter()
+            .map(|r| match r {
+                Reply::Bulk(b) => String::from_utf8(b).expect("utf-8"),
+                other => panic!("not a bulk: {other:?}"),
+            })
+            .collect()
+    }
+
+    fn filled(n: usize) -> Memory {
+        let mut m = Memory::default();
+        for i in 0..n {
+            m.map.insert(format!("user:{i:03}"), b"v".to_vec());
+        }
+        m.map.insert("other".into(), b"o".to_vec());
+        m.map.insert("user".into(), b"u".to_vec());
+        m
+    }
+
+    #[test]
+    fn keys_matches_globs_and_refuses_too_large_a_range() {
+        let (mut c, mut m) = (Connection::new(1, None), filled(30));
+        let all = keys_of(run(&mut c, &mut m, &["KEYS", "*"]));
+        assert_eq!(all.len(), 32);
+        assert!(all.is_sorted());
+        let users = keys_of(run(&mut c, &mut m, &["KEYS", "user:*"]));
+        assert_eq!(users.len(), 30);
+        assert!(users.iter().all(|k| k.starts_with("user:")));
+        assert_eq!(
+            keys_of(run(&mut c, &mut m, &["KEYS", "user:00?"])),
+            (0..10).map(|i| format!("user:00{i}")).collect::<Vec<_>>()
+        );
+        assert_eq!(keys_of(run(&mut c, &mut m, &["KEYS", "user"])), ["user"]);
+        assert_eq!(keys_of(run(&mut c, &mut m, &["KEYS", "nope"])), [""; 0]);
+        assert_eq!(
+            keys_of(run(&mut c, &mut m, &["KEYS", "*er"])),
+            ["other", "user"]
+        );
+        c.max_keys_scanned = 30;
+        // 30 keys start with "user:", and nothing else: exactly the limit is answered.
+        assert_eq!(keys_of(run(&mut c, &mut m, &["KEYS", "user:*"])).len(), 30);
+        let Reply::Error(e) = run(&mut c, &mut m, &["KEYS", "*"]) else {
+            panic!("KEYS over the limit answered")
+        };
+        assert!(e.contains("KEYS would read more than 30 keys"), "{e}");
+    }
+
+    /// Runs a SCAN to the end with `options`; returns the keys and the pages it took.
+    fn scan_all(c: &mut Connection, m: &mut Memory, options: &[&str]) -> (Vec<String>, usize) {
+        let (mut cursor, mut keys, mut pages) = ("0".to_string(), Vec::new(), 0);
+        loop {
+            let mut words = vec!["SCAN", cursor.as_str()];
+            words.extend_from_slice(options);
+            let Reply::Array(reply) = run(c, m, &words) else {
+                panic!("SCAN is an array")
+            };
+            let [Reply::Bulk(next), page] = <[Reply; 2]>::try_from(reply).expect("two items")
+            else {
+                panic!("SCAN reply shape")
+            };
+            keys.extend(keys_of(page));
+            pages += 1;
+            cursor = String::from_utf8(next).expect("utf-8");
+            if cursor == "0" {
+                return (keys, pages);
+            }
+            assert!(pages < 1000, "SCAN does not end");
+        }
+    }
+
+    #[test]
+    fn scan_walks_every_key_once_with_match_and_count() {
+        let (mut c, mut m) = (Connection::new(1, None), filled(30));
+        let (all, pages) = scan_all(&mut c, &mut m, &[]);
+        assert_eq!(all, m.map.keys().cloned().collect::<Vec<_>>());
+        assert_eq!(pages, 4, "32 keys at the default COUNT 10");
+        let (users, pages) = scan_all(&mut c, &mut m, &["MATCH", "user:*", "COUNT", "7"]);
+        assert_eq!(users.len(), 30);
+        assert_eq!(pages, 5);
+        let (some, _) = scan_all(&mut c, &mut m, &["COUNT", "100", "MATCH", "*1?"]);
+        assert_eq!(some.len(), 10, "{some:?}");
+        let (none, _) = scan_all(&mut c, &mut m, &["TYPE", "hash"]);
+        assert!(none.is_empty());
+        for (words, wanted) in [
+            (
+                &["SCAN", "0", "COUNT", "x"][..],
+                "ERR value is not an integer",
+            ),
+            (&["SCAN", "0", "COUNT", "0"][..], "ERR syntax error"),
+            (&["SCAN", "0", "MATCH"][..], "ERR syntax error"),
+            (&["SCAN", "0", "BOGUS", "1"][..], "ERR syntax error"),
+            (&["SCAN", "12345"][..], "ERR invalid cursor"),
+            (&["SCAN", "abc"][..], "ERR invalid cursor"),
+            (&["SCAN"][..], "ERR wrong number of arguments"),
+        ] {
+            let Reply::Error(e) = run(&mut c, &mut m, words) else {
+                panic!("{words:?} answered")
+            };
+            assert!(e.starts_with(wanted), "{words:?}: {e}");
+        }
+    }
+
+    #[test]
+    fn scan_cursors_are_bounded_per_connection() {
+        let (mut c, mut m) = (Connection::new(1, None), filled(30));
+        let first = run(&mut c, &mut m, &["SCAN", "0", "COUNT", "1"]);
+        let Reply::Array(items) = first else {
+            panic!("array")
+        };
+        let Reply::Bulk(cursor) = &items[0] else {
+            panic!("cursor")
+        };
+        let cursor = String::from_utf8(cursor.clone()).expect("utf-8");
+        for _ in 0..MAX_OPEN_CURSORS {
+            run(&mut c, &mut m, &["SCAN", "0", "COUNT", "1"]);
+        }
+        assert!(c.cursors.len() <= MAX_OPEN_CURSORS);
+        let Reply::Error(e) = run(&mut c, &mut m, &["SCAN", &cursor]) else {
+            panic!("a forgotten cursor answered")
+        };
+        assert!(e.starts_with("ERR invalid cursor"), "{e}");
+    }
+
+    #[test]
+    fn dbsize_counts_every_key() {
+        let (mut c, mut m) = (Connection::new(1, None), filled(30));
+        assert_eq!(run(&mut c, &mut m, &["DBSIZE"]), Reply::Int(32));
+        run(&mut c, &mut m, &["DEL", "other"]);
+        assert_eq!(run(&mut c, &mut m, &["DBSIZE"]), Reply::Int(31));
+        assert!(matches!(
+            run(&mut c, &mut m, &["DBSIZE", "x"]),
+            Reply::Error(_)
+        ));
     }
 
     #[test]
@@ -571,10 +1172,15 @@ mod tests {
             Reply::ok()
         );
         assert_eq!(run(&mut c, &mut m, &["client", "getname"]), bulk("me"));
-        assert_eq!(
-            run(&mut c, &mut m, &["COMMAND", "DOCS"]),
-            Reply::Map(vec![])
-        );
+        let Reply::Map(docs) = run(&mut c, &mut m, &["COMMAND", "DOCS"]) else {
+            panic!("COMMAND DOCS is a map")
+        };
+        assert_eq!(docs.len(), DOCS.len());
+        let Reply::Map(docs) = run(&mut c, &mut m, &["COMMAND", "DOCS", "scan", "nope"]) else {
+            panic!("COMMAND DOCS is a map")
+        };
+        assert_eq!(docs.len(), 1);
+        assert_eq!(docs[0].0, Reply::text("scan"));
         assert_eq!(run(&mut c, &mut m, &["COMMAND"]), Reply::Array(vec![]));
         let Reply::Map(hello) = run(&mut c, &mut m, &["HELLO", "3"]) else {
             panic!("HELLO is a map")

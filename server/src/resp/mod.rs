@@ -6,15 +6,19 @@
 //! in order (Redis's guarantee to a pipelining client); its replies are written in batches.
 
 pub mod command;
+pub mod conditional;
 pub mod framing;
+pub mod glob;
 pub mod reply;
 
 use crate::limits::{ConnectionCounter, LogLimiter};
 use crate::rpc::{KvServer, Shared};
 use command::{Backend, Connection};
+use conditional::{Compare, Step, TxnAnswer};
 use framing::{next_request, RequestLimits};
+use paxoskv::kv::{KeyRange, ScanPage};
 use paxoskv::{CommandId, Op, Outcome};
-use paxoskv_service::{Caller, KvError, KvRpc, ReplicaStatus};
+use paxoskv_service::{Caller, KvError, KvRpc, ReplicaStatus, WriteReply};
 use reply::Reply;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
@@ -329,6 +333,10 @@ impl KvSession {
                         Op::Put { key, value } => server.put(ctx, id, key, value).await,
                         Op::Delete { key } => server.delete(ctx, id, key).await,
                         Op::Register => server.register_session(ctx, id).await,
+                        Op::Txn(txn) => server.txn(ctx, id, txn).await.map(|r| WriteReply {
+                            outcome: Outcome::Txn(r.outcome),
+                            leader_addr: r.leader_addr,
+                        }),
                     }
                 }
             })
@@ -366,6 +374,85 @@ impl Backend for KvSession {
 
     async fn status(&mut self) -> ReplicaStatus {
         self.server.clone().status(tarpc::context::current()).await
+    }
+
+    async fn scan(
+        &mut self,
+        range: KeyRange,
+        after: Option<String>,
+        limit: u32,
+    ) -> Result<ScanPage, KvError> {
+        let budget = self.server.0.request_timeout;
+        self.with_retries(|server, ctx| {
+            let (range, after) = (range.clone(), after.clone());
+            let left = ctx.deadline.saturating_duration_since(Instant::now());
+            async move {
+                server
+                    .scan_via_leader(range, after, limit, left.min(budget))
+                    .await
+            }
+        })
+        .await
+        .map(|reply| reply.page)
+    }
+
+    async fn txn(
+        &mut self,
+        compares: Vec<Compare>,
+        then: Vec<Step>,
+        otherwise: Vec<Step>,
+    ) -> Result<TxnAnswer, KvError> {
+        let txn = paxoskv::Txn {
+            compares: compares.into_iter().map(core_compare).collect(),
+            success: then.into_iter().map(core_op).collect(),
+            failure: otherwise.into_iter().map(core_op).collect(),
+        };
+        match self.write(Op::Txn(txn)).await? {
+            Outcome::Txn(outcome) => Ok(TxnAnswer {
+                succeeded: outcome.succeeded,
+                gets: outcome
+                    .results
+                    .into_iter()
+                    .filter_map(|r| match r {
+                        paxoskv::TxnResult::Get { value, .. } => Some(value),
+                        _ => None,
+                    })
+                    .collect(),
+            }),
+            other => Err(KvError::InvalidRequest(format!(
+                "a transaction answered {other:?}"
+            ))),
+        }
+    }
+
+    async fn count(&mut self, range: KeyRange) -> Result<u64, KvError> {
+        let budget = self.server.0.request_timeout;
+        self.with_retries(|server, ctx| {
+            let range = range.clone();
+            let left = ctx.deadline.saturating_duration_since(Instant::now());
+            async move { server.count_via_leader(range, left.min(budget)).await }
+        })
+        .await
+        .map(|reply| reply.keys)
+    }
+}
+
+/// A RESP comparison as the core's transaction compare.
+fn core_compare(compare: Compare) -> paxoskv::Compare {
+    let (key, check) = match compare {
+        Compare::Absent(key) => (key, paxoskv::Check::Absent),
+        Compare::Exists(key) => (key, paxoskv::Check::Exists),
+        Compare::ValueIs(key, value) => (key, paxoskv::Check::Value(paxoskv::CmpOp::Eq, value)),
+    };
+    paxoskv::Compare { key, check }
+}
+
+/// A RESP transaction step as the core's transaction op.
+fn core_op(step: Step) -> paxoskv::TxnOp {
+    match step {
+        Step::Get(key) => paxoskv::TxnOp::Get { key },
+        Step::Put(key, value) => paxoskv::TxnOp::Put { key, value },
+        Step::Delete(key) => paxoskv::TxnOp::Delete { key },
     }
 }
 

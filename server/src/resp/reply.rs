@@ -42,6 +42,11 @@ impl Reply {
         Reply::Error(format!("ERR {text}"))
     }
 
+    /// A value as a bulk string, or nil when absent.
+    pub fn from_value(value: Option<Vec<u8>>) -> Reply {
+        value.map_or(Reply::Nil, Reply::Bulk)
+    }
+
     /// A bulk string of text.
     pub fn text(text: impl Into<String>) -> Reply {
         Reply::Bulk(text.into().into_bytes())

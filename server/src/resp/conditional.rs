@@ -1,0 +1,242 @@
+//! Commands that read and write in one step: SET NX/XX/GET, SETNX, MSET, MSETNX, GETSET,
+//! GETDEL, INCR/DECR/INCRBY/DECRBY and APPEND, each one transaction of the core (one log
+//! slot), so no other write comes between their comparison and their writes.
+
+use super::command::{arity, key_of, kv_error, not_an_integer, parse_int, Backend};
+use super::reply::Reply;
+use paxoskv_service::KvError;
+
+/// A comparison a transaction makes before it writes.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Compare {
+    /// The key does not exist.
+    Absent(String),
+    /// The key exists.
+    Exists(String),
+    /// The key holds exactly this value.
+    ValueIs(String, Vec<u8>),
+}
+
+/// One operation of a transaction's branch.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Step {
+    /// Read the key (its value before this branch's writes to it).
+    Get(String),
+    /// Set the key.
+    Put(String, Vec<u8>),
+    /// Remove the key.
+    Delete(String),
+}
+
+/// What a transaction did.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct TxnAnswer {
+    /// True if every comparison held and the `then` branch ran.
+    pub succeeded: bool,
+    /// What each `Get` of the branch that ran read, in order.
+    pub gets: Vec<Option<Vec<u8>>>,
+}
+
+/// Attempts of one read-modify-write (INCR, APPEND) before it gives up under contention.
+pub const MAX_CAS_ATTEMPTS: usize = 16;
+
+/// `SET key value [NX|XX] [GET] [EX s|PX ms|EXAT|PXAT|KEEPTTL]`.
+pub async fn set<B: Backend>(backend: &mut B, args: &[Vec<u8>]) -> Reply {
+    let [key, value, options @ ..] = args else {
+        return arity("SET");
+    };
+    let key = match key_of(key) {
+        Ok(key) => key,
+        Err(reply) => return reply,
+    };
+    let (mut nx, mut xx, mut get) = (false, false, false);
+    for option in options {
+        match option.to_ascii_uppercase().as_slice() {
+            b"NX" if !xx => nx = true,
+            b"XX" if !nx => xx = true,
+            b"GET" => get = true,
+            b"EX" | b"PX" | b"EXAT" | b"PXAT" | b"KEEPTTL" => {
+                return Reply::err(format!(
+                    "SET option '{}' needs leases, which paxoskv does not have yet (issue 13); nothing was written",
+                    String::from_utf8_lossy(option)
+                ))
+            }
+            _ => return Reply::err("syntax error"),
+        }
+    }
+    let value = value.clone();
+    if !nx && !xx && !get {
+        return match backend.write(paxoskv::Op::Put { key, value }).await {
+            Ok(_) => Reply::ok(),
+            Err(e) => kv_error(&e),
+        };
+    }
+    let compares = match (nx, xx) {
+        (true, _) => vec![Compare::Absent(key.clone())],
+        (_, true) => vec![Compare::Exists(key.clone())],
+        _ => vec![],
+    };
+    let put = Step::Put(key.clone(), value);
+    let (then, otherwise) = if get {
+        (vec![Step::Get(key.clone()), put], vec![Step::Get(key)])
+    } else {
+        (vec![put], vec![])
+    };
+    match backend.txn(compares, then, otherwise).await {
+        Ok(answer) if get => Reply::from_value(answer.gets.into_iter().next().flatten()),
+        Ok(TxnAnswer {
+            succeeded: true, ..
+        }) => Reply::ok(),
+        Ok(_) => Reply::Nil,
+        Err(e) => kv_error(&e),
+    }
+}
+
+/// `SETNX key value`: 1 if set, 0 if the key existed.
+pub async fn setnx<B: Backend>(backend: &mut B, args: &[Vec<u8>]) -> Reply {
+    let [key, value] = args else {
+        return arity("SETNX");
+    };
+    let key = match key_of(key) {
+        Ok(key) => key,
+        Err(reply) => return reply,
+    };
+    let then = vec![Step::Put(key.clone(), value.clone())];
+    match backend.txn(vec![Compare::Absent(key)], then, vec![]).await {
+        Ok(answer) => Reply::Int(answer.succeeded.into()),
+        Err(e) => kv_error(&e),
+    }
+}
+
+/// `MSET k v [k v ...]` (all in one slot) and `MSETNX` (only if none of the keys exists).
+pub async fn mset<B: Backend>(backend: &mut B, args: &[Vec<u8>], only_new: bool) -> Reply {
+    let name = if only_new { "MSETNX" } else { "MSET" };
+    if args.is_empty() || !args.len().is_multiple_of(2) {
+        return arity(name);
+    }
+    let mut puts = Vec::with_capacity(args.len() / 2);
+    let mut compares = Vec::new();
+    for pair in args.chunks_exact(2) {
+        let key = match key_of(&pair[0]) {
+            Ok(key) => key,
+            Err(reply) => return reply,
+        };
+        if only_new {
+            compares.push(Compare::Absent(key.clone()));
+        }
+        puts.push(Step::Put(key, pair[1].clone()));
+    }
+    match backend.txn(compares, puts, vec![]).await {
+        Ok(answer) if only_new => Reply::Int(answer.succeeded.into()),
+        Ok(_) => Reply::ok(),
+        Err(e) => kv_error(&e),
+    }
+}
+
+/// `GETSET key value` (the old value, and the new one set) and `GETDEL key`.
+pub async fn get_and<B: Backend>(backend: &mut B, args: &[Vec<u8>], delete: bool) -> Reply {
+    let (key, write) = match (args, delete) {
+        ([key, value], false) => (key, Some(value)),
+        ([key], true) => (key, None),
+        _ => return arity(if delete { "GETDEL" } else { "GETSET" }),
+    };
+    let key = match key_of(key) {
+        Ok(key) => key,
+        Err(reply) => return reply,
+    };
+    let step = match write {
+        Some(value) => Step::Put(key.clone(), value.clone()),
+        None => Step::Delete(key.clone()),
+    };
+    match backend
+        .txn(vec![], vec![Step::Get(key), step], vec![])
+        .await
+    {
+        Ok(answer) => Reply::from_value(answer.gets.into_iter().next().flatten()),
+        Err(e) => kv_error(&e),
+    }
+}
+
+/// `INCR`, `DECR`, `INCRBY`, `DECRBY`: the key's integer plus `sign` times the argument
+/// (1 for INCR/DECR), by compare-and-swap on the value read.
+pub async fn incr_by<B: Backend>(backend: &mut B, name: &str, args: &[Vec<u8>]) -> Reply {
+    let (key, by) = match (name, args) {
+        ("INCR", [key]) => (key, 1),
+        ("DECR", [key]) => (key, -1),
+        ("INCRBY", [key, by]) | ("DECRBY", [key, by]) => match parse_int(by) {
+            Some(by) if name == "INCRBY" => (key, by),
+            Some(by) => match by.checked_neg() {
+                Some(by) => (key, by),
+                None => return Reply::err("decrement would overflow"),
+            },
+            None => return not_an_integer(),
+        },
+        _ => return arity(name),
+    };
+    let key = match key_of(key) {
+        Ok(key) => key,
+        Err(reply) => return reply,
+    };
+    let result = read_modify_write(backend, key, |old| {
+        let old = match old {
+            None => 0,
+            Some(bytes) => parse_int(bytes).ok_or_else(not_an_integer)?,
+        };
+        let new = old
+            .checked_add(by)
+            .ok_or_else(|| Reply::err("increment or decrement would overflow"))?;
+        Ok((new.to_string().into_bytes(), Reply::Int(new)))
+    })
+    .await;
+    result.unwrap_or_else(|reply| reply)
+}
+
+/// `APPEND key suffix`: the new length.
+pub async fn append<B: Backend>(backend: &mut B, args: &[Vec<u8>]) -> Reply {
+    let [key, suffix] = args else {
+        return arity("APPEND");
+    };
+    let key = match key_of(key) {
+        Ok(key) => key,
+        Err(reply) => return reply,
+    };
+    let result = read_modify_write(backend, key, |old| {
+        let mut new = old.cloned().unwrap_or_default();
+        new.extend_from_slice(suffix);
+        let length = Reply::Int(new.len().try_into().unwrap_or(i64::MAX));
+        Ok((new, length))
+    })
+    .await;
+    result.unwrap_or_else(|reply| reply)
+}
+
+/// Reads `key`, computes its new value with `change` and writes it only if the key still
+/// holds what was read; on a conflict the failed transaction's own read is the next try's
+/// input. `change` returns the new value and the reply, or an error reply.
+async fn read_modify_write<B, F>(backend: &mut B, key: String, change: F) -> Result<Reply, Reply>
+where
+    B: Backend,
+    F: Fn(Option<&Vec<u8>>) -> Result<(Vec<u8>, Reply), Reply>,
+{
+    let mut current = backend.get(key.clone()).await.map_err(|e| kv_error(&e))?;
+    for _ in 0..MAX_CAS_ATTEMPTS {
+        let (new, reply) = change(current.as_ref())?;
+        let compare = match &current {
+            None => Compare::Absent(key.clone()),
+            Some(old) => Compare::ValueIs(key.clone(), old.clone()),
+        };
+        let then = vec![Step::Put(key.clone(), new)];
+        let otherwise = vec![Step::Get(key.clone())];
+        let answer = backend
+            .txn(vec![compare], then, otherwise)
+            .await
+            .map_err(|e| kv_error(&e))?;
+        if answer.succeeded {
+            return Ok(reply);
+        }
+        current = answer.gets.into_iter().next().flatten();
+    }
+    Err(kv_error(&KvError::Busy(format!(
+        "the key changed under {MAX_CAS_ATTEMPTS} compare-and-swap attempts in a row; try again"
+    ))))
+}
