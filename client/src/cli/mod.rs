@@ -264,7 +264,7 @@ pub async fn run(args: Args) -> anyhow::Result<u8> {
         } => {
             let key = encoding.decode_key(&key)?;
             if show_meta || format == Format::Json {
-                txn::cmd_get_meta(&client, &key, read_mode(stale), format).await
+                txn::cmd_get_meta(&client, &key, read_mode(stale), format, encoding).await
             } else {
                 cmd_get(&client, &key, stale, format, encoding).await
             }

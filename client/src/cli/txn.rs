@@ -14,6 +14,7 @@
 //!
 //! Keys and values are bare words or "double-quoted" (with \" and \\ escapes).
 
+use super::codec::Encoding;
 use super::output::Format;
 use super::EXIT_CONDITION_FAILED;
 use paxoskv_client::{
@@ -279,19 +280,22 @@ pub(crate) async fn cmd_get_meta(
     key: &str,
     mode: ReadMode,
     format: Format,
+    encoding: Encoding,
 ) -> anyhow::Result<u8> {
     let reply = client.get_meta(key, mode).await?;
     let (Some(value), Some(meta)) = (reply.value, reply.meta) else {
         super::output::print_not_found(format, key);
         return Ok(super::EXIT_NOT_FOUND);
     };
+    let (text, encoding_name) = encoding.encode_text(&value);
     match format {
         Format::Json => println!(
             "{}",
             json!({
                 "key": key,
                 "found": true,
-                "value": String::from_utf8_lossy(&value),
+                "value": text,
+                "encoding": encoding_name,
                 "create_revision": meta.create_revision,
                 "mod_revision": meta.mod_revision,
                 "version": meta.version,
@@ -299,7 +303,7 @@ pub(crate) async fn cmd_get_meta(
             })
         ),
         Format::Simple | Format::Table => {
-            println!("{}", String::from_utf8_lossy(&value));
+            println!("{text}");
             println!("{}", meta_text(meta));
         }
     }
