@@ -272,7 +272,7 @@ impl KvState {
             return Applied::Expired;
         }
         let outcome = self.apply_op(&command.op);
-        self.remember(slot, command.id, outcome.clone());
+        self.remember(slot, command.id, kept_for_retry(&outcome));
         Applied::Fresh(outcome)
     }
 
@@ -735,6 +735,30 @@ mod bounded {
     }
 }
 
+/// What the session table keeps of an outcome to answer a retry: everything but the values
+/// a transaction read (their meta stays). Values would make every session up to a
+/// transaction's size, and the table holds up to `max_sessions` of them.
+fn kept_for_retry(outcome: &Outcome) -> Outcome {
+    let Outcome::Txn(txn) = outcome else {
+        return outcome.clone();
+    };
+    let results = txn
+        .results
+        .iter()
+        .map(|r| match r {
+            TxnResult::Get { meta, .. } => TxnResult::Get {
+                value: None,
+                meta: *meta,
+            },
+            other => other.clone(),
+        })
+        .collect();
+    Outcome::Txn(TxnOutcome {
+        results,
+        ..txn.clone()
+    })
+}
+
 fn session_hash(client_id: u64, session: &Session) -> u64 {
     let mut bytes = [0u8; 24];
     bytes[..8].copy_from_slice(&client_id.to_le_bytes());
@@ -1182,6 +1206,24 @@ mod txn_tests {
         assert_eq!(retry, Applied::Duplicate(Outcome::Txn(first)));
         assert_eq!(kv.revision(), 1);
         assert_eq!(meta(&kv, "n").map(|m| m.version), Some(1));
+        // A retry of a reading txn gets the meta back but not the value (not kept).
+        let read = Op::Txn(Txn {
+            success: vec![TxnOp::Get { key: "n".into() }],
+            ..Txn::default()
+        });
+        let fresh = txn_outcome(kv.apply(4, &cmd(3, read.clone())));
+        let n_meta = meta(&kv, "n");
+        let got = TxnResult::Get {
+            value: Some(b"1".to_vec()),
+            meta: n_meta,
+        };
+        assert_eq!(fresh.results, [got]);
+        let again = txn_outcome(kv.apply(5, &cmd(3, read)));
+        let kept = TxnResult::Get {
+            value: None,
+            meta: n_meta,
+        };
+        assert_eq!(again.results, [kept]);
     }
 
     #[test]

@@ -398,7 +398,8 @@ pub enum TxnResult {
     },
     /// A read, as of its place in the transaction.
     Get {
-        /// The value, if the key exists.
+        /// The value, if the key exists. Also `None`, with `meta` set, in the answer to a
+        /// retry: the session table does not keep values read.
         #[serde(with = "serde_bytes")]
         value: Option<Vec<u8>>,
         /// Its meta, if the key exists.
