@@ -2,7 +2,7 @@
 
 use crate::types::{
     Check, Command, CommandId, Compare, KeyMeta, Op, Outcome, Slot, Txn, TxnOp, TxnOutcome,
-    TxnResult,
+    TxnResult, MAX_TXN_READ_BYTES,
 };
 use imbl::{OrdMap, OrdSet};
 use serde::{Deserialize, Serialize};
@@ -313,6 +313,7 @@ impl KvState {
         };
         let revision = self.revision + 1;
         let mut changed = false;
+        let mut read_bytes = 0usize;
         let mut results = Vec::with_capacity(branch.len());
         for op in branch {
             let result = match op {
@@ -329,8 +330,11 @@ impl KvState {
                 }
                 TxnOp::Get { key } => {
                     let found = self.map.get(key.as_str());
+                    let size = found.map_or(0, |e| e.value.len());
+                    let fits = read_bytes + size <= MAX_TXN_READ_BYTES;
+                    read_bytes += if fits { size } else { 0 };
                     TxnResult::Get {
-                        value: found.map(|e| e.value.to_vec()),
+                        value: found.filter(|_| fits).map(|e| e.value.to_vec()),
                         meta: found.map(|e| e.meta),
                     }
                 }
@@ -1224,6 +1228,30 @@ mod txn_tests {
             meta: n_meta,
         };
         assert_eq!(again.results, [kept]);
+        // Reads past the reply bound return meta alone.
+        kv.apply(
+            6,
+            &cmd(4, put_op("big", &"x".repeat(MAX_TXN_READ_BYTES / 2 + 1))),
+        );
+        let two = Op::Txn(Txn {
+            success: vec![TxnOp::Get { key: "big".into() }; 2],
+            ..Txn::default()
+        });
+        let both = txn_outcome(kv.apply(7, &cmd(5, two)));
+        let values: Vec<bool> = both
+            .results
+            .iter()
+            .map(|r| {
+                matches!(
+                    r,
+                    TxnResult::Get {
+                        value: Some(_),
+                        meta: Some(_)
+                    }
+                )
+            })
+            .collect();
+        assert_eq!(values, [true, false]);
     }
 
     #[test]
@@ -1281,7 +1309,7 @@ mod txn_tests {
         };
         assert!(
             many_bytes.check(1024 * 1024).is_err(),
-            "6 MB over the 4 MiB bound"
+            "6 MB over the 2 MiB bound"
         );
         assert!(Txn::put_if(vec![], "k".into(), b"v".to_vec())
             .check(1024)
