@@ -38,4 +38,5 @@ pub use types::{
     check_key, check_value, Ballot, Check, CmpOp, Command, CommandId, Compare, InvalidInput,
     KeyMeta, Op, Outcome, ReplicaId, Slot, Txn, TxnOp, TxnOutcome, TxnResult, Value,
     DEFAULT_MAX_VALUE_BYTES, MAX_KEY_BYTES, MAX_TXN_BYTES, MAX_TXN_COMPARES, MAX_TXN_OPS,
+    MAX_TXN_READ_BYTES,
 };

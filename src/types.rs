@@ -171,7 +171,12 @@ pub const MAX_TXN_COMPARES: usize = 64;
 pub const MAX_TXN_OPS: usize = 128;
 
 /// Bound on the keys and values a transaction carries, all compares and ops together.
-pub const MAX_TXN_BYTES: usize = 4 * 1024 * 1024;
+/// Half a client frame (4 MiB), so a transaction within it always fits one request.
+pub const MAX_TXN_BYTES: usize = 2 * 1024 * 1024;
+
+/// Bound on the bytes of values one transaction's gets return: a get that would pass it
+/// returns the key's meta without the value (as a retry does), so a reply fits a frame.
+pub const MAX_TXN_READ_BYTES: usize = 2 * 1024 * 1024;
 
 /// What the store remembers of a key besides its value (etcd's meanings).
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash, Serialize, Deserialize)]
@@ -398,7 +403,8 @@ pub enum TxnResult {
     },
     /// A read, as of its place in the transaction.
     Get {
-        /// The value, if the key exists.
+        /// The value, if the key exists. Also `None`, with `meta` set, in the answer to a
+        /// retry: the session table does not keep values read.
         #[serde(with = "serde_bytes")]
         value: Option<Vec<u8>>,
         /// Its meta, if the key exists.

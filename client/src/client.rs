@@ -3,10 +3,10 @@
 use crate::pool::{Conn, Pool};
 use crate::retry::{Backoff, Tracker};
 use crate::{ClientConfig, ClientError};
-use paxoskv::{check_key, check_value, CommandId, Outcome};
+use paxoskv::{check_key, check_value, CommandId, Compare, Outcome, Txn, TxnOutcome};
 use paxoskv_service::{
-    CountReply, GetReply, KeyRange, KvError, KvRpcClient, ReadMode, ReplicaStatus, ScanPage,
-    ScanReply, WriteReply, MAX_SCAN_LIMIT,
+    CountReply, GetMetaReply, GetReply, KeyRange, KvError, KvRpcClient, ReadMode, ReplicaStatus,
+    ScanPage, ScanReply, TxnReply, WriteReply, MAX_SCAN_LIMIT,
 };
 use std::error::Error as StdError;
 use std::future::Future;
@@ -39,7 +39,14 @@ macro_rules! leader_hint {
     )*};
 }
 
-leader_hint!(WriteReply, GetReply, ScanReply, CountReply);
+leader_hint!(
+    WriteReply,
+    GetReply,
+    ScanReply,
+    CountReply,
+    TxnReply,
+    GetMetaReply
+);
 
 /// How one attempt failed.
 enum AttemptError {
@@ -172,6 +179,50 @@ impl Client {
             })
             .await;
         Ok(self.end_session_if_expired(reply)?.outcome)
+    }
+
+    /// Applies `txn` atomically, exactly once even across retries. A failed compare is
+    /// not an error: `succeeded` is false and the failure ops ran.
+    pub async fn txn(&mut self, txn: Txn) -> Result<TxnOutcome, ClientError> {
+        txn.check(self.config.max_value_bytes)?;
+        let id = self.next_write_id().await?;
+        let reply = self
+            .run(|rpc, ctx| {
+                let txn = txn.clone();
+                async move { rpc.txn(ctx, id, txn).await }
+            })
+            .await;
+        Ok(self.end_session_if_expired(reply)?.outcome)
+    }
+
+    /// Sets `key` to `value` only if every compare holds (a one-op transaction).
+    pub async fn put_if(
+        &mut self,
+        compares: Vec<Compare>,
+        key: &str,
+        value: Vec<u8>,
+    ) -> Result<TxnOutcome, ClientError> {
+        self.txn(Txn::put_if(compares, key.to_string(), value))
+            .await
+    }
+
+    /// Removes `key` only if every compare holds.
+    pub async fn delete_if(
+        &mut self,
+        compares: Vec<Compare>,
+        key: &str,
+    ) -> Result<TxnOutcome, ClientError> {
+        self.txn(Txn::delete_if(compares, key.to_string())).await
+    }
+
+    /// Reads `key` with its revisions and the store revision.
+    pub async fn get_meta(&self, key: &str, mode: ReadMode) -> Result<GetMetaReply, ClientError> {
+        check_key(key)?;
+        self.run(|rpc, ctx| {
+            let key = key.to_string();
+            async move { rpc.get_meta(ctx, key, mode).await }
+        })
+        .await
     }
 
     /// Linearizable read of `key`; `None` if it does not exist.

@@ -27,5 +27,9 @@ pub use config::{
     DEFAULT_REPLICA_COUNT, DEFAULT_TIMEOUT,
 };
 pub use error::{format_addrs, ClientError};
-pub use paxoskv::{InvalidInput, Outcome};
-pub use paxoskv_service::{GetReply, KeyRange, KvError, ReadMode, ReplicaStatus, ScanPage};
+pub use paxoskv::{
+    Check, CmpOp, Compare, InvalidInput, KeyMeta, Outcome, Txn, TxnOp, TxnOutcome, TxnResult,
+};
+pub use paxoskv_service::{
+    GetMetaReply, GetReply, KeyRange, KvError, ReadMode, ReplicaStatus, ScanPage, TxnReply,
+};

@@ -351,3 +351,68 @@ fn prepopulate_is_silent_without_a_terminal() {
     let run = paxoskv(&cluster.servers(), &["get", "key20"], b"");
     assert_eq!(run.stdout, b"value20");
 }
+
+/// Conditional writes and `txn` as a user runs them: a held condition prints OK and exits 0,
+/// a failed one prints why and exits 3 (not an error), and `get -w json` shows the revisions.
+#[test]
+fn conditional_writes_and_txn_exit_3_when_the_condition_fails() {
+    let cluster = Cluster::start();
+    let s = cluster.servers();
+    let created = paxoskv(&s, &["put", "n", "1", "--if-absent"], b"");
+    assert_eq!(
+        (created.code, created.out()),
+        (0, "OK (revision 1)\n".into())
+    );
+    let again = paxoskv(&s, &["put", "n", "1", "--if-absent"], b"");
+    assert_eq!(again.code, 3, "{}", again.stderr);
+    assert_eq!(again.out(), "condition failed: n not written\n");
+    assert_eq!(
+        paxoskv(&s, &["put", "n", "2", "--if-version", "1"], b"").code,
+        0
+    );
+    assert_eq!(
+        paxoskv(&s, &["put", "n", "3", "--if-version", "1"], b"").code,
+        3
+    );
+    assert_eq!(
+        paxoskv(&s, &["put", "n", "3", "--if-value", "2"], b"").code,
+        0
+    );
+    let meta = paxoskv(&s, &["-w", "json", "get", "n"], b"");
+    assert_eq!(meta.code, 0, "{}", meta.stderr);
+    let json: serde_json::Value = serde_json::from_slice(&meta.stdout).expect("json");
+    assert_eq!(json["value"], "3");
+    assert_eq!(json["version"], 3);
+    assert_eq!(json["create_revision"], 1);
+    assert_eq!(json["mod_revision"], 3);
+    let shown = paxoskv(&s, &["get", "n", "--show-meta"], b"");
+    assert_eq!(
+        shown.out(),
+        "3\ncreate_revision=1 mod_revision=3 version=3\n"
+    );
+    assert_eq!(
+        paxoskv(&s, &["delete", "n", "--if-version", "2"], b"").code,
+        3
+    );
+
+    // The README's example, as written.
+    let text = b"if version(k1) == 3\nif value(k2) == \"x\"\nif absent(k3)\n\
+                 then put k1 \"v\"\nthen delete k2\nelse get k1\n";
+    let failed = paxoskv(&s, &["txn"], text);
+    assert_eq!(failed.code, 3, "{}", failed.stderr);
+    assert_eq!(failed.out(), "FAILED (revision 3)\nget k1: not found\n");
+    let ok = paxoskv(
+        &s,
+        &["txn"],
+        b"if absent(k1)\nthen put k1 \"v\"\nthen get k1\n",
+    );
+    assert_eq!(ok.code, 0, "{}", ok.stderr);
+    assert_eq!(
+        ok.out(),
+        "SUCCEEDED (revision 4)\nput k1: created\n\
+         get k1: v (create_revision=4 mod_revision=4 version=1)\n"
+    );
+    let bad = paxoskv(&s, &["txn"], b"if version(k1) ~ 3\n");
+    assert_eq!(bad.code, 2);
+    assert!(bad.stderr.contains("line 1"), "{}", bad.stderr);
+}

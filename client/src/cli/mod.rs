@@ -8,6 +8,7 @@ mod output;
 mod plot;
 mod repl;
 mod status;
+mod txn;
 
 use anyhow::Context as _;
 use clap::{CommandFactory, Parser, Subcommand};
@@ -27,6 +28,8 @@ pub(crate) use output::describe_outcome;
 pub const EXIT_NOT_FOUND: u8 = 1;
 /// Exit status of any error.
 pub const EXIT_ERROR: u8 = 2;
+/// Exit status of a conditional write or transaction whose condition did not hold.
+pub const EXIT_CONDITION_FAILED: u8 = 3;
 
 const LONG_ABOUT: &str = "\
 Command-line client of paxoskv, a key-value store replicated on five servers with Multi-Paxos.
@@ -48,10 +51,14 @@ Examples:
   paxoskv scan user/ --limit 50          key=value lines of keys starting with user/
   paxoskv count user/                    how many keys start with user/
   paxoskv status                         one row per replica; exit 2 without a majority
+  paxoskv get color --show-meta          value, then create_revision, mod_revision, version
+  paxoskv put n 2 --if-version 1         write only if n is at version 1 (else exit 3)
+  paxoskv put lock me --if-absent        write only if lock does not exist
+  printf 'if absent(a)\nthen put a 1\n' | paxoskv txn
   PAXOSKV_SERVERS=h1:15000,h2:15000 paxoskv get k
   paxoskv --cacert certs/ca.pem --cert certs/client.pem --key certs/client-key.pem get k
 
-Exit status: 0 success, 1 key not found, 2 any error.";
+Exit status: 0 success, 1 key not found, 2 any error, 3 a condition (--if-*, txn) failed.";
 
 /// Command-line client of the paxoskv replicated key-value store.
 #[derive(Debug, Parser)]
@@ -120,6 +127,15 @@ enum Command {
         /// Read the value from this file, byte for byte.
         #[arg(long, value_name = "FILE")]
         file: Option<PathBuf>,
+        /// Write only if KEY's version is N (0: absent); else print why and exit 3.
+        #[arg(long, value_name = "N")]
+        if_version: Option<u64>,
+        /// Write only if KEY does not exist; else exit 3.
+        #[arg(long)]
+        if_absent: bool,
+        /// Write only if KEY's value is V; else exit 3.
+        #[arg(long, value_name = "V")]
+        if_value: Option<String>,
     },
     /// Print KEY's value as raw bytes; "not found" goes to stderr with exit status 1.
     Get {
@@ -128,6 +144,9 @@ enum Command {
         /// Read the contacted replica's local state (may be stale).
         #[arg(long)]
         stale: bool,
+        /// Also print create_revision, mod_revision and version (-w json always does).
+        #[arg(long)]
+        show_meta: bool,
     },
     /// Print the keys starting with PREFIX in byte order as key=value lines (-w json: one
     /// object), following continuations up to --limit; "more" on stderr if the range holds more.
@@ -153,7 +172,13 @@ enum Command {
     Delete {
         /// The key.
         key: String,
+        /// Delete only if KEY's version is N; else print why and exit 3.
+        #[arg(long, value_name = "N")]
+        if_version: Option<u64>,
     },
+    /// Run a transaction read from stdin (if/then/else lines, see README "Data model");
+    /// exit 3 when its compares did not hold (the else ops ran).
+    Txn,
     /// Write key1..keyN = value1..valueN (a progress bar on a terminal).
     Prepopulate {
         /// How many keys.
@@ -214,14 +239,42 @@ pub async fn run(args: Args) -> anyhow::Result<u8> {
     };
     let mut client = Client::connect(config)?;
     match command {
-        Command::Put { key, value, file } => {
+        Command::Put {
+            key,
+            value,
+            file,
+            if_version,
+            if_absent,
+            if_value,
+        } => {
             let key = encoding.decode_key(&key)?;
             let value = put_value(&client, encoding, value, file)?;
-            cmd_put(&mut client, &key, value, format).await
+            let compares = txn::conditions(&key, if_version, if_absent, if_value);
+            if compares.is_empty() {
+                cmd_put(&mut client, &key, value, format).await
+            } else {
+                let put = paxoskv_client::Txn::put_if(compares, key.clone(), value);
+                txn::cmd_conditional(&mut client, put, &key, format).await
+            }
         }
-        Command::Get { key, stale } => {
+        Command::Get {
+            key,
+            stale,
+            show_meta,
+        } => {
             let key = encoding.decode_key(&key)?;
-            cmd_get(&client, &key, stale, format, encoding).await
+            if show_meta || format == Format::Json {
+                txn::cmd_get_meta(&client, &key, read_mode(stale), format, encoding).await
+            } else {
+                cmd_get(&client, &key, stale, format, encoding).await
+            }
+        }
+        Command::Txn => {
+            let mut text = String::new();
+            std::io::Read::read_to_string(&mut std::io::stdin(), &mut text)
+                .context("cannot read the transaction from stdin")?;
+            let parsed = txn::parse_txn(&text).context("bad transaction")?;
+            txn::cmd_txn(&mut client, parsed, format).await
         }
         Command::Scan {
             prefix,
@@ -248,9 +301,16 @@ pub async fn run(args: Args) -> anyhow::Result<u8> {
             }
             Ok(0)
         }
-        Command::Delete { key } => {
+        Command::Delete { key, if_version } => {
             let key = encoding.decode_key(&key)?;
-            cmd_delete(&mut client, &key, format).await
+            match if_version {
+                None => cmd_delete(&mut client, &key, format).await,
+                Some(n) => {
+                    let compares = txn::conditions(&key, Some(n), false, None);
+                    let delete = paxoskv_client::Txn::delete_if(compares, key.clone());
+                    txn::cmd_conditional(&mut client, delete, &key, format).await
+                }
+            }
         }
         Command::Prepopulate {
             count,
