@@ -400,20 +400,73 @@ impl KvServer {
     /// leader when this replica is a follower that knows it: for front ends whose clients
     /// cannot follow a `NotLeader` hint (RESP).
     pub async fn get_via_leader(&self, key: String, budget: Duration) -> Result<GetReply, KvError> {
-        let started = Instant::now();
-        let mut ctx = tarpc::context::current();
-        ctx.deadline = started + budget;
-        match self
+        let (ctx, started) = read_context(budget);
+        let local = self.clone().get(ctx, key.clone(), ReadMode::Linearizable);
+        self.or_on_leader(local.await, started, budget, |peer, left| async move {
+            peer.forward_get(key, left).await
+        })
+        .await
+    }
+
+    /// A linearizable scan through the same path as `KvRpc::scan`, forwarded once to the
+    /// leader when this replica is a follower that knows it (for RESP, as `get_via_leader`).
+    pub async fn scan_via_leader(
+        &self,
+        range: KeyRange,
+        after: Option<String>,
+        limit: u32,
+        budget: Duration,
+    ) -> Result<ScanReply, KvError> {
+        let (ctx, started) = read_context(budget);
+        let local = self.clone().scan(
+            ctx,
+            range.clone(),
+            after.clone(),
+            limit,
+            ReadMode::Linearizable,
+        );
+        self.or_on_leader(local.await, started, budget, |peer, left| async move {
+            peer.forward_scan(range, after, limit, left).await
+        })
+        .await
+    }
+
+    /// A linearizable count through the same path as `KvRpc::count`, forwarded once to
+    /// the leader when this replica is a follower that knows it.
+    pub async fn count_via_leader(
+        &self,
+        range: KeyRange,
+        budget: Duration,
+    ) -> Result<CountReply, KvError> {
+        let (ctx, started) = read_context(budget);
+        let local = self
             .clone()
-            .get(ctx, key.clone(), ReadMode::Linearizable)
-            .await
-        {
+            .count(ctx, range.clone(), ReadMode::Linearizable);
+        self.or_on_leader(local.await, started, budget, |peer, left| async move {
+            peer.forward_count(range, left).await
+        })
+        .await
+    }
+
+    /// `local` unless it says another replica leads: then `forward` asks that leader once,
+    /// with what is left of `budget`.
+    async fn or_on_leader<T, F, Fut>(
+        &self,
+        local: Result<T, KvError>,
+        started: Instant,
+        budget: Duration,
+        forward: F,
+    ) -> Result<T, KvError>
+    where
+        F: FnOnce(Arc<PeerLink>, Duration) -> Fut,
+        Fut: std::future::Future<Output = Result<T, KvError>>,
+    {
+        match local {
             Err(KvError::NotLeader {
                 leader: Some(l), ..
             }) if l != self.0.id => match self.0.peers.get(l as usize) {
                 Some(Some(peer)) => {
-                    peer.forward_get(key, budget.saturating_sub(started.elapsed()))
-                        .await
+                    forward(peer.clone(), budget.saturating_sub(started.elapsed())).await
                 }
                 _ => Err(KvError::NotLeader {
                     leader: None,
@@ -425,72 +478,12 @@ impl KvServer {
     }
 }
 
-impl KvServer {
-    /// A linearizable scan through the same path as `KvRpc::scan`, forwarded once to the
-    /// leader when this replica is a follower that knows it (for RESP, as `get_via_leader`).
-    pub async fn scan_via_leader(
-        &self,
-        range: KeyRange,
-        after: Option<String>,
-        limit: u32,
-        budget: Duration,
-    ) -> Result<ScanReply, KvError> {
-        let started = Instant::now();
-        let mut ctx = tarpc::context::current();
-        ctx.deadline = started + budget;
-        let local = self.clone().scan(
-            ctx,
-            range.clone(),
-            after.clone(),
-            limit,
-            ReadMode::Linearizable,
-        );
-        match local.await {
-            Err(KvError::NotLeader {
-                leader: Some(l), ..
-            }) if l != self.0.id => match self.0.peers.get(l as usize) {
-                Some(Some(peer)) => {
-                    let left = budget.saturating_sub(started.elapsed());
-                    peer.forward_scan(range, after, limit, left).await
-                }
-                _ => Err(KvError::NotLeader {
-                    leader: None,
-                    leader_addr: None,
-                }),
-            },
-            other => other,
-        }
-    }
-
-    /// A linearizable count through the same path as `KvRpc::count`, forwarded once to
-    /// the leader when this replica is a follower that knows it.
-    pub async fn count_via_leader(
-        &self,
-        range: KeyRange,
-        budget: Duration,
-    ) -> Result<CountReply, KvError> {
-        let started = Instant::now();
-        let mut ctx = tarpc::context::current();
-        ctx.deadline = started + budget;
-        let local = self
-            .clone()
-            .count(ctx, range.clone(), ReadMode::Linearizable);
-        match local.await {
-            Err(KvError::NotLeader {
-                leader: Some(l), ..
-            }) if l != self.0.id => match self.0.peers.get(l as usize) {
-                Some(Some(peer)) => {
-                    let left = budget.saturating_sub(started.elapsed());
-                    peer.forward_count(range, left).await
-                }
-                _ => Err(KvError::NotLeader {
-                    leader: None,
-                    leader_addr: None,
-                }),
-            },
-            other => other,
-        }
-    }
+/// The context of a read that must end within `budget` from now.
+fn read_context(budget: Duration) -> (tarpc::context::Context, Instant) {
+    let started = Instant::now();
+    let mut ctx = tarpc::context::current();
+    ctx.deadline = started + budget;
+    (ctx, started)
 }
 
 fn map_failure(reply: ClientReply, seq: u64) -> KvError {
