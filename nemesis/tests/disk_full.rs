@@ -316,22 +316,7 @@ async fn full_disk_fences_once_and_recovers_without_loss() {
         );
     }
     // The victim catches up with the others.
-    let deadline = Instant::now() + Duration::from_secs(30);
-    let converged = loop {
-        let views: Vec<_> = reader
-            .status_all()
-            .await
-            .into_iter()
-            .map(|(_, s)| s.ok().map(|s| (s.applied_through, s.map_digest)))
-            .collect();
-        if views.iter().all(|v| v.is_some() && *v == views[0]) {
-            break true;
-        }
-        if Instant::now() > deadline {
-            break false;
-        }
-        tokio::time::sleep(Duration::from_millis(200)).await;
-    };
+    let converged = support::replicas_agree(&reader, Duration::from_secs(30)).await;
     drop(procs);
     assert!(converged, "the unfenced replica did not catch up");
 }

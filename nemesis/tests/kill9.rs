@@ -120,20 +120,7 @@ async fn kill_all_during_writes_loses_no_acknowledged_write() {
             "acknowledged write {key} lost"
         );
     }
-    let deadline = Instant::now() + Duration::from_secs(15);
-    let agreed = loop {
-        let views: Vec<_> = reader
-            .status_all()
-            .await
-            .into_iter()
-            .map(|(_, s)| s.ok().map(|s| (s.applied_through, s.map_digest)))
-            .collect();
-        let same = views.iter().all(|v| v.is_some() && *v == views[0]);
-        if same || Instant::now() > deadline {
-            break same;
-        }
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    };
+    let agreed = support::replicas_agree(&reader, Duration::from_secs(15)).await;
     drop(children);
     assert!(agreed, "replicas did not converge after restart");
     println!(

@@ -321,3 +321,25 @@ pub fn wait_announced(child: &mut Child, within: Duration) {
     });
     rx.recv_timeout(within).expect("replica announced itself");
 }
+
+/// Polls every replica's status until all answer with the same applied prefix and map digest,
+/// or `within` passes; true if they agreed.
+#[allow(dead_code)]
+pub async fn replicas_agree(reader: &paxoskv_client::Client, within: Duration) -> bool {
+    let deadline = std::time::Instant::now() + within;
+    loop {
+        let views: Vec<_> = reader
+            .status_all()
+            .await
+            .into_iter()
+            .map(|(_, s)| s.ok().map(|s| (s.applied_through, s.map_digest)))
+            .collect();
+        if views.iter().all(|v| v.is_some() && *v == views[0]) {
+            return true;
+        }
+        if std::time::Instant::now() > deadline {
+            return false;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
