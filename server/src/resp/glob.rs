@@ -112,6 +112,59 @@ fn class(pattern: &[u8], open: usize, byte: u8) -> (bool, usize) {
 mod tests {
     use super::*;
 
+    /// Every pattern of up to 4 bytes from the special characters, against every text of up
+    /// to 3 bytes: no panic on any client pattern, and every match starts with the literal
+    /// prefix (KEYS and SCAN read only that range, so a match outside it would be lost).
+    #[test]
+    fn every_short_pattern_is_safe_and_matches_only_under_its_prefix() {
+        const PATTERN_BYTES: &[u8] = b"a*?[]^-\\";
+        const TEXT_BYTES: &[u8] = b"a-]";
+        let mut patterns: Vec<Vec<u8>> = vec![Vec::new()];
+        for _ in 0..4 {
+            let longer: Vec<Vec<u8>> = patterns
+                .iter()
+                .filter(|p| p.len() == patterns.last().map_or(0, |l| l.len()))
+                .flat_map(|p| {
+                    PATTERN_BYTES.iter().map(move |&b| {
+                        let mut q = p.clone();
+                        q.push(b);
+                        q
+                    })
+                })
+                .collect();
+            patterns.extend(longer);
+        }
+        let mut texts: Vec<Vec<u8>> = vec![Vec::new()];
+        for _ in 0..3 {
+            let longer: Vec<Vec<u8>> = texts
+                .iter()
+                .filter(|t| t.len() == texts.last().map_or(0, |l| l.len()))
+                .flat_map(|t| {
+                    TEXT_BYTES.iter().map(move |&b| {
+                        let mut u = t.clone();
+                        u.push(b);
+                        u
+                    })
+                })
+                .collect();
+            texts.extend(longer);
+        }
+        let mut matched = 0;
+        for pattern in &patterns {
+            let prefix = literal_prefix(pattern);
+            for text in &texts {
+                if matches(pattern, text) {
+                    matched += 1;
+                    assert!(
+                        text.starts_with(&prefix),
+                        "{pattern:?} matched {text:?} outside its prefix {prefix:?}"
+                    );
+                }
+            }
+        }
+        assert!(matched > 0);
+    }
+
     fn m(pattern: &str, text: &str) -> bool {
         matches(pattern.as_bytes(), text.as_bytes())
     }
