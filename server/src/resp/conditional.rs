@@ -38,7 +38,16 @@ pub struct TxnAnswer {
 }
 
 /// Attempts of one read-modify-write (INCR, APPEND) before it gives up under contention.
-pub const MAX_CAS_ATTEMPTS: usize = 16;
+pub const MAX_CAS_ATTEMPTS: usize = 256;
+
+/// Time one read-modify-write may spend retrying before it answers `-BUSY`. A client whose
+/// writes travel further (through a follower) loses every race to one that talks to the
+/// leader, so a count alone starves it while the other keeps writing; a deadline with
+/// growing random pauses lets it in once the others pause or finish.
+pub const MAX_CAS_WAIT_MS: u64 = 5_000;
+
+/// Longest random pause between two attempts.
+const MAX_CAS_BACKOFF_MS: u64 = 32;
 
 /// `SET key value [NX|XX] [GET] [EX s|PX ms|EXAT|PXAT|KEEPTTL]`.
 pub async fn set<B: Backend>(backend: &mut B, args: &[Vec<u8>]) -> Reply {
@@ -219,7 +228,14 @@ where
     F: Fn(Option<&Vec<u8>>) -> Result<(Vec<u8>, Reply), Reply>,
 {
     let mut current = backend.get(key.clone()).await.map_err(|e| kv_error(&e))?;
-    for _ in 0..MAX_CAS_ATTEMPTS {
+    let deadline = tokio::time::Instant::now() + std::time::Duration::from_millis(MAX_CAS_WAIT_MS);
+    for attempt in 0..MAX_CAS_ATTEMPTS {
+        if attempt > 0 {
+            if tokio::time::Instant::now() >= deadline {
+                break;
+            }
+            tokio::time::sleep(cas_backoff(attempt)).await;
+        }
         let (new, reply) = change(current.as_ref())?;
         let compare = match &current {
             None => Compare::Absent(key.clone()),
@@ -237,6 +253,14 @@ where
         current = answer.gets.into_iter().next().flatten();
     }
     Err(kv_error(&KvError::Busy(format!(
-        "the key changed under {MAX_CAS_ATTEMPTS} compare-and-swap attempts in a row; try again"
+        "the key kept changing under compare-and-swap for {MAX_CAS_WAIT_MS} ms; try again"
     ))))
+}
+
+/// A random pause before attempt `attempt` (from 1): up to 1, 2, 4 ... 32 ms.
+fn cas_backoff(attempt: usize) -> std::time::Duration {
+    use rand::Rng;
+    let cap_ms = (1u64 << attempt.min(5)).min(MAX_CAS_BACKOFF_MS);
+    let micros = rand::thread_rng().gen_range(0..=cap_ms * 1_000);
+    std::time::Duration::from_micros(micros)
 }
