@@ -839,7 +839,12 @@ mod tests {
 
     fn run(conn: &mut Connection, store: &mut Memory, words: &[&str]) -> Reply {
         let args = words.iter().map(|w| w.as_bytes().to_vec()).collect();
-        futures::executor::block_on(conn.execute(store, args))
+        // A runtime with a clock: the compare-and-swap retry pauses with tokio's timer.
+        let runtime = tokio::runtime::Builder::new_current_thread()
+            .enable_time()
+            .build()
+            .expect("test runtime");
+        runtime.block_on(conn.execute(store, args))
     }
 
     fn bulk(s: &str) -> Reply {
