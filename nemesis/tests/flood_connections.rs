@@ -8,7 +8,7 @@ mod support;
 
 use paxoskv_client::{Client, ClientConfig};
 use paxoskv_service::{connect_kv, KvRpcRequest, KvRpcResponse};
-use std::net::{IpAddr, Ipv4Addr, SocketAddr, TcpListener};
+use std::net::{IpAddr, Ipv4Addr, SocketAddr};
 use std::path::PathBuf;
 use std::pin::Pin;
 use std::process::{Child, Command, Stdio};
@@ -46,10 +46,7 @@ impl Drop for Cluster {
 }
 
 fn free_addrs(n: usize) -> Vec<SocketAddr> {
-    let listeners: Vec<TcpListener> = (0..n)
-        .map(|_| TcpListener::bind("127.0.0.1:0").unwrap())
-        .collect();
-    listeners.iter().map(|l| l.local_addr().unwrap()).collect()
+    paxoskv_server::ports::free_loopback_addrs(n).expect("free loopback ports")
 }
 
 impl Cluster {

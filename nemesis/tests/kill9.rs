@@ -5,17 +5,14 @@ mod support;
 
 use paxoskv_client::{Client, ClientConfig};
 use std::io::{BufRead, BufReader};
-use std::net::{SocketAddr, TcpListener};
+use std::net::SocketAddr;
 use std::path::Path;
 use std::process::{Child, Command, Stdio};
 use std::sync::mpsc;
 use std::time::{Duration, Instant};
 
 fn free_addrs(n: usize) -> Vec<SocketAddr> {
-    let listeners: Vec<TcpListener> = (0..n)
-        .map(|_| TcpListener::bind("127.0.0.1:0").unwrap())
-        .collect();
-    listeners.iter().map(|l| l.local_addr().unwrap()).collect()
+    paxoskv_server::ports::free_loopback_addrs(n).expect("free loopback ports")
 }
 
 /// Starts replica `id` as its own process and waits (bounded) until it listens.

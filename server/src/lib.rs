@@ -13,6 +13,7 @@ pub mod metrics;
 pub mod metrics_http;
 pub mod node;
 pub mod peer;
+pub mod ports;
 pub mod refusals;
 pub mod resp;
 pub mod rpc;

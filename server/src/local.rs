@@ -25,6 +25,9 @@ pub struct LocalCluster {
     /// Every replica's address, by id.
     pub addrs: Vec<SocketAddr>,
     running: Vec<Option<Running>>,
+    /// Listeners bound at start and not yet handed to a replica (no gap for another socket to
+    /// take the port).
+    reserved: Vec<Option<std::net::TcpListener>>,
     /// Replica directories (durable clusters only).
     dirs: Option<Vec<PathBuf>>,
     faults: Vec<FaultInjector>,
@@ -32,14 +35,15 @@ pub struct LocalCluster {
 }
 
 impl LocalCluster {
-    /// Starts `n` in-memory replicas on `127.0.0.1:0`; `configure` adjusts each one's options.
+    /// Starts `n` in-memory replicas on free loopback ports; `configure` adjusts each one's options.
     pub async fn start(
         n: u32,
         configure: impl Fn(&mut ReplicaOptions) + Send + Sync + 'static,
     ) -> io::Result<LocalCluster> {
         let mut c = Self::bind(n, None, Box::new(configure)).await?;
         for id in 0..n as usize {
-            c.launch_memory(id, c.take_listener(id).await?);
+            let listener = c.take_listener(id).await?;
+            c.launch_memory(id, listener);
         }
         Ok(c)
     }
@@ -65,22 +69,31 @@ impl LocalCluster {
         dirs: Option<Vec<PathBuf>>,
         configure: Configure,
     ) -> io::Result<LocalCluster> {
-        let mut addrs = Vec::new();
-        for _ in 0..n {
-            // Bind and release to learn free ports; each replica rebinds its own.
-            addrs.push(TcpListener::bind("127.0.0.1:0").await?.local_addr()?);
-        }
+        let reserved = crate::ports::reserve_loopback(n as usize)?;
+        let addrs = reserved
+            .iter()
+            .map(std::net::TcpListener::local_addr)
+            .collect::<io::Result<_>>()?;
         Ok(LocalCluster {
             addrs,
             running: (0..n).map(|_| None).collect(),
+            reserved: reserved.into_iter().map(Some).collect(),
             dirs,
             faults: (0..n).map(|_| FaultInjector::new()).collect(),
             configure,
         })
     }
 
-    async fn take_listener(&self, id: usize) -> io::Result<TcpListener> {
-        TcpListener::bind(self.addrs[id]).await
+    /// The reserved listener on first start; a restart rebinds the old address, which lies
+    /// outside the ephemeral range so no outgoing connection took it meanwhile.
+    async fn take_listener(&mut self, id: usize) -> io::Result<TcpListener> {
+        match self.reserved[id].take() {
+            Some(l) => {
+                l.set_nonblocking(true)?;
+                TcpListener::from_std(l)
+            }
+            None => TcpListener::bind(self.addrs[id]).await,
+        }
     }
 
     fn options(&self, id: usize) -> ReplicaOptions {

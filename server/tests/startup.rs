@@ -7,24 +7,9 @@ use std::time::Duration;
 
 const SERVER: &str = env!("CARGO_BIN_EXE_paxoskv-server");
 
-/// Five consecutive free ports (bounded search), with the listeners that hold them.
+/// Five consecutive free ports, with the listeners that hold them.
 fn five_ports() -> (u16, Vec<TcpListener>) {
-    for _ in 0..50 {
-        let first = TcpListener::bind("127.0.0.1:0").expect("bind");
-        let base = first.local_addr().expect("addr").port();
-        if base > u16::MAX - 5 {
-            continue;
-        }
-        let rest: Vec<_> = (1..5)
-            .filter_map(|i| TcpListener::bind(("127.0.0.1", base + i)).ok())
-            .collect();
-        if rest.len() == 4 {
-            let mut held = vec![first];
-            held.extend(rest);
-            return (base, held);
-        }
-    }
-    panic!("no five consecutive free ports");
+    paxoskv_server::ports::reserve_port_block(5).expect("five consecutive free ports")
 }
 
 struct Killed(Child);

@@ -320,14 +320,23 @@ fn die_with_parent(cmd: &mut Command) {
 fn die_with_parent(_cmd: &mut Command) {}
 
 fn free_addrs(n: usize) -> Result<Vec<SocketAddr>> {
-    let listeners = (0..n)
-        .map(|_| TcpListener::bind("127.0.0.1:0"))
-        .collect::<std::io::Result<Vec<_>>>()
-        .context("cannot find free ports")?;
-    Ok(listeners
-        .iter()
-        .map(|l| l.local_addr())
-        .collect::<std::io::Result<Vec<_>>>()?)
+    // Below Linux's ephemeral range (32768..): a released port-0 port can be handed to the
+    // next outgoing connection before the replica process binds it.
+    let mut rng = rand::thread_rng();
+    let mut held: Vec<TcpListener> = Vec::with_capacity(n);
+    for _ in 0..2_000 {
+        if held.len() == n {
+            break;
+        }
+        let port = rand::Rng::gen_range(&mut rng, 10_000..32_768u16);
+        if let Ok(l) = TcpListener::bind(("127.0.0.1", port)) {
+            held.push(l);
+        }
+    }
+    anyhow::ensure!(held.len() == n, "cannot find {n} free ports");
+    held.iter()
+        .map(|l| l.local_addr().context("local address"))
+        .collect()
 }
 
 fn tail(path: &Path, bytes: u64) -> String {

@@ -110,13 +110,7 @@ pub async fn demo_sequence(c: &mut paxoskv_client::Client) {
 /// `n` loopback addresses that were free a moment ago.
 #[allow(dead_code)]
 pub fn free_addrs(n: usize) -> Vec<std::net::SocketAddr> {
-    let listeners: Vec<std::net::TcpListener> = (0..n)
-        .map(|_| std::net::TcpListener::bind("127.0.0.1:0").expect("bind a free loopback port"))
-        .collect();
-    listeners
-        .iter()
-        .map(|l| l.local_addr().expect("local address"))
-        .collect()
+    paxoskv_server::ports::free_loopback_addrs(n).expect("free loopback ports")
 }
 
 /// Runs `paxoskv-server gen-certs --dir DIR --replicas N` (hosts: 127.0.0.1).
