@@ -25,8 +25,11 @@ struct Entry {
 /// map's length, this one starts with a length no map can have, then a format number.
 const FORMAT_MARK: u64 = u64::MAX;
 
-/// The encoding with per-key meta and the store revision.
+/// The encoding with per-key meta and the store revision, digest with the FNV entry hash.
 const FORMAT_REVISIONS: u64 = 2;
+
+/// The same encoding, digest with the xxh3 entry hash ([`entry_hash`]).
+const FORMAT_XXH3: u64 = 3;
 
 /// Most entries one scan returns.
 pub const MAX_SCAN_LIMIT: usize = 10_000;
@@ -408,27 +411,32 @@ impl KvState {
     }
 
     /// True if this state (from a peer's snapshot or the disk, so untrusted) is one that
-    /// applying commands up to `through` can produce: the session table and its age index
-    /// agree and respect the bound, no session is newer than `through`, and the digest
-    /// matches the map. Anything else would trip this type's own invariants later.
+    /// applying commands up to `through` can produce: [`Self::sessions_consistent`], every
+    /// key's revisions are ordered and not newer than the store's, and the digest matches
+    /// the entries. Decoding already checks the entries (see the `encoding` module), so
+    /// recovery needs only the session part; this full pass is for tests and the simulator.
     pub fn is_consistent(&self, through: Slot) -> bool {
+        let revision = self.revision;
+        let meta_ok = self.map.values().all(|e| meta_ok(e.meta, revision));
+        let digest = self.map.iter().fold(0, |d, (k, e)| d ^ entry_hash(k, e));
+        self.sessions_consistent(through) && meta_ok && digest == self.digest
+    }
+
+    /// The part of [`Self::is_consistent`] that decoding cannot check alone: the session
+    /// table and its age index agree and respect the bound, no session is newer than
+    /// `through`, and the session digest matches. Proportional to the sessions, not the map.
+    pub fn sessions_consistent(&self, through: Slot) -> bool {
         let sessions_ok = self.max_sessions > 0
             && self.sessions.len() <= self.max_sessions
             && self.session_age.len() == self.sessions.len()
             && self.sessions.iter().all(|(&id, s)| {
                 s.last_slot <= through && self.session_age.contains(&(s.last_slot, id))
             });
-        let revision = self.revision;
-        let meta_ok = self.map.values().all(|e| {
-            let m = e.meta;
-            m.version >= 1 && m.create_revision <= m.mod_revision && m.mod_revision <= revision
-        });
-        let digest = self.map.iter().fold(0, |d, (k, e)| d ^ entry_hash(k, e));
         let session_digest = self
             .sessions
             .iter()
             .fold(0, |d, (&id, s)| d ^ session_hash(id, s));
-        sessions_ok && meta_ok && digest == self.digest && session_digest == self.session_digest
+        sessions_ok && session_digest == self.session_digest
     }
 
     fn remember(&mut self, slot: Slot, id: CommandId, outcome: Outcome) {
@@ -456,20 +464,24 @@ impl KvState {
 }
 
 /// The snapshot encoding of [`KvState`], a tuple. The current one: [`FORMAT_MARK`],
-/// [`FORMAT_REVISIONS`], the revision, the entries (a sequence of key, value bytes,
-/// create_revision, mod_revision, version), then the session tail. The older one (before
-/// revisions): the map (key to value bytes), then the same tail (sessions, session age,
-/// max_sessions, digest, session_digest). An older snapshot loads with every key at version
-/// 1 and revisions 0; its digest is checked with the older entry hash, then recomputed.
-/// Nothing is preallocated from a length the input claims: entries are inserted one by one.
+/// [`FORMAT_XXH3`], the revision, the entries (a sequence of key, value bytes,
+/// create_revision, mod_revision, version), then the session tail (sessions, session age,
+/// max_sessions, digest, session_digest). [`FORMAT_REVISIONS`] is the same with the FNV
+/// entry hash in the digest. The oldest (before revisions): the map (key to value bytes),
+/// then the same tail; it loads with every key at version 1 and revisions 0.
+///
+/// Decoding checks the entries in the pass that reads them: each key's revisions fit the
+/// store's, and the digest of the entries is the one stored (an older format's digest is
+/// checked with its own hash, then recomputed). Nothing is preallocated from a length the
+/// input claims: entries are inserted one by one.
 mod encoding {
     use super::{
-        bounded, entry_hash, old_entry_hash, Entry, KvState, Map, Session, FORMAT_MARK,
-        FORMAT_REVISIONS,
+        bounded, entry_hash, fnv_entry_hash, meta_ok, old_entry_hash, Entry, KvState, Map, Session,
+        FORMAT_MARK, FORMAT_REVISIONS, FORMAT_XXH3,
     };
     use crate::types::{KeyMeta, Slot};
     use imbl::{OrdMap, OrdSet};
-    use serde::de::{self, Deserialize, Deserializer, SeqAccess, Visitor};
+    use serde::de::{self, Deserialize, DeserializeSeed, Deserializer, SeqAccess, Visitor};
     use serde::ser::{Serialize, SerializeTuple, Serializer};
     use std::fmt;
 
@@ -487,19 +499,36 @@ mod encoding {
         }
     }
 
-    struct EntriesIn(Map);
+    /// Which entry hash a snapshot's digest was made with.
+    #[derive(Clone, Copy, PartialEq, Eq)]
+    enum EntryHash {
+        Fnv,
+        Xxh3,
+    }
 
-    impl<'de> Deserialize<'de> for EntriesIn {
-        fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
-            d.deserialize_seq(EntriesVisitor)
+    /// The entries, and the digest of them in the snapshot's hash.
+    struct EntriesIn {
+        map: Map,
+        digest: u64,
+    }
+
+    /// Reads the entries of a store at `revision`.
+    struct EntriesSeed {
+        hash: EntryHash,
+        revision: u64,
+    }
+
+    impl<'de> DeserializeSeed<'de> for EntriesSeed {
+        type Value = EntriesIn;
+
+        fn deserialize<D: Deserializer<'de>>(self, d: D) -> Result<EntriesIn, D::Error> {
+            d.deserialize_seq(self)
         }
     }
 
-    struct EntriesVisitor;
-
     type EncodedEntry = (String, serde_bytes::ByteBuf, u64, u64, u64);
 
-    impl<'de> Visitor<'de> for EntriesVisitor {
+    impl<'de> Visitor<'de> for EntriesSeed {
         type Value = EntriesIn;
 
         fn expecting(&self, f: &mut fmt::Formatter) -> fmt::Result {
@@ -508,6 +537,7 @@ mod encoding {
 
         fn visit_seq<A: SeqAccess<'de>>(self, mut a: A) -> Result<Self::Value, A::Error> {
             let mut map = Map::new();
+            let mut digest = 0;
             while let Some((k, v, create_revision, mod_revision, version)) =
                 a.next_element::<EncodedEntry>()?
             {
@@ -516,13 +546,23 @@ mod encoding {
                     mod_revision,
                     version,
                 };
+                if !meta_ok(meta, self.revision) {
+                    return Err(de::Error::custom(format!(
+                        "a key has revisions {meta:?} that a store at revision {} cannot hold",
+                        self.revision
+                    )));
+                }
                 let entry = Entry {
                     value: v.into_vec().into_boxed_slice(),
                     meta,
                 };
+                digest ^= match self.hash {
+                    EntryHash::Fnv => fnv_entry_hash(&k, &entry),
+                    EntryHash::Xxh3 => entry_hash(&k, &entry),
+                };
                 map.insert(k.into_boxed_str(), entry);
             }
-            Ok(EntriesIn(map))
+            Ok(EntriesIn { map, digest })
         }
     }
 
@@ -562,7 +602,7 @@ mod encoding {
         fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
             let mut t = s.serialize_tuple(FIELDS)?;
             t.serialize_element(&FORMAT_MARK)?;
-            t.serialize_element(&FORMAT_REVISIONS)?;
+            t.serialize_element(&FORMAT_XXH3)?;
             t.serialize_element(&self.revision)?;
             t.serialize_element(&EntriesOut(&self.map))?;
             t.serialize_element(&SessionsOut(&self.sessions))?;
@@ -598,16 +638,27 @@ mod encoding {
         fn visit_seq<A: SeqAccess<'de>>(self, mut a: A) -> Result<KvState, A::Error> {
             let first: u64 = next(&mut a)?;
             let mut kv = KvState::default();
-            let old_digest = if first == FORMAT_MARK {
+            let (entries_digest, hash) = if first == FORMAT_MARK {
                 let format: u64 = next(&mut a)?;
-                if format != FORMAT_REVISIONS {
-                    return Err(de::Error::custom(format!(
-                        "unknown key-value state format {format}"
-                    )));
-                }
+                let hash = match format {
+                    FORMAT_REVISIONS => EntryHash::Fnv,
+                    FORMAT_XXH3 => EntryHash::Xxh3,
+                    _ => {
+                        return Err(de::Error::custom(format!(
+                            "unknown key-value state format {format}"
+                        )))
+                    }
+                };
                 kv.revision = next(&mut a)?;
-                kv.map = next::<EntriesIn, _>(&mut a)?.0;
-                None
+                let seed = EntriesSeed {
+                    hash,
+                    revision: kv.revision,
+                };
+                let entries = a
+                    .next_element_seed(seed)?
+                    .ok_or_else(|| de::Error::custom("key-value state ends early"))?;
+                kv.map = entries.map;
+                (entries.digest, hash)
             } else {
                 // `first` is the older map's length, untrusted: each entry is read before
                 // it is counted, so a lie ends in an error at the end of the input.
@@ -625,15 +676,19 @@ mod encoding {
                     };
                     kv.map.insert(k.into_boxed_str(), entry);
                 }
-                Some(digest)
+                (digest, EntryHash::Fnv)
             };
             kv.sessions = next::<SessionsIn, _>(&mut a)?.0;
             kv.session_age = next::<AgeIn, _>(&mut a)?.0;
             kv.max_sessions = next(&mut a)?;
             kv.digest = next(&mut a)?;
             kv.session_digest = next(&mut a)?;
-            if old_digest == Some(kv.digest) {
-                // Checked against the older hash; from now on the hash covers revisions.
+            if entries_digest != kv.digest {
+                return Err(de::Error::custom(
+                    "the entries do not match the key-value state's digest",
+                ));
+            }
+            if hash != EntryHash::Xxh3 {
                 kv.digest = kv.map.iter().fold(0, |d, (k, e)| d ^ entry_hash(k, e));
             }
             Ok(kv)
@@ -771,14 +826,35 @@ fn session_hash(client_id: u64, session: &Session) -> u64 {
     fnv_bytes(&[&bytes])
 }
 
-/// FNV-1a over key, value and meta; XOR of these over all entries is order-independent.
+/// Revisions a stored key can have under a store at `revision`.
+fn meta_ok(m: KeyMeta, revision: u64) -> bool {
+    m.version >= 1 && m.create_revision <= m.mod_revision && m.mod_revision <= revision
+}
+
+/// xxh3 over key, value and meta; XOR of these over all entries is order-independent.
+/// The key's length goes first, so no key/value split of the same bytes collides.
 fn entry_hash(key: &str, entry: &Entry) -> u64 {
-    let m = entry.meta;
+    let mut h = xxhash_rust::xxh3::Xxh3::new();
+    h.update(&meta_bytes(entry.meta));
+    h.update(&(key.len() as u64).to_le_bytes());
+    h.update(key.as_bytes());
+    h.update(&entry.value);
+    h.digest()
+}
+
+/// The entry hash of format 2 (FNV-1a), to check such a snapshot's digest before it is
+/// recomputed with [`entry_hash`].
+fn fnv_entry_hash(key: &str, entry: &Entry) -> u64 {
+    let meta = meta_bytes(entry.meta);
+    fnv_bytes(&[key.as_bytes(), &[0xff], &entry.value, &[0xfe], &meta])
+}
+
+fn meta_bytes(m: KeyMeta) -> [u8; 24] {
     let mut meta = [0u8; 24];
     meta[..8].copy_from_slice(&m.create_revision.to_le_bytes());
     meta[8..16].copy_from_slice(&m.mod_revision.to_le_bytes());
     meta[16..].copy_from_slice(&m.version.to_le_bytes());
-    fnv_bytes(&[key.as_bytes(), &[0xff], &entry.value, &[0xfe], &meta])
+    meta
 }
 
 /// The entry hash of the encoding without revisions (key and value only), to check an old
@@ -811,6 +887,13 @@ mod tests {
                 key: key.into(),
                 value: value.as_bytes().to_vec(),
             },
+        }
+    }
+
+    fn delete(client_id: u64, seq: u64, key: &str) -> Command {
+        Command {
+            id: CommandId { client_id, seq },
+            op: Op::Delete { key: key.into() },
         }
     }
 
@@ -1016,6 +1099,56 @@ mod tests {
         assert_eq!(bincode::deserialize::<KvState>(&bytes).unwrap(), kv);
     }
 
+    /// The format-2 encoding (revisions, FNV digest) of `kv`, as the previous release wrote it;
+    /// `lie` changes one key's mod_revision or the digest.
+    fn format_2(kv: &KvState, mod_revision_lie: u64, digest_lie: u64) -> Vec<u8> {
+        type Entry2 = (String, serde_bytes::ByteBuf, u64, u64, u64);
+        let entries: Vec<Entry2> = kv
+            .map
+            .iter()
+            .map(|(k, e)| {
+                let m = e.meta;
+                let value = serde_bytes::ByteBuf::from(e.value.to_vec());
+                let mod_revision = m.mod_revision + mod_revision_lie;
+                (
+                    k.to_string(),
+                    value,
+                    m.create_revision,
+                    mod_revision,
+                    m.version,
+                )
+            })
+            .collect();
+        let digest = kv.map.iter().fold(0, |d, (k, e)| d ^ fnv_entry_hash(k, e)) ^ digest_lie;
+        let sessions: std::collections::BTreeMap<u64, Session> =
+            kv.sessions.iter().map(|(k, v)| (*k, v.clone())).collect();
+        let age: std::collections::BTreeSet<(Slot, u64)> = kv.session_age.iter().copied().collect();
+        let head = (FORMAT_MARK, FORMAT_REVISIONS, kv.revision, entries);
+        let tail = (sessions, age, kv.max_sessions, digest, kv.session_digest);
+        bincode::serialize(&(head, tail)).unwrap()
+    }
+
+    #[test]
+    fn format_2_with_the_fnv_digest_still_loads_and_lies_do_not() {
+        let mut kv = filled(&["b", "a", "c"], 4);
+        kv.apply(9, &delete(1, 9, "b"));
+        let decoded: KvState = bincode::deserialize(&format_2(&kv, 0, 0)).unwrap();
+        assert_eq!(decoded, kv);
+        assert_eq!(decoded.digest(), kv.digest());
+        assert!(decoded.is_consistent(9));
+        let wrong_digest = bincode::deserialize::<KvState>(&format_2(&kv, 0, 1));
+        assert!(wrong_digest.unwrap_err().to_string().contains("digest"));
+        // A mod_revision beyond the store's revision (the digest made to match) is refused.
+        let future = bincode::deserialize::<KvState>(&format_2(&kv, 100, 0));
+        assert!(future.unwrap_err().to_string().contains("revisions"));
+        // And the current format refuses a flipped digest too.
+        let mut bytes = bincode::serialize(&kv).unwrap();
+        let digest_at = bytes.len() - 16;
+        bytes[digest_at] ^= 1;
+        let err = bincode::deserialize::<KvState>(&bytes).unwrap_err();
+        assert!(err.to_string().contains("digest"), "{err}");
+    }
+
     /// Snapshot files written before the ordered map (std `HashMap`/`BTreeSet`) still load.
     #[test]
     fn the_encoding_of_the_hash_map_version_still_decodes() {
@@ -1054,11 +1187,11 @@ mod tests {
             })
         );
         assert!(decoded.is_consistent(10));
-        // A digest that does not match the older hash stays wrong, so the state is refused.
+        // A digest that does not match the older hash does not decode.
         let mut lying = old;
         lying.digest ^= 1;
-        let decoded: KvState = bincode::deserialize(&bincode::serialize(&lying).unwrap()).unwrap();
-        assert!(!decoded.is_consistent(10));
+        let err = bincode::deserialize::<KvState>(&bincode::serialize(&lying).unwrap());
+        assert!(err.unwrap_err().to_string().contains("digest"));
         // A map length the input does not hold ends in an error, not an allocation.
         let mut truncated = encoded.clone();
         truncated[..8].copy_from_slice(&(u64::MAX - 1).to_le_bytes());
