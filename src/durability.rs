@@ -45,6 +45,9 @@ pub struct Ready {
     pub responses: Vec<(PeerToken, Response)>,
     /// Answers to clients, to send now.
     pub client_replies: Vec<(ClientToken, ClientReply)>,
+    /// Change events of the writes applied since the last `ready()`, for watches. They
+    /// come from chosen slots, so they may be published at once.
+    pub events: crate::watch::EventBatch,
 }
 
 impl Ready {
@@ -55,6 +58,7 @@ impl Ready {
             && self.messages.is_empty()
             && self.responses.is_empty()
             && self.client_replies.is_empty()
+            && self.events.is_empty()
     }
 }
 
@@ -171,6 +175,7 @@ impl Replica {
         let durable_promise = self.durable_promise_claimable();
         let mut ready = Ready {
             client_replies: out.client_replies,
+            events: self.kv.take_events(),
             ..Ready::default()
         };
         for message in out.messages {

@@ -4,6 +4,7 @@ use crate::types::{
     Check, Command, CommandId, Compare, KeyMeta, Op, Outcome, Slot, Txn, TxnOp, TxnOutcome,
     TxnResult, MAX_TXN_READ_BYTES,
 };
+use crate::watch::{Event, EventBatch, EventKind, PendingEvents};
 use imbl::{OrdMap, OrdSet};
 use serde::{Deserialize, Serialize};
 use std::fmt;
@@ -136,6 +137,9 @@ pub struct KvState {
     /// XOR of every session's hash, so replicas that disagree only on the session table
     /// (which decides what a retry does) show different digests too.
     session_digest: u64,
+    /// Change events since the runtime last drained them (for watches). Not state: not in
+    /// the digest, the encoding, equality or clones.
+    events: PendingEvents,
 }
 
 /// A summary: printing a million entries helps nobody.
@@ -368,8 +372,19 @@ impl KvState {
         }
     }
 
+    /// The change events recorded since the last call, for the runtime's watch history.
+    pub fn take_events(&mut self) -> EventBatch {
+        self.events.take()
+    }
+
+    /// Forgets the recorded events: a history served from here on starts after the
+    /// current revision (this state was loaded from a snapshot, not built by applying).
+    pub fn reset_events(&mut self) {
+        self.events.reset(self.revision);
+    }
+
     /// Sets `key` at `revision` (the one the current command takes; several puts of one
-    /// transaction share it); true if the key existed before.
+    /// transaction share it); true if the key existed before. Records the put's event.
     fn put_at(&mut self, key: &str, value: &[u8], revision: u64) -> bool {
         assert!(revision > self.revision, "a write takes a new revision");
         let old = self.map.get(key).map(|e| e.meta);
@@ -398,14 +413,34 @@ impl KvState {
         };
         self.digest ^= entry_hash(key, &entry);
         self.map.insert(key.into(), entry);
+        self.events.push(Event {
+            kind: EventKind::Put,
+            key: key.to_owned(),
+            value: value.to_vec(),
+            revision,
+            meta,
+        });
         old.is_some()
     }
 
-    /// Removes `key`; true if it existed.
+    /// Removes `key`; true if it existed. The caller must then take the revision after the
+    /// current one (`self.revision + 1`, shared by every write of the command), which the
+    /// delete's event carries.
     fn remove_key(&mut self, key: &str) -> bool {
         let old = self.map.remove(key);
         if let Some(old) = &old {
             self.digest ^= entry_hash(key, old);
+            let revision = self
+                .revision
+                .checked_add(1)
+                .expect("a revision never reaches u64::MAX");
+            self.events.push(Event {
+                kind: EventKind::Delete,
+                key: key.to_owned(),
+                value: Vec::new(),
+                revision,
+                meta: old.meta,
+            });
         }
         old.is_some()
     }
@@ -1447,5 +1482,153 @@ mod txn_tests {
         assert!(Txn::put_if(vec![], "k".into(), b"v".to_vec())
             .check(1024)
             .is_ok());
+    }
+}
+
+#[cfg(test)]
+mod event_tests {
+    use super::*;
+    use crate::types::CmpOp;
+
+    fn cmd(seq: u64, op: Op) -> Command {
+        Command {
+            id: CommandId { client_id: 1, seq },
+            op,
+        }
+    }
+
+    fn put_op(key: &str, value: &str) -> Op {
+        Op::Put {
+            key: key.into(),
+            value: value.into(),
+        }
+    }
+
+    /// (kind, key, value, revision) of each event, for short assertions.
+    fn summary(batch: &EventBatch) -> Vec<(EventKind, &str, &[u8], u64)> {
+        batch
+            .events
+            .iter()
+            .map(|e| (e.kind, e.key.as_str(), e.value.as_slice(), e.revision))
+            .collect()
+    }
+
+    #[test]
+    fn every_applied_write_records_one_event_in_revision_order() {
+        use EventKind::{Delete, Put};
+        let mut kv = KvState::new(10);
+        kv.apply(1, &cmd(1, Op::Register));
+        kv.apply(2, &cmd(2, put_op("a", "1")));
+        kv.apply(3, &cmd(3, put_op("a", "2")));
+        kv.apply(4, &cmd(4, Op::Delete { key: "nope".into() }));
+        kv.apply(5, &cmd(5, Op::Delete { key: "a".into() }));
+        let txn = Txn {
+            compares: vec![Compare {
+                key: "a".into(),
+                check: Check::Absent,
+            }],
+            success: vec![
+                TxnOp::Put {
+                    key: "b".into(),
+                    value: b"x".to_vec(),
+                },
+                TxnOp::Get { key: "b".into() },
+                TxnOp::Put {
+                    key: "c".into(),
+                    value: b"y".to_vec(),
+                },
+                TxnOp::Delete { key: "b".into() },
+                TxnOp::Delete { key: "zz".into() },
+            ],
+            failure: vec![],
+        };
+        kv.apply(6, &cmd(6, Op::Txn(txn.clone())));
+        // A retry is answered from the session table: no second set of events.
+        kv.apply(7, &cmd(6, Op::Txn(txn)));
+        let batch = kv.take_events();
+        assert_eq!(batch.reset_at, None);
+        assert_eq!(
+            summary(&batch),
+            [
+                (Put, "a", &b"1"[..], 1),
+                (Put, "a", b"2", 2),
+                (Delete, "a", b"", 3),
+                (Put, "b", b"x", 4),
+                (Put, "c", b"y", 4),
+                (Delete, "b", b"", 4),
+            ]
+        );
+        let metas: Vec<KeyMeta> = batch.events.iter().map(|e| e.meta).collect();
+        let meta = |create_revision, mod_revision, version| KeyMeta {
+            create_revision,
+            mod_revision,
+            version,
+        };
+        // A put carries the meta after it, a delete the meta the key had.
+        assert_eq!(
+            metas,
+            [
+                meta(1, 1, 1),
+                meta(1, 2, 2),
+                meta(1, 2, 2),
+                meta(4, 4, 1),
+                meta(4, 4, 1),
+                meta(4, 4, 1)
+            ]
+        );
+        assert_eq!(kv.revision(), 4);
+        assert!(kv.take_events().is_empty(), "drained");
+    }
+
+    #[test]
+    fn reads_and_failed_conditions_record_nothing() {
+        let mut kv = KvState::new(10);
+        kv.apply(1, &cmd(1, Op::Register));
+        let failed = Txn::put_if(
+            vec![Compare {
+                key: "k".into(),
+                check: Check::Version(CmpOp::Eq, 7),
+            }],
+            "k".into(),
+            b"v".to_vec(),
+        );
+        kv.apply(2, &cmd(2, Op::Txn(failed)));
+        let read = Txn {
+            success: vec![TxnOp::Get { key: "k".into() }],
+            ..Txn::default()
+        };
+        kv.apply(3, &cmd(3, Op::Txn(read)));
+        // An unregistered session's write is refused: no event either.
+        let stranger = Command {
+            id: CommandId {
+                client_id: 99,
+                seq: 1,
+            },
+            op: put_op("k", "v"),
+        };
+        assert_eq!(kv.apply(4, &stranger), Applied::Expired);
+        assert!(kv.take_events().is_empty());
+        assert_eq!(kv.revision(), 0);
+    }
+
+    #[test]
+    fn events_are_not_state() {
+        let mut kv = KvState::new(10);
+        kv.apply(1, &cmd(1, Op::Register));
+        kv.apply(2, &cmd(2, put_op("a", "1")));
+        let mut drained = kv.clone();
+        // A clone (a read view, a snapshot) carries no events; equality and the digest
+        // ignore them; the encoding does not hold them.
+        assert!(drained.take_events().is_empty());
+        assert_eq!(drained, kv);
+        assert_eq!(drained.digest(), kv.digest());
+        let bytes = bincode::serialize(&kv).unwrap();
+        let mut decoded: KvState = bincode::deserialize(&bytes).unwrap();
+        assert!(decoded.take_events().is_empty());
+        assert_eq!(bytes, bincode::serialize(&drained).unwrap());
+        // A loaded state's history starts after its revision.
+        decoded.reset_events();
+        assert_eq!(decoded.take_events().reset_at, Some(1));
+        assert_eq!(kv.take_events().events.len(), 1);
     }
 }

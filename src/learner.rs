@@ -261,6 +261,7 @@ impl Replica {
             self.become_follower(None);
         }
         self.kv = snapshot.kv;
+        self.kv.reset_events();
         self.log.reset_to_snapshot(snapshot.through);
         self.fetch.snapshot_sources = Default::default();
         self.advance_and_apply();
@@ -281,6 +282,9 @@ impl Replica {
             Some(s) => (s.through, s.kv),
             None => (0, KvState::new(cfg.max_sessions)),
         };
+        // The events replayed below continue the history from the snapshot's revision.
+        let mut kv = kv;
+        kv.reset_events();
         let mut log = Log::starting_after(through);
         let mut promised = Ballot::ZERO;
         let mut chosen_through = through;

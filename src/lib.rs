@@ -26,6 +26,7 @@ pub mod quorum;
 pub mod refuse;
 mod replica;
 mod types;
+pub mod watch;
 
 pub use config::Config;
 pub use durability::{BatchNumber, Ready};

@@ -6,7 +6,7 @@ use crate::{ClientConfig, ClientError};
 use paxoskv::{check_key, check_value, CommandId, Compare, Outcome, Txn, TxnOutcome};
 use paxoskv_service::{
     CountReply, GetMetaReply, GetReply, KeyRange, KvError, KvRpcClient, ReadMode, ReplicaStatus,
-    ScanPage, ScanReply, TxnReply, WriteReply, MAX_SCAN_LIMIT,
+    ScanPage, ScanReply, TxnReply, WatchReply, WriteReply, MAX_SCAN_LIMIT,
 };
 use std::error::Error as StdError;
 use std::future::Future;
@@ -397,6 +397,63 @@ impl Client {
             self.seq = 0;
         }
         reply
+    }
+
+    /// One long-poll of a watch: the events of `range` from `from_revision` (0: after the
+    /// newest the serving replica applied), at most `limit`, waiting up to `wait` for the
+    /// first. Any replica serves a watch (revision R is the same write everywhere): this
+    /// asks the one that served last, then the others in turn while they fail or say
+    /// `Compacted`, within the operation deadline. An empty reply is no news within `wait`.
+    pub async fn watch_once(
+        &self,
+        range: &KeyRange,
+        from_revision: u64,
+        limit: u32,
+        wait: Duration,
+    ) -> Result<WatchReply, ClientError> {
+        let deadline = Instant::now() + wait + self.config.timeout;
+        let mut tracker = Tracker::new(self.pool.configured_len());
+        let mut backoff = Backoff::new();
+        let first = match self.served_by.load(Ordering::Relaxed) {
+            NOBODY => self.pool.leader().unwrap_or(0),
+            i => i,
+        };
+        let mut compacted: Option<(usize, KvError)> = None;
+        for attempt in 0.. {
+            let target = (first + attempt) % self.pool.len();
+            if let Some((at, error)) = &compacted {
+                if *at == target {
+                    // Every replica said compacted: the history is gone everywhere.
+                    return Err(ClientError::Server(error.clone()));
+                }
+            }
+            let Some(remaining) = remaining_until(deadline) else {
+                return Err(tracker.give_up());
+            };
+            let budget = (wait + self.config.attempt_timeout).min(remaining);
+            let wait_ms = wait.as_millis().min(u32::MAX as u128) as u32;
+            let error = match self
+                .attempt(target, budget, &mut |rpc: KvRpcClient, ctx| {
+                    let range = range.clone();
+                    async move { rpc.watch(ctx, range, from_revision, limit, wait_ms).await }
+                })
+                .await
+            {
+                Ok(reply) => {
+                    self.served_by.store(target, Ordering::Relaxed);
+                    return Ok(reply);
+                }
+                Err(error) => error,
+            };
+            if let AttemptError::Kv(kv @ KvError::Compacted { .. }) = &error {
+                compacted.get_or_insert((target, kv.clone()));
+                continue;
+            }
+            // Only the verdict matters: a watch is not led, every replica is a candidate.
+            self.after_failure(target, error, &mut tracker)?;
+            sleep_before(deadline, backoff.next_delay()).await;
+        }
+        unreachable!("the loop returns")
     }
 
     /// Sends `call` to the leader (or a guess), following hints and retrying until it

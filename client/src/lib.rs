@@ -31,5 +31,6 @@ pub use paxoskv::{
     Check, CmpOp, Compare, InvalidInput, KeyMeta, Outcome, Txn, TxnOp, TxnOutcome, TxnResult,
 };
 pub use paxoskv_service::{
-    GetMetaReply, GetReply, KeyRange, KvError, ReadMode, ReplicaStatus, ScanPage, TxnReply,
+    Event, EventKind, GetMetaReply, GetReply, KeyRange, KvError, ReadMode, ReplicaStatus, ScanPage,
+    TxnReply, WatchReply,
 };

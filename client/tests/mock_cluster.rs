@@ -6,7 +6,7 @@ use paxoskv_client::{Client, ClientConfig, ClientError, KvError};
 use paxoskv_service::tls::{read_preamble, write_verdict};
 use paxoskv_service::{
     bincode_transport, CountReply, GetReply, KeyRange, KvRpc, ReadMode, ReplicaStatus, ScanReply,
-    ServiceTag, WriteReply, KV_MAX_FRAME_BYTES,
+    ServiceTag, WatchReply, WriteReply, KV_MAX_FRAME_BYTES,
 };
 use std::collections::HashMap;
 use std::net::SocketAddr;
@@ -31,6 +31,10 @@ struct State {
     always: Option<KvError>,
     /// A broken store: acknowledge deletes without doing them.
     ignore_deletes: bool,
+    /// Per replica (by index): the oldest revision its watch history holds (absent: 1).
+    watch_oldest: HashMap<usize, u64>,
+    /// Replicas whose watch never answers (as if partitioned).
+    watch_silent: Vec<usize>,
 }
 
 #[derive(Clone)]
@@ -164,6 +168,45 @@ impl KvRpc for Fake {
         _: ReadMode,
     ) -> Result<paxoskv_service::GetMetaReply, KvError> {
         Err(KvError::InvalidRequest("not in the fake".into()))
+    }
+
+    /// Revision R is a put of `kR` = `vR`, for R in 1..=10, on every replica that holds it.
+    async fn watch(
+        self,
+        _: Context,
+        _: KeyRange,
+        from: u64,
+        limit: u32,
+        _: u32,
+    ) -> Result<WatchReply, KvError> {
+        let (oldest, silent) = {
+            let state = self.state.lock().unwrap();
+            let oldest = state.watch_oldest.get(&self.index).copied().unwrap_or(1);
+            (oldest, state.watch_silent.contains(&self.index))
+        };
+        if silent {
+            std::future::pending::<()>().await;
+        }
+        if from < oldest {
+            return Err(KvError::Compacted {
+                oldest_revision: oldest,
+            });
+        }
+        let events: Vec<_> = (from..=10)
+            .take(limit as usize)
+            .map(|revision| paxoskv_service::Event {
+                kind: paxoskv_service::EventKind::Put,
+                key: format!("k{revision}"),
+                value: format!("v{revision}").into_bytes(),
+                revision,
+                meta: paxoskv::KeyMeta::default(),
+            })
+            .collect();
+        Ok(WatchReply {
+            next_revision: events.last().map_or(from, |e| e.revision + 1),
+            events,
+            served_by: self.index as u32,
+        })
     }
 
     async fn set_partition(self, _: Context, _: Vec<u32>) -> Result<(), KvError> {
@@ -492,4 +535,40 @@ async fn cli_repl_reads_commands_until_eof() {
     let (code, out, _) = run_cli(&addrs, &["repl"], "exit\nPUT never reached\n").await;
     assert_eq!(code, 0);
     assert!(!out.contains("OK"), "{out}");
+}
+
+#[tokio::test]
+async fn a_watch_moves_past_silent_and_compacted_replicas_without_a_gap() {
+    let (state, addrs) = cluster(4, 1, 0).await;
+    {
+        let mut state = state.lock().unwrap();
+        state.watch_silent = vec![0];
+        state.watch_oldest.insert(1, 6);
+    }
+    let client = client(addrs.clone(), Duration::from_secs(3));
+    let range = KeyRange::Prefix("k".into());
+    let wait = Duration::from_millis(100);
+    // 0 does not answer, 1 no longer holds revision 3: 2 serves, from exactly 3.
+    let reply = client.watch_once(&range, 3, 4, wait).await.unwrap();
+    assert_eq!(reply.served_by, 2);
+    let revisions: Vec<u64> = reply.events.iter().map(|e| e.revision).collect();
+    assert_eq!(revisions, [3, 4, 5, 6]);
+    assert_eq!(reply.next_revision, 7);
+    // The next poll sticks to the replica that served.
+    let reply = client.watch_once(&range, 7, 10, wait).await.unwrap();
+    assert_eq!((reply.served_by, reply.events.len()), (2, 4));
+    // When every replica that answers has compacted past it, the watch says so.
+    {
+        let mut state = state.lock().unwrap();
+        for index in 0..4 {
+            state.watch_oldest.insert(index, 9);
+        }
+        state.watch_silent.clear();
+    }
+    assert_eq!(
+        client.watch_once(&range, 4, 10, wait).await,
+        Err(ClientError::Server(KvError::Compacted {
+            oldest_revision: 9
+        }))
+    );
 }

@@ -335,6 +335,8 @@ pub struct Driver {
     snapshot_started: Option<Instant>,
     /// What was last logged, so role and slot changes are logged once.
     logged: Logged,
+    /// Where the change events of each Ready go (watches).
+    watch: Arc<crate::watch::WatchHub>,
 }
 
 /// When a fenced replica next tries to unfence: 1 s after the failure, doubling up to 30 s
@@ -441,6 +443,7 @@ impl Driver {
             peer_answered: vec![None; peers_len],
             snapshot_started: None,
             logged: Logged::default(),
+            watch: Arc::new(crate::watch::WatchHub::new(1, 0)),
         };
         (driver, tx, failed)
     }
@@ -448,6 +451,11 @@ impl Driver {
     /// Publishes into `metrics` (by default into handles registered nowhere).
     pub fn set_metrics(&mut self, metrics: Arc<ReplicaMetrics>) {
         self.metrics = metrics;
+    }
+
+    /// Publishes change events into `hub` (by default into a history nobody reads).
+    pub fn set_watch_hub(&mut self, hub: Arc<crate::watch::WatchHub>) {
+        self.watch = hub;
     }
 
     /// Peers the core expects a snapshot from (bit `id`), kept current by the driver.
@@ -739,7 +747,10 @@ impl Driver {
             messages,
             responses,
             client_replies,
+            events,
         } = ready;
+        // Events come from chosen slots: true whatever happens to this replica's storage.
+        self.watch.publish(events);
         if self.failed_reason().is_some() {
             // Built on state that may not be durable: answer nothing until reloaded.
             return self.refuse(responses, client_replies, "storage failed");

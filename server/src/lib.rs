@@ -20,6 +20,7 @@ pub mod rpc;
 pub mod snapshot_in;
 pub mod storage;
 pub mod store;
+pub mod watch;
 
 pub use failure::FailMode;
 pub use local::LocalCluster;

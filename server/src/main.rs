@@ -159,6 +159,13 @@ struct Args {
     /// leader too). Beyond it writes are answered `Busy` and the client backs off.
     #[arg(long, default_value_t = paxoskv_server::node::DEFAULT_MAX_INFLIGHT_BYTES)]
     max_inflight_bytes: usize,
+    /// Change events each replica keeps for watches; a watch from an older revision gets
+    /// `compacted` with the oldest one kept.
+    #[arg(long, default_value_t = paxoskv_server::watch::DEFAULT_HISTORY_EVENTS)]
+    watch_history_events: usize,
+    /// Bytes of change events each replica keeps for watches (keys + values + 64 each).
+    #[arg(long, default_value_t = paxoskv_server::watch::DEFAULT_HISTORY_BYTES)]
+    watch_history_bytes: usize,
     /// Bytes of large peer requests (accepts of 64 KiB or more) queued for the replica's
     /// core at once; more are dropped unanswered and the leader resends.
     #[arg(long, default_value_t = paxoskv_server::node::DEFAULT_MAX_PEER_INFLIGHT_BYTES)]
@@ -585,6 +592,8 @@ fn replica_options(args: &Args, id: u32, addrs: &[SocketAddr]) -> ReplicaOptions
     options.snapshot_policy.every_slots = args.snapshot_every_slots;
     options.snapshot_policy.log_bytes = args.snapshot_log_bytes;
     options.max_inflight_bytes = args.max_inflight_bytes;
+    options.watch_history_events = args.watch_history_events;
+    options.watch_history_bytes = args.watch_history_bytes;
     options.max_peer_inflight_bytes = args.max_peer_inflight_bytes;
     options.max_peer_send_bytes = args.max_peer_send_bytes;
     options.max_pending_bytes = args.max_pending_bytes;

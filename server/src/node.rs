@@ -87,6 +87,10 @@ pub struct ReplicaOptions {
     /// A bound listener for the Redis protocol front end, and how it behaves (`None`: no
     /// RESP port).
     pub resp: Option<(TcpListener, crate::resp::RespOptions)>,
+    /// Change events the watch history keeps (the oldest whole revisions go first).
+    pub watch_history_events: usize,
+    /// Bytes of change events the watch history keeps.
+    pub watch_history_bytes: usize,
 }
 
 /// Default of [`ReplicaOptions::max_inflight_bytes`].
@@ -121,6 +125,8 @@ impl ReplicaOptions {
             metrics: None,
             ready_contact_ms: crate::metrics::DEFAULT_READY_CONTACT_MS,
             resp: None,
+            watch_history_events: crate::watch::DEFAULT_HISTORY_EVENTS,
+            watch_history_bytes: crate::watch::DEFAULT_HISTORY_BYTES,
         }
     }
 
@@ -225,6 +231,11 @@ pub async fn run_replica(
         failure.clone(),
     );
     driver.set_metrics(metrics.clone());
+    let watch = Arc::new(crate::watch::WatchHub::new(
+        options.watch_history_events,
+        options.watch_history_bytes,
+    ));
+    driver.set_watch_hub(watch.clone());
     let snapshot_sources = driver.snapshot_sources();
     let shared = Arc::new(Shared {
         id,
@@ -243,6 +254,7 @@ pub async fn run_replica(
         client_bytes: ByteBudget::new("client in-flight", options.max_inflight_bytes),
         peer_in_bytes: ByteBudget::new("peer in-flight", options.max_peer_inflight_bytes),
         metrics,
+        watch,
     });
     let driver_task = tokio::spawn(driver.run(shutdown.clone()));
     tokio::spawn(failure.run_down_schedule(id, shutdown.clone()));

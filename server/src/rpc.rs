@@ -15,7 +15,7 @@ use paxoskv::{
 use paxoskv_service::tls::ServerSecurity;
 use paxoskv_service::{
     Caller, CountReply, GetMetaReply, GetReply, KeyRange, KvError, KvRpc, ReadMode, ReplicaRpc,
-    ReplicaStatus, ScanReply, SnapshotChunk, TxnReply, WriteReply,
+    ReplicaStatus, ScanReply, SnapshotChunk, TxnReply, WatchReply, WriteReply,
 };
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -60,7 +60,12 @@ pub struct Shared {
     pub peer_in_bytes: ByteBudget,
     /// Metric handles of this replica.
     pub metrics: Arc<crate::metrics::ReplicaMetrics>,
+    /// Recent change events, for watches (published by the driver).
+    pub watch: Arc<crate::watch::WatchHub>,
 }
+
+/// How long before the caller's deadline a long-poll answers (with what it has).
+const WATCH_MARGIN: Duration = Duration::from_millis(200);
 
 /// Bytes a client command holds besides its key and value (ids, framing, bookkeeping);
 /// charged to the in-flight budget with it.
@@ -718,6 +723,30 @@ impl KvRpc for KvServer {
             served_by: self.0.id,
             stale: view.stale,
             leader_addr: view.leader_addr,
+        })
+    }
+
+    async fn watch(
+        self,
+        ctx: Context,
+        range: KeyRange,
+        from_revision: u64,
+        limit: u32,
+        wait_ms: u32,
+    ) -> Result<WatchReply, KvError> {
+        check_range(&range)?;
+        // Answer a little before the caller's deadline, so an empty page reaches it.
+        let caller = ctx.deadline.saturating_duration_since(Instant::now());
+        let wait = Duration::from_millis(wait_ms.into()).min(caller.saturating_sub(WATCH_MARGIN));
+        let page = self
+            .0
+            .watch
+            .poll(&range, from_revision, limit as usize, wait)
+            .await?;
+        Ok(WatchReply {
+            events: page.events,
+            next_revision: page.next_revision,
+            served_by: self.0.id,
         })
     }
 

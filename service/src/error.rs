@@ -59,6 +59,14 @@ pub enum KvError {
     /// `set_partition` from a client certificate). Added last: bincode numbers variants.
     #[error("unauthorized: {0}")]
     Unauthorized(String),
+    /// A watch asked for revisions this replica's bounded history no longer holds.
+    /// Resume from `oldest_revision` (events below it are lost to this watch: read the
+    /// current state again first) or ask another replica.
+    #[error("compacted: the watch history starts at revision {oldest_revision}")]
+    Compacted {
+        /// The oldest revision still served.
+        oldest_revision: u64,
+    },
 }
 
 impl From<InvalidInput> for KvError {

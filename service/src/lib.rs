@@ -25,6 +25,7 @@ pub use transport::{
 
 pub use paxoskv::kv::{KeyRange, ScanPage, MAX_SCAN_LIMIT, MAX_SCAN_REPLY_BYTES};
 use paxoskv::message::{Accept, FetchChosen, Learn, Prepare, Response};
+pub use paxoskv::watch::{Event, EventKind};
 use paxoskv::{Command, CommandId, KeyMeta, Outcome, ReplicaId, Slot, Txn, TxnOutcome};
 use serde::{Deserialize, Serialize};
 
@@ -111,6 +112,18 @@ pub struct GetMetaReply {
     pub stale: bool,
     /// The leader's address, if known.
     pub leader_addr: Option<String>,
+}
+
+/// Reply to `watch`: the matching events from the asked revision, in revision order.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct WatchReply {
+    /// The events (the writes of one transaction share a revision and come together).
+    pub events: Vec<Event>,
+    /// Ask from this revision next: every revision below it was looked at. Empty
+    /// `events` with a larger `next_revision` is progress through non-matching writes.
+    pub next_revision: u64,
+    /// The replica that answered.
+    pub served_by: ReplicaId,
 }
 
 /// Counters of injected failures (`-f`).
@@ -222,4 +235,15 @@ pub trait KvRpc {
     async fn txn(id: CommandId, txn: Txn) -> Result<TxnReply, KvError>;
     /// `get` with the key's revisions and the store revision.
     async fn get_meta(key: String, mode: ReadMode) -> Result<GetMetaReply, KvError>;
+    /// Long-poll of the changes of `range`: the events with revision >= `from_revision`
+    /// (0: after the newest this replica applied), at most `limit`, waiting up to
+    /// `wait_ms` for the first. Served from this replica's bounded history (any replica
+    /// gives the same events for a revision); `Compacted` when it starts after
+    /// `from_revision`.
+    async fn watch(
+        range: KeyRange,
+        from_revision: u64,
+        limit: u32,
+        wait_ms: u32,
+    ) -> Result<WatchReply, KvError>;
 }

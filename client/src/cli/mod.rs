@@ -9,6 +9,7 @@ mod plot;
 mod repl;
 mod status;
 mod txn;
+mod watch;
 
 use anyhow::Context as _;
 use clap::{CommandFactory, Parser, Subcommand};
@@ -48,8 +49,7 @@ Examples:
   paxoskv -w json get color              {\"key\":\"color\",\"found\":true,...}
   paxoskv scan user/ --limit 50          key=value lines of the keys starting with user/
   paxoskv count user/                    how many keys start with user/
-  paxoskv scan user/ --limit 50          key=value lines of keys starting with user/
-  paxoskv count user/                    how many keys start with user/
+  paxoskv watch user/                    print every change of keys starting with user/
   paxoskv status                         one row per replica; exit 2 without a majority
   paxoskv get color --show-meta          value, then create_revision, mod_revision, version
   paxoskv put n 2 --if-version 1         write only if n is at version 1 (else exit 3)
@@ -202,6 +202,9 @@ enum Command {
     /// One row per replica: id, address, role, leader, ballot, applied slot, lag, digest,
     /// failures; exit status 2 when no majority is reachable.
     Status,
+    /// Print every change (put, delete) of the keys starting with PREFIX, in revision order
+    /// ("REV PUT KEY VALUE", "REV DELETE KEY"), following leader changes and reconnects.
+    Watch(watch::WatchArgs),
     /// Closed-loop load for a fixed time: throughput and latency percentiles per operation kind.
     Bench(bench::BenchArgs),
     /// Kill the leader with a shell command while writing; time until writes succeed again.
@@ -320,6 +323,7 @@ pub async fn run(args: Args) -> anyhow::Result<u8> {
         Command::Demo { count } => demo::run(&mut client, count).await,
         Command::Repl => repl::run(&mut client).await,
         Command::Status => status::run(&client, args.write_out.unwrap_or(Format::Table)).await,
+        Command::Watch(watch_args) => watch::run(&client, watch_args, format, encoding).await,
         Command::Bench(bench_args) => bench::run(&client, bench_args).await,
         Command::BenchFailover(failover_args) => failover::run(&client, failover_args).await,
         Command::Completions { .. } => unreachable!("handled before connecting"),
