@@ -17,13 +17,19 @@ struct Cluster {
 
 impl Cluster {
     fn start() -> Cluster {
+        Cluster::start_with(|_| {})
+    }
+
+    fn start_with(
+        configure: impl Fn(&mut paxoskv_server::ReplicaOptions) + Send + Sync + 'static,
+    ) -> Cluster {
         let runtime = tokio::runtime::Builder::new_multi_thread()
             .worker_threads(2)
             .enable_all()
             .build()
             .expect("runtime");
         let cluster = runtime
-            .block_on(LocalCluster::start(5, |_| {}))
+            .block_on(LocalCluster::start(5, configure))
             .expect("bind loopback listeners");
         let addrs = cluster.addrs.clone();
         Cluster {
@@ -415,4 +421,121 @@ fn conditional_writes_and_txn_exit_3_when_the_condition_fails() {
     let bad = paxoskv(&s, &["txn"], b"if version(k1) ~ 3\n");
     assert_eq!(bad.code, 2);
     assert!(bad.stderr.contains("line 1"), "{}", bad.stderr);
+}
+
+/// Starts `paxoskv ARGS` in the background with its stdout piped.
+fn spawn_paxoskv(servers: &str, args: &[&str]) -> std::process::Child {
+    Command::new(env!("CARGO_BIN_EXE_paxoskv"))
+        .env("PAXOSKV_SERVERS", servers)
+        .env_remove("RUST_LOG")
+        .args(["--timeout", "5s"])
+        .args(args)
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("start paxoskv")
+}
+
+#[test]
+fn watch_prints_every_change_of_a_prefix_in_order_across_replica_stops() {
+    let mut cluster = Cluster::start();
+    let s = cluster.servers();
+    // --idle-exit bounds the watch if an event never comes; --max-events ends it on time.
+    let watcher = spawn_paxoskv(
+        &s,
+        &[
+            "watch",
+            "w/",
+            "--from-revision",
+            "1",
+            "--max-events",
+            "5",
+            "--idle-exit",
+            "30s",
+            "--poll",
+            "2s",
+        ],
+    );
+    let ok = |args: &[&str], stdin: &[u8]| {
+        let run = paxoskv(&s, args, stdin);
+        assert_eq!(run.code, 0, "{args:?}: {}", run.stderr);
+    };
+    ok(&["put", "w/1", "x"], b""); // revision 1
+    ok(&["put", "other", "y"], b""); // 2: not under w/
+    ok(&["delete", "w/1"], b""); // 3
+    ok(&["delete", "w/1"], b""); // nothing deleted: no revision, no event
+    ok(&["txn"], b"then put w/2 \"2\"\nthen put w/3 \"3\"\n"); // 4, both writes
+                                                               // The replica serving the watch (the first in the list: a new client knows no leader)
+                                                               // and the leader go away mid-watch; three of five still make a majority.
+    let leader = cluster.leader();
+    cluster.stop(0);
+    if leader != 0 {
+        cluster.stop(leader);
+    }
+    ok(&["put", "w/4", "4"], b""); // 5, through a new leader
+    let out = watcher.wait_with_output().expect("watch finished");
+    assert_eq!(
+        out.status.code(),
+        Some(0),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert_eq!(
+        String::from_utf8_lossy(&out.stdout),
+        "1 PUT w/1 x\n3 DELETE w/1\n4 PUT w/2 2\n4 PUT w/3 3\n5 PUT w/4 4\n"
+    );
+}
+
+#[test]
+fn a_watch_from_before_the_history_is_refused_with_the_oldest_revision() {
+    let cluster = Cluster::start_with(|o| o.watch_history_events = 2);
+    let s = cluster.servers();
+    for i in 1..=5 {
+        let run = paxoskv(&s, &["put", &format!("k{i}"), "v"], b"");
+        assert_eq!(run.code, 0, "{}", run.stderr);
+    }
+    // Every replica keeps revisions 4 and 5 only (once it applied them).
+    let deadline = Instant::now() + Duration::from_secs(10);
+    let refused = loop {
+        let run = paxoskv(
+            &s,
+            &["watch", "", "--from-revision", "1", "--idle-exit", "1s"],
+            b"",
+        );
+        if run.stderr.contains("oldest: 4") || Instant::now() > deadline {
+            break run;
+        }
+    };
+    assert_eq!(refused.code, 2, "{}", refused.stderr);
+    assert!(
+        refused.stderr.contains("--from-revision 4"),
+        "{}",
+        refused.stderr
+    );
+    let json = paxoskv(
+        &s,
+        &[
+            "-w",
+            "json",
+            "watch",
+            "",
+            "--from-revision",
+            "4",
+            "--max-events",
+            "2",
+        ],
+        b"",
+    );
+    assert_eq!(json.code, 0, "{}", json.stderr);
+    let lines: Vec<serde_json::Value> = json
+        .out()
+        .lines()
+        .map(|l| serde_json::from_str(l).expect("one JSON object per line"))
+        .collect();
+    assert_eq!(lines.len(), 2);
+    assert_eq!(lines[0]["key"], "k4");
+    assert_eq!(lines[0]["kind"], "put");
+    assert_eq!(lines[1]["revision"], 5);
+    assert_eq!(lines[1]["version"], 1);
 }
