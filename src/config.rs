@@ -59,6 +59,11 @@ pub struct Config {
     pub max_open_slots: u64,
     /// Seed of the randomized election timeouts.
     pub seed: u64,
+    /// Milliseconds one tick stands for (the runtime's tick period): converts lease TTLs
+    /// into ticks of the leader's lease clock.
+    pub tick_ms: u64,
+    /// Lease expiries a leader proposes per tick, at most (a mass expiry spreads out).
+    pub max_lease_expiries_per_tick: usize,
     /// TEST ONLY: accept `accept`s below the promise (a deliberately broken acceptor), so the
     /// simulator can prove it catches the classic Paxos bug. Never set it anywhere else; it
     /// exists only with the `broken-acceptor` cargo feature.
@@ -104,6 +109,8 @@ impl Config {
             max_sessions: 100_000,
             max_open_slots: 1024,
             seed: u64::from(id) + 1,
+            tick_ms: 10,
+            max_lease_expiries_per_tick: 64,
             #[cfg(feature = "broken-acceptor")]
             unsafe_skip_promise_check: false,
             #[cfg(feature = "broken-acceptor")]

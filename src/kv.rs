@@ -1,9 +1,11 @@
 //! The replicated map and the client session table that makes retries exactly-once.
 
+use crate::leases::LeaseTable;
 use crate::types::{
     Check, Command, CommandId, Compare, KeyMeta, Op, Outcome, Slot, Txn, TxnOp, TxnOutcome,
     TxnResult, MAX_TXN_READ_BYTES,
 };
+use crate::types::{LeaseError, LeaseId};
 use crate::watch::{Event, EventBatch, EventKind, PendingEvents};
 use imbl::{OrdMap, OrdSet};
 use serde::{Deserialize, Serialize};
@@ -31,6 +33,9 @@ const FORMAT_REVISIONS: u64 = 2;
 
 /// The same encoding, digest with the xxh3 entry hash ([`entry_hash`]).
 const FORMAT_XXH3: u64 = 3;
+/// Format 3 followed by the lease table. Written only when the state has ever had a lease,
+/// so a cluster that uses none keeps snapshots an older release reads.
+const FORMAT_LEASES: u64 = 4;
 
 /// Most entries one scan returns.
 pub const MAX_SCAN_LIMIT: usize = 10_000;
@@ -140,6 +145,9 @@ pub struct KvState {
     /// Change events since the runtime last drained them (for watches). Not state: not in
     /// the digest, the encoding, equality or clones.
     events: PendingEvents,
+    /// The leases and the keys attached to them (replicated; when one expires is the
+    /// leader's business, see [`crate::leases::LeaseClock`]).
+    leases: LeaseTable,
 }
 
 /// A summary: printing a million entries helps nobody.
@@ -194,7 +202,9 @@ impl KvState {
     /// incrementally.
     pub fn digest(&self) -> u64 {
         let revision = fnv_bytes(&[&self.revision.to_le_bytes()]);
-        self.digest ^ self.session_digest.rotate_left(17) ^ revision
+        // 0 without leases: a state that never had one keeps its digest.
+        let leases = self.leases.digest().rotate_left(31);
+        self.digest ^ self.session_digest.rotate_left(17) ^ revision ^ leases
     }
 
     /// Sessions held.
@@ -271,6 +281,10 @@ impl KvState {
 
     /// Applies `command`, chosen in `slot`, at most once per `CommandId`.
     pub fn apply(&mut self, slot: Slot, command: &Command) -> Applied {
+        if let Op::LeaseExpire { id } = command.op {
+            // The leader's own command: no session (a repeat finds the lease gone).
+            return Applied::Fresh(self.revoke(id));
+        }
         if let Some(done) = self.already_applied(command.id) {
             return done;
         }
@@ -289,6 +303,7 @@ impl KvState {
             Op::Put { key, value } => {
                 let revision = before + 1;
                 let replaced = self.put_at(key, value, revision);
+                self.leases.detach(key);
                 self.revision = revision;
                 Outcome::Put { replaced }
             }
@@ -300,7 +315,18 @@ impl KvState {
                 Outcome::Delete { existed }
             }
             Op::Register => Outcome::Registered,
-            Op::Txn(txn) => Outcome::Txn(self.apply_txn(txn)),
+            Op::Txn(txn) => match self.missing_lease(txn) {
+                Some(id) => Outcome::LeaseFailed(LeaseError::NotFound(id)),
+                None => Outcome::Txn(self.apply_txn(txn)),
+            },
+            Op::LeaseGrant { ttl_ms } => match self.leases.grant(*ttl_ms) {
+                Ok(id) => Outcome::LeaseGranted {
+                    id,
+                    ttl_ms: *ttl_ms,
+                },
+                Err(e) => Outcome::LeaseFailed(e),
+            },
+            Op::LeaseRevoke { id } | Op::LeaseExpire { id } => self.revoke(*id),
         };
         assert!(
             self.revision == before || self.revision == before + 1,
@@ -326,9 +352,15 @@ impl KvState {
             let result = match op {
                 TxnOp::Put { key, value } => {
                     changed = true;
-                    TxnResult::Put {
-                        replaced: self.put_at(key, value, revision),
-                    }
+                    let replaced = self.put_at(key, value, revision);
+                    self.leases.detach(key);
+                    TxnResult::Put { replaced }
+                }
+                TxnOp::PutLeased { key, value, lease } => {
+                    changed = true;
+                    let replaced = self.put_at(key, value, revision);
+                    self.leases.attach(key, *lease);
+                    TxnResult::Put { replaced }
                 }
                 TxnOp::Delete { key } => {
                     let existed = self.remove_key(key);
@@ -370,6 +402,50 @@ impl KvState {
             Check::Exists => entry.is_some(),
             Check::Absent => entry.is_none(),
         }
+    }
+
+    /// The first lease a put of the branch `txn` would run names that does not exist: the
+    /// whole transaction is then refused (decided before any op runs, so nothing changes).
+    fn missing_lease(&self, txn: &Txn) -> Option<LeaseId> {
+        let succeeded = txn.compares.iter().all(|c| self.holds(c));
+        let branch = if succeeded {
+            &txn.success
+        } else {
+            &txn.failure
+        };
+        branch.iter().find_map(|op| match op {
+            TxnOp::PutLeased { lease, .. } if self.leases.get(*lease).is_none() => Some(*lease),
+            _ => None,
+        })
+    }
+
+    /// Removes lease `id` and deletes its keys, all at one new revision (none if it had
+    /// no key).
+    fn revoke(&mut self, id: LeaseId) -> Outcome {
+        let Some(keys) = self.leases.take(id) else {
+            return Outcome::LeaseRevoked {
+                found: false,
+                deleted_keys: 0,
+                revision: self.revision,
+            };
+        };
+        let mut deleted_keys = 0;
+        for key in &keys {
+            deleted_keys += u64::from(self.remove_key(key));
+        }
+        if deleted_keys > 0 {
+            self.revision += 1;
+        }
+        Outcome::LeaseRevoked {
+            found: true,
+            deleted_keys,
+            revision: self.revision,
+        }
+    }
+
+    /// The lease table.
+    pub fn leases(&self) -> &LeaseTable {
+        &self.leases
     }
 
     /// The change events recorded since the last call, for the runtime's watch history.
@@ -427,6 +503,7 @@ impl KvState {
     /// current one (`self.revision + 1`, shared by every write of the command), which the
     /// delete's event carries.
     fn remove_key(&mut self, key: &str) -> bool {
+        self.leases.detach(key);
         let old = self.map.remove(key);
         if let Some(old) = &old {
             self.digest ^= entry_hash(key, old);
@@ -454,7 +531,16 @@ impl KvState {
         let revision = self.revision;
         let meta_ok = self.map.values().all(|e| meta_ok(e.meta, revision));
         let digest = self.map.iter().fold(0, |d, (k, e)| d ^ entry_hash(k, e));
-        self.sessions_consistent(through) && meta_ok && digest == self.digest
+        self.sessions_consistent(through)
+            && meta_ok
+            && digest == self.digest
+            && self.leases_consistent()
+    }
+
+    /// The lease table is one applying commands can produce, and every attached key exists.
+    /// Proportional to the leases and their keys.
+    pub fn leases_consistent(&self) -> bool {
+        self.leases.is_consistent(|k| self.map.contains_key(k))
     }
 
     /// The part of [`Self::is_consistent`] that decoding cannot check alone: the session
@@ -512,8 +598,9 @@ impl KvState {
 mod encoding {
     use super::{
         bounded, entry_hash, fnv_entry_hash, meta_ok, old_entry_hash, Entry, KvState, Map, Session,
-        FORMAT_MARK, FORMAT_REVISIONS, FORMAT_XXH3,
+        FORMAT_LEASES, FORMAT_MARK, FORMAT_REVISIONS, FORMAT_XXH3,
     };
+    use crate::leases::{EncodedLease, LeaseTable};
     use crate::types::{KeyMeta, Slot};
     use imbl::{OrdMap, OrdSet};
     use serde::de::{self, Deserialize, DeserializeSeed, Deserializer, SeqAccess, Visitor};
@@ -635,9 +722,14 @@ mod encoding {
 
     impl Serialize for KvState {
         fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
-            let mut t = s.serialize_tuple(FIELDS)?;
+            let with_leases = self.leases != LeaseTable::default();
+            let mut t = s.serialize_tuple(FIELDS + usize::from(with_leases))?;
             t.serialize_element(&FORMAT_MARK)?;
-            t.serialize_element(&FORMAT_XXH3)?;
+            t.serialize_element(if with_leases {
+                &FORMAT_LEASES
+            } else {
+                &FORMAT_XXH3
+            })?;
             t.serialize_element(&self.revision)?;
             t.serialize_element(&EntriesOut(&self.map))?;
             t.serialize_element(&SessionsOut(&self.sessions))?;
@@ -645,6 +737,9 @@ mod encoding {
             t.serialize_element(&self.max_sessions)?;
             t.serialize_element(&self.digest)?;
             t.serialize_element(&self.session_digest)?;
+            if with_leases {
+                t.serialize_element(&self.leases.encode())?;
+            }
             t.end()
         }
     }
@@ -673,11 +768,12 @@ mod encoding {
         fn visit_seq<A: SeqAccess<'de>>(self, mut a: A) -> Result<KvState, A::Error> {
             let first: u64 = next(&mut a)?;
             let mut kv = KvState::default();
+            let mut with_leases = false;
             let (entries_digest, hash) = if first == FORMAT_MARK {
                 let format: u64 = next(&mut a)?;
                 let hash = match format {
                     FORMAT_REVISIONS => EntryHash::Fnv,
-                    FORMAT_XXH3 => EntryHash::Xxh3,
+                    FORMAT_XXH3 | FORMAT_LEASES => EntryHash::Xxh3,
                     _ => {
                         return Err(de::Error::custom(format!(
                             "unknown key-value state format {format}"
@@ -693,6 +789,7 @@ mod encoding {
                     .next_element_seed(seed)?
                     .ok_or_else(|| de::Error::custom("key-value state ends early"))?;
                 kv.map = entries.map;
+                with_leases = format == FORMAT_LEASES;
                 (entries.digest, hash)
             } else {
                 // `first` is the older map's length, untrusted: each entry is read before
@@ -718,6 +815,11 @@ mod encoding {
             kv.max_sessions = next(&mut a)?;
             kv.digest = next(&mut a)?;
             kv.session_digest = next(&mut a)?;
+            if with_leases {
+                let (last_id, leases, digest): (u64, Vec<EncodedLease>, u64) = next(&mut a)?;
+                kv.leases =
+                    LeaseTable::decode(last_id, leases, digest).map_err(de::Error::custom)?;
+            }
             if entries_digest != kv.digest {
                 return Err(de::Error::custom(
                     "the entries do not match the key-value state's digest",
@@ -900,7 +1002,7 @@ fn old_entry_hash(key: &str, value: &[u8]) -> u64 {
 
 /// FNV-1a over the parts in order, finalized so that similar inputs spread over all bits
 /// before XOR-ing.
-fn fnv_bytes(parts: &[&[u8]]) -> u64 {
+pub(crate) fn fnv_bytes(parts: &[&[u8]]) -> u64 {
     let mut h: u64 = 0xcbf2_9ce4_8422_2325;
     for &b in parts.iter().flat_map(|p| p.iter()) {
         h ^= u64::from(b);
@@ -1630,5 +1732,195 @@ mod event_tests {
         decoded.reset_events();
         assert_eq!(decoded.take_events().reset_at, Some(1));
         assert_eq!(kv.take_events().events.len(), 1);
+    }
+}
+
+#[cfg(test)]
+mod lease_tests {
+    use super::*;
+
+    fn cmd(seq: u64, op: Op) -> Command {
+        Command {
+            id: CommandId { client_id: 1, seq },
+            op,
+        }
+    }
+
+    fn state() -> KvState {
+        let mut kv = KvState::new(10);
+        kv.apply(1, &cmd(1, Op::Register));
+        kv
+    }
+
+    fn outcome(applied: Applied) -> Outcome {
+        match applied {
+            Applied::Fresh(o) | Applied::Duplicate(o) => o,
+            other => panic!("not applied: {other:?}"),
+        }
+    }
+
+    fn grant(kv: &mut KvState, seq: u64, ttl_ms: u64) -> LeaseId {
+        match outcome(kv.apply(seq, &cmd(seq, Op::LeaseGrant { ttl_ms }))) {
+            Outcome::LeaseGranted { id, .. } => id,
+            other => panic!("{other:?}"),
+        }
+    }
+
+    fn put_leased(key: &str, lease: LeaseId) -> Op {
+        Op::Txn(Txn {
+            compares: vec![],
+            success: vec![TxnOp::PutLeased {
+                key: key.into(),
+                value: b"v".to_vec(),
+                lease,
+            }],
+            failure: vec![],
+        })
+    }
+
+    fn round_trip(kv: &KvState) -> KvState {
+        let bytes = bincode::serialize(kv).unwrap();
+        bincode::deserialize(&bytes).unwrap()
+    }
+
+    #[test]
+    fn a_revoke_deletes_the_leased_keys_at_one_revision_and_only_them() {
+        let mut kv = state();
+        let digest_before = kv.digest();
+        let lease = grant(&mut kv, 2, 5_000);
+        assert_eq!(lease, LeaseId(1));
+        assert_eq!(kv.revision(), 0, "a grant changes no key");
+        assert_ne!(
+            kv.digest(),
+            digest_before,
+            "the lease table is in the digest"
+        );
+        kv.apply(3, &cmd(3, put_leased("a", lease)));
+        kv.apply(4, &cmd(4, put_leased("b", lease)));
+        kv.apply(5, &cmd(5, put_leased("c", lease)));
+        // A plain put takes c off the lease: it survives the revoke.
+        let plain = Op::Put {
+            key: "c".into(),
+            value: b"mine".to_vec(),
+        };
+        kv.apply(6, &cmd(6, plain));
+        assert_eq!(kv.leases().lease_of("c"), None);
+        assert!(kv.is_consistent(6));
+        // A snapshot keeps the leases (format 4) and loads back equal.
+        let loaded = round_trip(&kv);
+        assert_eq!(loaded, kv);
+        assert_eq!(loaded.digest(), kv.digest());
+        assert!(loaded.is_consistent(6));
+        kv.take_events();
+        let revoked = outcome(kv.apply(7, &cmd(7, Op::LeaseRevoke { id: lease })));
+        assert_eq!(
+            revoked,
+            Outcome::LeaseRevoked {
+                found: true,
+                deleted_keys: 2,
+                revision: 5
+            }
+        );
+        assert_eq!((kv.get("a"), kv.get("b")), (None, None));
+        assert_eq!(kv.get("c"), Some(&b"mine"[..]));
+        let events = kv.take_events().events;
+        let deletes: Vec<(&str, u64)> = events
+            .iter()
+            .map(|e| {
+                assert_eq!(e.kind, crate::watch::EventKind::Delete);
+                (e.key.as_str(), e.revision)
+            })
+            .collect();
+        assert_eq!(deletes, [("a", 5), ("b", 5)]);
+        // Gone for good: a second revoke, an expiry and a leased put find nothing.
+        let again = outcome(kv.apply(8, &cmd(8, Op::LeaseRevoke { id: lease })));
+        assert!(matches!(again, Outcome::LeaseRevoked { found: false, .. }));
+        let expire = Command {
+            id: CommandId {
+                client_id: crate::leases::SYSTEM_CLIENT_ID,
+                seq: 1,
+            },
+            op: Op::LeaseExpire { id: lease },
+        };
+        assert!(matches!(
+            outcome(kv.apply(9, &expire)),
+            Outcome::LeaseRevoked { found: false, .. }
+        ));
+        assert_eq!(
+            outcome(kv.apply(10, &cmd(9, put_leased("d", lease)))),
+            Outcome::LeaseFailed(LeaseError::NotFound(lease))
+        );
+        assert_eq!(kv.get("d"), None, "a refused transaction writes nothing");
+        assert_eq!(kv.revision(), 5);
+        assert!(kv.is_consistent(10));
+    }
+
+    #[test]
+    fn an_expiry_needs_no_session_and_ids_are_never_reused() {
+        let mut kv = state();
+        let first = grant(&mut kv, 2, 1_000);
+        kv.apply(3, &cmd(3, put_leased("k", first)));
+        let expire = Command {
+            id: CommandId {
+                client_id: crate::leases::SYSTEM_CLIENT_ID,
+                seq: first.0,
+            },
+            op: Op::LeaseExpire { id: first },
+        };
+        let sessions = kv.sessions_len();
+        assert!(matches!(
+            outcome(kv.apply(4, &expire)),
+            Outcome::LeaseRevoked {
+                found: true,
+                deleted_keys: 1,
+                ..
+            }
+        ));
+        assert_eq!(
+            kv.sessions_len(),
+            sessions,
+            "no session for the leader's command"
+        );
+        assert_eq!(kv.get("k"), None);
+        assert_eq!(grant(&mut kv, 5, 1_000), LeaseId(2));
+        // A retried grant is answered from the session table: same id, no second lease.
+        let retried = outcome(kv.apply(6, &cmd(5, Op::LeaseGrant { ttl_ms: 1_000 })));
+        assert!(matches!(
+            retried,
+            Outcome::LeaseGranted { id: LeaseId(2), .. }
+        ));
+        assert_eq!(kv.leases().len(), 1);
+        // A TTL out of bounds is refused at apply too (a replica never trusts the log).
+        assert!(matches!(
+            outcome(kv.apply(7, &cmd(6, Op::LeaseGrant { ttl_ms: 10 }))),
+            Outcome::LeaseFailed(LeaseError::BadTtl { ttl_ms: 10 })
+        ));
+    }
+
+    #[test]
+    fn states_without_leases_keep_the_older_snapshot_format_and_digest() {
+        let mut kv = state();
+        kv.apply(
+            2,
+            &cmd(
+                2,
+                Op::Put {
+                    key: "a".into(),
+                    value: b"1".to_vec(),
+                },
+            ),
+        );
+        let bytes = bincode::serialize(&kv).unwrap();
+        let format: (u64, u64) = bincode::deserialize(&bytes).unwrap();
+        assert_eq!(format, (FORMAT_MARK, FORMAT_XXH3));
+        let mut leased = kv.clone();
+        grant(&mut leased, 3, 1_000);
+        let bytes = bincode::serialize(&leased).unwrap();
+        let format: (u64, u64) = bincode::deserialize(&bytes).unwrap();
+        assert_eq!(format, (FORMAT_MARK, FORMAT_LEASES));
+        // A lease table whose digest was tampered with is refused on load.
+        let mut tampered: KvState = bincode::deserialize(&bytes).unwrap();
+        tampered.leases = LeaseTable::decode(1, vec![(1, 2_000, vec![])], 0).unwrap();
+        assert!(!tampered.leases_consistent());
     }
 }

@@ -144,6 +144,31 @@ impl Leader {
         Ok(())
     }
 
+    /// Queues a command of the leader's own (no client waits for it).
+    pub(crate) fn enqueue_own(
+        &mut self,
+        command: Command,
+        limits: QueueLimits,
+    ) -> Result<(), ClientError> {
+        if self.waiters.contains_key(&command.id) {
+            return Ok(());
+        }
+        let size = command.op.size_bytes();
+        if self.queue.len() >= limits.max_commands
+            || self.queue_bytes.saturating_add(size) > limits.max_bytes
+        {
+            return Err(ClientError::Busy);
+        }
+        let waiting = Waiting {
+            tokens: Vec::new(),
+            deadline_tick: u64::MAX,
+        };
+        self.waiters.insert(command.id, waiting);
+        self.queue_bytes += size;
+        self.queue.push_back(command);
+        Ok(())
+    }
+
     fn expired(&self, id: &CommandId, now_tick: u64) -> bool {
         self.waiters
             .get(id)
@@ -282,6 +307,7 @@ impl Replica {
             self.now_tick,
         )));
         self.leader_hint = Some(self.cfg.id);
+        self.lease_clock_on_elected();
         for slot in start..=end {
             if self.log.is_chosen(slot) {
                 continue; // Known chosen here already; nothing to recover.
@@ -296,6 +322,7 @@ impl Replica {
     pub(crate) fn become_follower(&mut self, leader: Option<ReplicaId>) {
         let old = std::mem::replace(&mut self.role, Role::Follower);
         self.leader_hint = leader.filter(|&l| l != self.cfg.id);
+        self.lease_clock_on_stepped_down();
         if let Role::Leader(mut l) = old {
             let hint = self.leader_hint;
             for token in l.drain_waiters() {

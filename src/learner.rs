@@ -156,7 +156,11 @@ impl Replica {
         self.log.trim_applied(self.cfg.max_log_tail_bytes);
         for (slot, value) in newly {
             for command in &value.commands {
-                let reply = match self.kv.apply(slot, command) {
+                let applied = self.kv.apply(slot, command);
+                if let Applied::Fresh(outcome) = &applied {
+                    self.lease_clock_on_applied(&command.op, outcome);
+                }
+                let reply = match applied {
                     Applied::Fresh(o) | Applied::Duplicate(o) => ClientReply::Applied(o),
                     Applied::Stale { last_applied } => {
                         ClientReply::Failed(ClientError::Stale { last_applied })
@@ -350,7 +354,9 @@ fn replay(
 /// was checked against its digest when it was decoded (in the pass that read it), so this
 /// costs the driver time proportional to the sessions, not to the keys.
 fn snapshot_ok(s: &Snapshot) -> bool {
-    refuse::position_ok(s.through) && s.kv.sessions_consistent(s.through)
+    refuse::position_ok(s.through)
+        && s.kv.sessions_consistent(s.through)
+        && s.kv.leases_consistent()
 }
 
 /// Refuses a record no replica writes: a round or a slot beyond the input limits (so replay

@@ -19,6 +19,7 @@ mod election;
 pub mod kv;
 mod leader;
 mod learner;
+pub mod leases;
 pub mod log;
 pub mod message;
 pub mod persist;
@@ -36,8 +37,9 @@ pub use replica::{
     ClientError, ClientReply, ClientToken, CoreStatus, Footprint, PeerToken, Replica,
 };
 pub use types::{
-    check_key, check_value, Ballot, Check, CmpOp, Command, CommandId, Compare, InvalidInput,
-    KeyMeta, Op, Outcome, ReplicaId, Slot, Txn, TxnOp, TxnOutcome, TxnResult, Value,
-    DEFAULT_MAX_VALUE_BYTES, MAX_KEY_BYTES, MAX_TXN_BYTES, MAX_TXN_COMPARES, MAX_TXN_OPS,
-    MAX_TXN_READ_BYTES,
+    check_key, check_lease_ttl, check_value, Ballot, Check, CmpOp, Command, CommandId, Compare,
+    InvalidInput, KeyMeta, LeaseError, LeaseId, Op, Outcome, ReplicaId, Slot, Txn, TxnOp,
+    TxnOutcome, TxnResult, Value, DEFAULT_MAX_VALUE_BYTES, MAX_KEY_BYTES, MAX_LEASES,
+    MAX_LEASE_TTL_MS, MAX_TXN_BYTES, MAX_TXN_COMPARES, MAX_TXN_OPS, MAX_TXN_READ_BYTES,
+    MIN_LEASE_TTL_MS,
 };

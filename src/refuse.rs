@@ -176,7 +176,8 @@ pub(crate) fn value_ok(value: &Value, cfg: &Config) -> bool {
             check_key(key).is_ok() && check_value(value, cfg.max_value_bytes).is_ok()
         }
         Op::Delete { key } => check_key(key).is_ok(),
-        Op::Register => true,
+        Op::Register | Op::LeaseRevoke { .. } | Op::LeaseExpire { .. } => true,
+        Op::LeaseGrant { ttl_ms } => crate::types::check_lease_ttl(*ttl_ms).is_ok(),
         Op::Txn(txn) => txn.check(cfg.max_value_bytes).is_ok(),
     });
     let batch_ok = value.commands.len() <= cfg.max_batch_commands

@@ -47,6 +47,8 @@ pub enum ClientError {
     /// The command waited in the leader's queue past its deadline and was dropped without
     /// being proposed: it was not applied.
     DeadlinePassed,
+    /// A keepalive named a lease that does not exist (never granted, revoked or expired).
+    LeaseNotFound(crate::types::LeaseId),
 }
 
 /// The answer to a client request.
@@ -61,6 +63,11 @@ pub enum ClientReply {
     View(Box<KvState>),
     /// Refused.
     Failed(ClientError),
+    /// A keepalive was taken: the lease lives `ttl_ms` from now (on the leader's clock).
+    LeaseKept {
+        /// The lease's TTL.
+        ttl_ms: u64,
+    },
 }
 
 /// The replica's current role.
@@ -117,6 +124,8 @@ pub struct Replica {
     pub(crate) unsynced_chosen: Option<Slot>,
     /// Inputs refused as malformed or out of range, by cause.
     pub(crate) refused: RefusedCounts,
+    /// While leading: when each lease expires, in ticks. Empty otherwise.
+    pub(crate) lease_clock: crate::leases::LeaseClock,
 }
 
 /// What the replica holds in memory that grows with input, for bounds checks in tests and
@@ -174,6 +183,7 @@ impl Replica {
             durability: Durability::recovered(promised),
             unsynced_chosen: None,
             refused: RefusedCounts::default(),
+            lease_clock: Default::default(),
         };
         r.reset_election_timer();
         r
@@ -411,7 +421,10 @@ impl Replica {
             self.attach_chosen_record(true);
         }
         match self.role {
-            Role::Leader(_) => self.leader_tick(),
+            Role::Leader(_) => {
+                self.leader_tick();
+                self.lease_tick();
+            }
             Role::Candidate(_) => self.candidate_tick(),
             Role::Follower => self.follower_tick(),
         }

@@ -87,6 +87,25 @@ pub enum Op {
     /// Compares and then writes, atomically, in one slot (etcd's Txn). Appended last so
     /// older encodings of the other variants keep their numbers.
     Txn(Txn),
+    /// Creates a lease of `ttl_ms` (within [`MIN_LEASE_TTL_MS`]..=[`MAX_LEASE_TTL_MS`]); its
+    /// id is assigned at apply from a counter in the replicated state, so every replica
+    /// agrees. Changes no key and takes no revision.
+    LeaseGrant {
+        /// Time to live without keepalives.
+        ttl_ms: u64,
+    },
+    /// Removes a lease and deletes every key attached to it, all at one revision.
+    LeaseRevoke {
+        /// The lease.
+        id: LeaseId,
+    },
+    /// A revoke proposed by the leader because the lease's deadline passed without a
+    /// keepalive. Applied like [`Op::LeaseRevoke`] but outside the session table (the
+    /// leader has no session; a repeat finds the lease gone, ids are never reused).
+    LeaseExpire {
+        /// The lease.
+        id: LeaseId,
+    },
 }
 
 impl Op {
@@ -95,7 +114,10 @@ impl Op {
     pub fn key(&self) -> Option<&str> {
         match self {
             Op::Put { key, .. } | Op::Delete { key } => Some(key),
-            Op::Register => None,
+            Op::Register
+            | Op::LeaseGrant { .. }
+            | Op::LeaseRevoke { .. }
+            | Op::LeaseExpire { .. } => None,
             Op::Txn(txn) => txn.keys().next(),
         }
     }
@@ -106,7 +128,10 @@ impl Op {
         match self {
             Op::Put { key, value } => HEADER_BYTES + key.len() + value.len(),
             Op::Delete { key } => HEADER_BYTES + key.len(),
-            Op::Register => HEADER_BYTES,
+            Op::Register
+            | Op::LeaseGrant { .. }
+            | Op::LeaseRevoke { .. }
+            | Op::LeaseExpire { .. } => HEADER_BYTES,
             Op::Txn(txn) => HEADER_BYTES + txn.size_bytes(),
         }
     }
@@ -162,6 +187,77 @@ pub enum Outcome {
     Registered,
     /// A transaction was applied (whichever branch its compares chose).
     Txn(TxnOutcome),
+    /// A lease was granted.
+    LeaseGranted {
+        /// Its id.
+        id: LeaseId,
+        /// Its time to live.
+        ttl_ms: u64,
+    },
+    /// A revoke (or expiry) was applied.
+    LeaseRevoked {
+        /// The lease existed (false: nothing was done).
+        found: bool,
+        /// Keys deleted with it, all at one revision.
+        deleted_keys: u64,
+        /// The store revision after it (grown by one if it deleted anything).
+        revision: u64,
+    },
+    /// A lease command, or a transaction putting with a lease, was refused at apply;
+    /// nothing changed.
+    LeaseFailed(LeaseError),
+}
+
+/// A lease's name: assigned at apply from a counter (1, 2, ...), never reused. 0 is no
+/// lease (as in etcd).
+#[derive(
+    Clone, Copy, Debug, Default, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize,
+)]
+pub struct LeaseId(pub u64);
+
+impl fmt::Display for LeaseId {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}", self.0)
+    }
+}
+
+/// Shortest lease TTL: a second, well above an election timeout, so a lease can be kept
+/// alive across a leader change.
+pub const MIN_LEASE_TTL_MS: u64 = 1_000;
+
+/// Longest lease TTL: one day.
+pub const MAX_LEASE_TTL_MS: u64 = 24 * 60 * 60 * 1_000;
+
+/// Most leases the replicated state holds at once; a grant beyond is refused.
+pub const MAX_LEASES: usize = 100_000;
+
+/// Why a lease command was refused at apply.
+#[derive(Clone, Debug, PartialEq, Eq, Hash, thiserror::Error, Serialize, Deserialize)]
+pub enum LeaseError {
+    /// The lease does not exist (never granted, revoked or expired).
+    #[error("requested lease not found: {0}")]
+    NotFound(LeaseId),
+    /// The lease table is full.
+    #[error("too many leases: the store holds at most {max}")]
+    TooMany {
+        /// The bound.
+        max: u64,
+    },
+    /// A TTL outside the bounds.
+    #[error("lease TTL of {ttl_ms} ms is outside {MIN_LEASE_TTL_MS}..={MAX_LEASE_TTL_MS} ms")]
+    BadTtl {
+        /// The refused TTL.
+        ttl_ms: u64,
+    },
+}
+
+/// Validates a lease TTL against [`MIN_LEASE_TTL_MS`] and [`MAX_LEASE_TTL_MS`].
+pub fn check_lease_ttl(ttl_ms: u64) -> Result<(), LeaseError> {
+    if (MIN_LEASE_TTL_MS..=MAX_LEASE_TTL_MS).contains(&ttl_ms) {
+        Ok(())
+    } else {
+        Err(LeaseError::BadTtl { ttl_ms })
+    }
 }
 
 /// Most compares one transaction may carry.
@@ -260,13 +356,28 @@ pub enum TxnOp {
         /// The key.
         key: String,
     },
+    /// Set `key` to `value` and attach it to `lease` (detached from any other): when the
+    /// lease is revoked or expires the key is deleted. If the lease does not exist the whole
+    /// transaction is refused ([`Outcome::LeaseFailed`]). Appended last.
+    PutLeased {
+        /// The key.
+        key: String,
+        /// The new value.
+        #[serde(with = "serde_bytes")]
+        value: Vec<u8>,
+        /// The lease.
+        lease: LeaseId,
+    },
 }
 
 impl TxnOp {
     /// The key it touches.
     pub fn key(&self) -> &str {
         match self {
-            TxnOp::Put { key, .. } | TxnOp::Delete { key } | TxnOp::Get { key } => key,
+            TxnOp::Put { key, .. }
+            | TxnOp::Delete { key }
+            | TxnOp::Get { key }
+            | TxnOp::PutLeased { key, .. } => key,
         }
     }
 
@@ -333,7 +444,7 @@ impl Txn {
             .chain(&self.failure)
             .map(|op| {
                 let value = match op {
-                    TxnOp::Put { value, .. } => value.len(),
+                    TxnOp::Put { value, .. } | TxnOp::PutLeased { value, .. } => value.len(),
                     _ => 0,
                 };
                 ITEM_BYTES + op.key().len() + value
@@ -375,7 +486,7 @@ impl Txn {
             check_key(key)?;
         }
         for op in self.success.iter().chain(&self.failure) {
-            if let TxnOp::Put { value, .. } = op {
+            if let TxnOp::Put { value, .. } | TxnOp::PutLeased { value, .. } = op {
                 check_value(value, max_value_bytes)?;
             }
         }

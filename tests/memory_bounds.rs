@@ -55,7 +55,8 @@ fn within_limits(value: &Value) -> bool {
             check_key(key).is_ok() && check_value(value, MAX_VALUE_BYTES).is_ok()
         }
         Op::Delete { key } => check_key(key).is_ok(),
-        Op::Register => true,
+        Op::Register | Op::LeaseRevoke { .. } | Op::LeaseExpire { .. } => true,
+        Op::LeaseGrant { ttl_ms } => paxoskv::check_lease_ttl(*ttl_ms).is_ok(),
         Op::Txn(txn) => txn.check(MAX_VALUE_BYTES).is_ok(),
     });
     let n = value.commands.len();

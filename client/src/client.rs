@@ -3,10 +3,11 @@
 use crate::pool::{Conn, Pool};
 use crate::retry::{Backoff, Tracker};
 use crate::{ClientConfig, ClientError};
-use paxoskv::{check_key, check_value, CommandId, Compare, Outcome, Txn, TxnOutcome};
+use paxoskv::{check_key, check_value, CommandId, Compare, Outcome, Txn, TxnOp, TxnOutcome};
 use paxoskv_service::{
-    CountReply, GetMetaReply, GetReply, KeyRange, KvError, KvRpcClient, ReadMode, ReplicaStatus,
-    ScanPage, ScanReply, TxnReply, WatchReply, WriteReply, MAX_SCAN_LIMIT,
+    CountReply, GetMetaReply, GetReply, KeyRange, KvError, KvRpcClient, LeaseGrantReply,
+    LeaseKeepAliveReply, LeaseRevokeReply, ReadMode, ReplicaStatus, ScanPage, ScanReply, TxnReply,
+    WatchReply, WriteReply, MAX_SCAN_LIMIT,
 };
 use std::error::Error as StdError;
 use std::future::Future;
@@ -40,6 +41,9 @@ macro_rules! leader_hint {
 }
 
 leader_hint!(
+    LeaseGrantReply,
+    LeaseRevokeReply,
+    LeaseKeepAliveReply,
     WriteReply,
     GetReply,
     ScanReply,
@@ -213,6 +217,70 @@ impl Client {
         key: &str,
     ) -> Result<TxnOutcome, ClientError> {
         self.txn(Txn::delete_if(compares, key.to_string())).await
+    }
+
+    /// Creates a lease that lives `ttl` (1 s ..= 1 day, rounded down to milliseconds)
+    /// unless kept alive; returns its id. Exactly once even across retries.
+    pub async fn lease_grant(&mut self, ttl: Duration) -> Result<LeaseGrantReply, ClientError> {
+        let ttl_ms = ttl.as_millis().min(u128::from(u64::MAX)) as u64;
+        paxoskv::check_lease_ttl(ttl_ms)
+            .map_err(|e| ClientError::Config(format!("lease TTL: {e}")))?;
+        let id = self.next_write_id().await?;
+        let reply = self
+            .run(|rpc, ctx| async move { rpc.lease_grant(ctx, id, ttl_ms).await })
+            .await;
+        self.end_session_if_expired(reply)
+    }
+
+    /// Removes lease `lease` and deletes every key attached to it, at one revision.
+    pub async fn lease_revoke(&mut self, lease: u64) -> Result<LeaseRevokeReply, ClientError> {
+        let id = self.next_write_id().await?;
+        let reply = self
+            .run(|rpc, ctx| async move { rpc.lease_revoke(ctx, id, lease).await })
+            .await;
+        self.end_session_if_expired(reply)
+    }
+
+    /// Restarts the lease's TTL on the leader; returns the TTL. Keep a lease alive by
+    /// calling this well within its TTL (the CLI does every third of it).
+    pub async fn lease_keepalive(&self, lease: u64) -> Result<Duration, ClientError> {
+        let reply = self
+            .run(|rpc, ctx| async move { rpc.lease_keepalive(ctx, lease).await })
+            .await?;
+        Ok(Duration::from_millis(reply.ttl_ms))
+    }
+
+    /// Sets `key` to `value` attached to `lease` (deleted when the lease ends), exactly once.
+    /// A missing lease is `KvError::LeaseNotFound` and writes nothing.
+    pub async fn put_with_lease(
+        &mut self,
+        key: &str,
+        value: Vec<u8>,
+        lease: u64,
+    ) -> Result<TxnOutcome, ClientError> {
+        self.put_if_with_lease(Vec::new(), key, value, lease).await
+    }
+
+    /// [`Client::put_if`] attaching the key to `lease`: the lock recipe (`--if-absent`
+    /// with a lease) in one call.
+    pub async fn put_if_with_lease(
+        &mut self,
+        compares: Vec<Compare>,
+        key: &str,
+        value: Vec<u8>,
+        lease: u64,
+    ) -> Result<TxnOutcome, ClientError> {
+        let put = TxnOp::PutLeased {
+            key: key.to_string(),
+            value,
+            lease: paxoskv::LeaseId(lease),
+        };
+        self.txn(Txn {
+            compares,
+            success: vec![put],
+            failure: Vec::new(),
+        })
+        .await
     }
 
     /// Reads `key` with its revisions and the store revision.

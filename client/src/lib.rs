@@ -28,7 +28,8 @@ pub use config::{
 };
 pub use error::{format_addrs, ClientError};
 pub use paxoskv::{
-    Check, CmpOp, Compare, InvalidInput, KeyMeta, Outcome, Txn, TxnOp, TxnOutcome, TxnResult,
+    Check, CmpOp, Compare, InvalidInput, KeyMeta, LeaseId, Outcome, Txn, TxnOp, TxnOutcome,
+    TxnResult,
 };
 pub use paxoskv_service::{
     Event, EventKind, GetMetaReply, GetReply, KeyRange, KvError, ReadMode, ReplicaStatus, ScanPage,

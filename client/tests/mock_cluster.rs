@@ -209,6 +209,32 @@ impl KvRpc for Fake {
         })
     }
 
+    async fn lease_grant(
+        self,
+        _: Context,
+        _: CommandId,
+        _: u64,
+    ) -> Result<paxoskv_service::LeaseGrantReply, KvError> {
+        Err(KvError::InvalidRequest("not in the fake".into()))
+    }
+
+    async fn lease_revoke(
+        self,
+        _: Context,
+        _: CommandId,
+        _: u64,
+    ) -> Result<paxoskv_service::LeaseRevokeReply, KvError> {
+        Err(KvError::InvalidRequest("not in the fake".into()))
+    }
+
+    async fn lease_keepalive(
+        self,
+        _: Context,
+        _: u64,
+    ) -> Result<paxoskv_service::LeaseKeepAliveReply, KvError> {
+        Err(KvError::InvalidRequest("not in the fake".into()))
+    }
+
     async fn set_partition(self, _: Context, _: Vec<u32>) -> Result<(), KvError> {
         Err(KvError::InvalidRequest(
             "the fake has no fault control".into(),

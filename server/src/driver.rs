@@ -173,6 +173,13 @@ pub enum DriverInput {
         /// Where to answer.
         reply: oneshot::Sender<ClientReply>,
     },
+    /// A lease keepalive (answered by the leader's core).
+    LeaseKeepAlive {
+        /// The lease.
+        lease: paxoskv::LeaseId,
+        /// Where to answer.
+        reply: oneshot::Sender<ClientReply>,
+    },
     /// A linearizable read.
     Read {
         /// The key.
@@ -232,6 +239,7 @@ impl DriverInput {
                 | DriverInput::Propose { .. }
                 | DriverInput::Read { .. }
                 | DriverInput::ReadView { .. }
+                | DriverInput::LeaseKeepAlive { .. }
         )
     }
 }
@@ -649,6 +657,11 @@ impl Driver {
                 let t = self.token();
                 self.client_waiters.insert(t, reply);
                 self.core.read(ClientToken(t), key);
+            }
+            DriverInput::LeaseKeepAlive { lease, reply } => {
+                let t = self.token();
+                self.client_waiters.insert(t, reply);
+                self.core.lease_keepalive(ClientToken(t), lease);
             }
             DriverInput::ReadView { reply } => {
                 self.metrics.reads.inc();

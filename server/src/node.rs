@@ -138,6 +138,7 @@ impl ReplicaOptions {
         cfg.max_pending_bytes = self.max_pending_bytes;
         cfg.max_log_tail_bytes = self.max_log_tail_bytes;
         cfg.max_open_bytes = self.max_open_bytes;
+        cfg.tick_ms = self.tick_ms;
         cfg
     }
 

@@ -14,8 +14,9 @@ use paxoskv::{
 };
 use paxoskv_service::tls::ServerSecurity;
 use paxoskv_service::{
-    Caller, CountReply, GetMetaReply, GetReply, KeyRange, KvError, KvRpc, ReadMode, ReplicaRpc,
-    ReplicaStatus, ScanReply, SnapshotChunk, TxnReply, WatchReply, WriteReply,
+    Caller, CountReply, GetMetaReply, GetReply, KeyRange, KvError, KvRpc, LeaseGrantReply,
+    LeaseKeepAliveReply, LeaseRevokeReply, ReadMode, ReplicaRpc, ReplicaStatus, ScanReply,
+    SnapshotChunk, TxnReply, WatchReply, WriteReply,
 };
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -307,9 +308,25 @@ impl KvServer {
         }
     }
 
-    fn validate(&self, op: &Op) -> Result<(), KvError> {
-        if let Op::Txn(txn) = op {
-            return Ok(txn.check(self.0.max_value_bytes)?);
+    fn validate(&self, command: &Command) -> Result<(), KvError> {
+        if command.id.client_id == paxoskv::leases::SYSTEM_CLIENT_ID {
+            return Err(KvError::InvalidRequest(
+                "client id 0 is reserved for the leader's own commands".into(),
+            ));
+        }
+        let op = &command.op;
+        match op {
+            Op::Txn(txn) => return Ok(txn.check(self.0.max_value_bytes)?),
+            Op::LeaseGrant { ttl_ms } => {
+                return paxoskv::check_lease_ttl(*ttl_ms)
+                    .map_err(|e| KvError::InvalidRequest(e.to_string()))
+            }
+            Op::LeaseExpire { .. } => {
+                return Err(KvError::InvalidRequest(
+                    "only the leader proposes lease expiries".into(),
+                ))
+            }
+            _ => {}
         }
         if let Some(key) = op.key() {
             check_key(key)?;
@@ -320,13 +337,13 @@ impl KvServer {
         Ok(())
     }
 
-    async fn write(
+    pub(crate) async fn write(
         &self,
         ctx: &Context,
         command: Command,
         forwarded: bool,
     ) -> Result<WriteReply, KvError> {
-        self.validate(&command.op)?;
+        self.validate(&command)?;
         // Held until this handler ends (RAII): the command's bytes, twice when a copy is
         // kept for forwarding it to the leader.
         let copies = if forwarded { 1 } else { 2 };
@@ -504,6 +521,24 @@ fn map_failure(reply: ClientReply, seq: u64) -> KvError {
         ClientReply::Failed(ClientError::SessionExpired) => KvError::SessionExpired,
         ClientReply::Failed(ClientError::DeadlinePassed) => KvError::Timeout { timeout_ms: 0 },
         other => KvError::InvalidRequest(format!("unexpected reply {other:?}")),
+    }
+}
+
+/// A lease command's outcome that is not the expected success.
+fn lease_failure(outcome: Outcome, id: CommandId) -> KvError {
+    match outcome {
+        Outcome::LeaseFailed(paxoskv::LeaseError::NotFound(lease)) => {
+            KvError::LeaseNotFound { lease: lease.0 }
+        }
+        Outcome::LeaseFailed(e @ paxoskv::LeaseError::TooMany { .. }) => {
+            KvError::Busy(e.to_string())
+        }
+        Outcome::LeaseFailed(e) => KvError::InvalidRequest(e.to_string()),
+        // Only a retry under an id its session used for another command lands here.
+        other => KvError::InvalidRequest(format!(
+            "command {}/{} was not a lease command: {other:?}",
+            id.client_id, id.seq
+        )),
     }
 }
 
@@ -699,6 +734,9 @@ impl KvRpc for KvServer {
                 outcome,
                 leader_addr: reply.leader_addr,
             }),
+            Outcome::LeaseFailed(paxoskv::LeaseError::NotFound(lease)) => {
+                Err(KvError::LeaseNotFound { lease: lease.0 })
+            }
             // Only a retry under an id its session used for another command lands here.
             other => Err(KvError::InvalidRequest(format!(
                 "command {}/{} was not a transaction: {other:?}",
@@ -748,6 +786,81 @@ impl KvRpc for KvServer {
             next_revision: page.next_revision,
             served_by: self.0.id,
         })
+    }
+
+    async fn lease_grant(
+        self,
+        ctx: Context,
+        id: CommandId,
+        ttl_ms: u64,
+    ) -> Result<LeaseGrantReply, KvError> {
+        let command = Command {
+            id,
+            op: Op::LeaseGrant { ttl_ms },
+        };
+        let reply = self.write(&ctx, command, false).await?;
+        match reply.outcome {
+            Outcome::LeaseGranted { id: lease, ttl_ms } => Ok(LeaseGrantReply {
+                lease: lease.0,
+                ttl_ms,
+                leader_addr: reply.leader_addr,
+            }),
+            other => Err(lease_failure(other, id)),
+        }
+    }
+
+    async fn lease_revoke(
+        self,
+        ctx: Context,
+        id: CommandId,
+        lease: u64,
+    ) -> Result<LeaseRevokeReply, KvError> {
+        let command = Command {
+            id,
+            op: Op::LeaseRevoke {
+                id: paxoskv::LeaseId(lease),
+            },
+        };
+        let reply = self.write(&ctx, command, false).await?;
+        match reply.outcome {
+            Outcome::LeaseRevoked {
+                found: true,
+                deleted_keys,
+                revision,
+            } => Ok(LeaseRevokeReply {
+                deleted_keys,
+                revision,
+                leader_addr: reply.leader_addr,
+            }),
+            Outcome::LeaseRevoked { found: false, .. } => Err(KvError::LeaseNotFound { lease }),
+            other => Err(lease_failure(other, id)),
+        }
+    }
+
+    async fn lease_keepalive(
+        self,
+        ctx: Context,
+        lease: u64,
+    ) -> Result<LeaseKeepAliveReply, KvError> {
+        let budget = self.0.budget(&ctx);
+        let id = paxoskv::LeaseId(lease);
+        let reply = self
+            .0
+            .ask(
+                |reply| DriverInput::LeaseKeepAlive { lease: id, reply },
+                budget,
+            )
+            .await?;
+        match reply {
+            ClientReply::LeaseKept { ttl_ms } => Ok(LeaseKeepAliveReply {
+                ttl_ms,
+                leader_addr: self.0.addr_of(Some(self.0.id)),
+            }),
+            ClientReply::Failed(ClientError::LeaseNotFound(_)) => {
+                Err(KvError::LeaseNotFound { lease })
+            }
+            other => Err(self.read_failure(other)),
+        }
     }
 
     async fn set_partition(self, _: Context, blocked: Vec<ReplicaId>) -> Result<(), KvError> {

@@ -67,6 +67,12 @@ pub enum KvError {
         /// The oldest revision still served.
         oldest_revision: u64,
     },
+    /// The lease does not exist (never granted, revoked or expired); nothing was done.
+    #[error("requested lease not found: {lease}")]
+    LeaseNotFound {
+        /// The lease id.
+        lease: u64,
+    },
 }
 
 impl From<InvalidInput> for KvError {

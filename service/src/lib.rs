@@ -126,6 +126,37 @@ pub struct WatchReply {
     pub served_by: ReplicaId,
 }
 
+/// Reply to `lease_grant`.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct LeaseGrantReply {
+    /// The new lease's id (never reused).
+    pub lease: u64,
+    /// Its TTL.
+    pub ttl_ms: u64,
+    /// The leader's address.
+    pub leader_addr: Option<String>,
+}
+
+/// Reply to `lease_revoke`.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct LeaseRevokeReply {
+    /// The keys deleted with the lease (all at one revision).
+    pub deleted_keys: u64,
+    /// The store revision after the revoke.
+    pub revision: u64,
+    /// The leader's address.
+    pub leader_addr: Option<String>,
+}
+
+/// Reply to `lease_keepalive`.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct LeaseKeepAliveReply {
+    /// The lease lives this long from now unless kept alive again.
+    pub ttl_ms: u64,
+    /// The leader's address.
+    pub leader_addr: Option<String>,
+}
+
 /// Counters of injected failures (`-f`).
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct FailureStats {
@@ -246,4 +277,12 @@ pub trait KvRpc {
         limit: u32,
         wait_ms: u32,
     ) -> Result<WatchReply, KvError>;
+    /// Create a lease of `ttl_ms` (1 s ..= 1 day) through the log; exactly once per `id`.
+    /// Keys put with it (a transaction's `PutLeased`) are deleted when it is revoked or
+    /// expires: when the leader heard no keepalive for its TTL.
+    async fn lease_grant(id: CommandId, ttl_ms: u64) -> Result<LeaseGrantReply, KvError>;
+    /// Remove a lease and delete its keys at one revision; exactly once per `id`.
+    async fn lease_revoke(id: CommandId, lease: u64) -> Result<LeaseRevokeReply, KvError>;
+    /// Restart the lease's TTL on the leader's clock (followers answer `NotLeader`).
+    async fn lease_keepalive(lease: u64) -> Result<LeaseKeepAliveReply, KvError>;
 }

@@ -351,7 +351,9 @@ impl Clients {
             }
             ClientError::NotLeader { leader: None }
             | ClientError::Busy
-            | ClientError::DeadlinePassed => {
+            | ClientError::DeadlinePassed
+            // These clients send no keepalives; counted like any refusal if one appears.
+            | ClientError::LeaseNotFound(_) => {
                 c.target = (from + 1) % replicas;
                 op.retry_step = Some(now + BACKOFF_STEPS);
                 Ok(())
@@ -389,7 +391,10 @@ fn write_result(outcome: Outcome) -> KvResult {
             existed: Some(existed),
         },
         Outcome::Registered => KvResult::Put, // never recorded; see `on_reply`
-        // Never recorded: these clients propose no transactions yet.
-        Outcome::Txn(_) => KvResult::Put,
+        // Never recorded: these clients propose no transactions or lease commands yet.
+        Outcome::Txn(_)
+        | Outcome::LeaseGranted { .. }
+        | Outcome::LeaseRevoked { .. }
+        | Outcome::LeaseFailed(_) => KvResult::Put,
     }
 }

@@ -54,6 +54,10 @@ impl RunDigest {
                 self.bytes(key.as_bytes());
             }
             Op::Register => self.word(3),
+            op @ (Op::LeaseGrant { .. } | Op::LeaseRevoke { .. } | Op::LeaseExpire { .. }) => {
+                self.word(5);
+                self.bytes(format!("{op:?}").as_bytes());
+            }
             Op::Txn(txn) => {
                 // Debug output is deterministic and covers every field.
                 self.word(4);

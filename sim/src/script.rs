@@ -425,6 +425,7 @@ fn render_value(v: &Value) -> String {
             Op::Delete { key } => format!("delete {key}"),
             Op::Register => "register".into(),
             Op::Txn(txn) => format!("txn {txn:?}"),
+            op => format!("{op:?}"),
         })
         .collect();
     cmds.join(" ; ")
@@ -462,6 +463,9 @@ fn render_reply(r: &ClientReply) -> String {
         ClientReply::Applied(Outcome::Txn(t)) => format!("txn {t:?}"),
         ClientReply::Failed(ClientError::SessionExpired) => "session-expired".into(),
         ClientReply::Failed(ClientError::DeadlinePassed) => "deadline-passed".into(),
+        ClientReply::Failed(ClientError::LeaseNotFound(id)) => format!("lease-not-found {id}"),
+        ClientReply::LeaseKept { ttl_ms } => format!("lease-kept {ttl_ms}"),
+        ClientReply::Applied(o) => format!("{o:?}"),
     }
 }
 

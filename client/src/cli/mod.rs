@@ -4,6 +4,7 @@ mod bench;
 mod codec;
 mod demo;
 mod failover;
+mod lease;
 mod output;
 mod plot;
 mod repl;
@@ -50,6 +51,9 @@ Examples:
   paxoskv scan user/ --limit 50          key=value lines of the keys starting with user/
   paxoskv count user/                    how many keys start with user/
   paxoskv watch user/                    print every change of keys starting with user/
+  paxoskv lease grant 10s                print a new lease's id (say 1)
+  paxoskv put lock me --if-absent --lease 1   a lock that is released when lease 1 ends
+  paxoskv lease keepalive 1              keep it alive (every TTL/3) until interrupted
   paxoskv status                         one row per replica; exit 2 without a majority
   paxoskv get color --show-meta          value, then create_revision, mod_revision, version
   paxoskv put n 2 --if-version 1         write only if n is at version 1 (else exit 3)
@@ -136,6 +140,9 @@ enum Command {
         /// Write only if KEY's value is V; else exit 3.
         #[arg(long, value_name = "V")]
         if_value: Option<String>,
+        /// Attach KEY to this lease (`paxoskv lease grant`): it is deleted when the lease ends.
+        #[arg(long, value_name = "ID")]
+        lease: Option<u64>,
     },
     /// Print KEY's value as raw bytes; "not found" goes to stderr with exit status 1.
     Get {
@@ -202,6 +209,9 @@ enum Command {
     /// One row per replica: id, address, role, leader, ballot, applied slot, lag, digest,
     /// failures; exit status 2 when no majority is reachable.
     Status,
+    /// Leases: grant, revoke, keepalive (see README "Leases").
+    #[command(subcommand)]
+    Lease(lease::LeaseCommand),
     /// Print every change (put, delete) of the keys starting with PREFIX, in revision order
     /// ("REV PUT KEY VALUE", "REV DELETE KEY"), following leader changes and reconnects.
     Watch(watch::WatchArgs),
@@ -249,11 +259,24 @@ pub async fn run(args: Args) -> anyhow::Result<u8> {
             if_version,
             if_absent,
             if_value,
+            lease,
         } => {
             let key = encoding.decode_key(&key)?;
             let value = put_value(&client, encoding, value, file)?;
             let compares = txn::conditions(&key, if_version, if_absent, if_value);
-            if compares.is_empty() {
+            if let Some(lease) = lease {
+                let put = paxoskv_client::TxnOp::PutLeased {
+                    key: key.clone(),
+                    value,
+                    lease: paxoskv_client::LeaseId(lease),
+                };
+                let txn = paxoskv_client::Txn {
+                    compares,
+                    success: vec![put],
+                    failure: Vec::new(),
+                };
+                txn::cmd_conditional(&mut client, txn, &key, format).await
+            } else if compares.is_empty() {
                 cmd_put(&mut client, &key, value, format).await
             } else {
                 let put = paxoskv_client::Txn::put_if(compares, key.clone(), value);
@@ -323,6 +346,7 @@ pub async fn run(args: Args) -> anyhow::Result<u8> {
         Command::Demo { count } => demo::run(&mut client, count).await,
         Command::Repl => repl::run(&mut client).await,
         Command::Status => status::run(&client, args.write_out.unwrap_or(Format::Table)).await,
+        Command::Lease(lease_command) => lease::run(&mut client, lease_command, format).await,
         Command::Watch(watch_args) => watch::run(&client, watch_args, format, encoding).await,
         Command::Bench(bench_args) => bench::run(&client, bench_args).await,
         Command::BenchFailover(failover_args) => failover::run(&client, failover_args).await,

@@ -91,6 +91,9 @@ fn outcome_word(outcome: &Outcome) -> &'static str {
         Outcome::Registered => "session opened",
         Outcome::Txn(t) if t.succeeded => "condition held",
         Outcome::Txn(_) => "condition failed",
+        Outcome::LeaseGranted { .. } => "lease granted",
+        Outcome::LeaseRevoked { .. } => "lease revoked",
+        Outcome::LeaseFailed(_) => "lease refused",
     }
 }
 
@@ -101,6 +104,9 @@ fn outcome_json(key: &str, outcome: &Outcome) -> serde_json::Value {
         Outcome::Registered => json!({"key": key, "ok": true, "session": "opened"}),
         Outcome::Txn(t) => {
             json!({"key": key, "ok": t.succeeded, "succeeded": t.succeeded, "revision": t.revision})
+        }
+        other => {
+            json!({"key": key, "ok": !matches!(other, Outcome::LeaseFailed(_)), "outcome": outcome_word(other)})
         }
     }
 }

@@ -747,6 +747,7 @@ pub(crate) mod memory {
                 },
                 Op::Register => Outcome::Registered,
                 Op::Txn(_) => return Err(KvError::InvalidRequest("no txn in the fake".into())),
+                _ => return Err(KvError::InvalidRequest("no leases in the fake".into())),
             })
         }
 

@@ -17,7 +17,7 @@ use command::{Backend, Connection};
 use conditional::{Compare, Step, TxnAnswer};
 use framing::{next_request, RequestLimits};
 use paxoskv::kv::{KeyRange, ScanPage};
-use paxoskv::{CommandId, Op, Outcome};
+use paxoskv::{Command, CommandId, Op, Outcome};
 use paxoskv_service::{Caller, KvError, KvRpc, ReplicaStatus, WriteReply};
 use reply::Reply;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -337,6 +337,11 @@ impl KvSession {
                             outcome: Outcome::Txn(r.outcome),
                             leader_addr: r.leader_addr,
                         }),
+                        op @ (Op::LeaseGrant { .. }
+                        | Op::LeaseRevoke { .. }
+                        | Op::LeaseExpire { .. }) => {
+                            server.write(&ctx, Command { id, op }, false).await
+                        }
                     }
                 }
             })
