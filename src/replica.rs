@@ -160,7 +160,9 @@ pub struct Footprint {
 impl Replica {
     /// A fresh replica with empty state.
     pub fn new(cfg: Config) -> Replica {
-        let kv = KvState::new(cfg.max_sessions);
+        let mut kv = KvState::new(cfg.max_sessions);
+        // The first Ready tells the watch history where it starts (here: nothing applied).
+        kv.reset_events();
         Replica::with_state(cfg, Ballot::ZERO, Log::default(), kv)
     }
 

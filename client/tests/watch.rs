@@ -58,21 +58,27 @@ async fn a_restarted_replica_serves_its_rebuilt_history_from_the_snapshot_on() {
     // Only replica 1: what it serves is what it rebuilt.
     let watcher = client(&cluster.addrs[1..2]);
     let oldest = match watcher
-        .watch_once(&KeyRange::Prefix(String::new()), 1, 10, Duration::ZERO)
+        .watch_once(
+            &KeyRange::Prefix(String::new()),
+            1,
+            10,
+            Duration::from_secs(2),
+        )
         .await
     {
         Err(ClientError::Server(KvError::Compacted { oldest_revision })) => oldest_revision,
         // A snapshot is written in the background: the restart may have come first.
-        Ok(_) => 1,
+        Ok(reply) => reply.events.first().map_or(1, |e| e.revision),
         other => panic!("{other:?}"),
     };
     eprintln!("replica 1 serves revisions from {oldest} after its restart");
     assert!((1..=WRITES).contains(&oldest), "oldest {oldest}");
     // A write after the restart: the long-poll delivers it too.
     writer.put("after", b"x".to_vec()).await.expect("put");
-    let events = collect(&watcher, oldest, WRITES + 1, Duration::from_secs(20))
-        .await
-        .expect("watch");
+    let events = match collect(&watcher, oldest, WRITES + 1, Duration::from_secs(20)).await {
+        Ok(events) => events,
+        Err(e) => panic!("watch from {oldest}: {e}"),
+    };
     let got: Vec<(u64, &str, &[u8])> = events
         .iter()
         .map(|e| {

@@ -53,6 +53,9 @@ struct Bounds {
 
 #[derive(Debug)]
 struct History {
+    /// False until the driver's first publish: a replica that just started has not handed
+    /// over the history it rebuilt yet, so nothing is known about any revision.
+    loaded: bool,
     bounds: Bounds,
     events: VecDeque<Event>,
     bytes: usize,
@@ -62,6 +65,7 @@ struct History {
 
 impl History {
     fn publish(&mut self, batch: EventBatch) {
+        self.loaded = true;
         if let Some(reset) = batch.reset_at {
             // The events between what we hold and `reset` never reached us (a snapshot
             // was installed, or the core dropped them): nothing at or below it is served.
@@ -156,6 +160,7 @@ impl WatchHub {
     pub fn new(max_events: usize, max_bytes: usize) -> WatchHub {
         WatchHub {
             history: Mutex::new(History {
+                loaded: false,
                 bounds: Bounds {
                     compacted_through: 0,
                     head: 0,
@@ -170,11 +175,9 @@ impl WatchHub {
         }
     }
 
-    /// Adds what the core drained; wakes the long-polls.
+    /// Adds what the core drained; wakes the long-polls. The driver calls it after every
+    /// Ready, empty or not: the first call marks the history as loaded.
     pub fn publish(&self, batch: EventBatch) {
-        if batch.is_empty() {
-            return;
-        }
         let head = match self.history.lock() {
             Ok(mut h) => {
                 h.publish(batch);
@@ -383,6 +386,34 @@ mod tests {
         let page = waiter.await.unwrap().unwrap();
         assert_eq!(revisions(&page), [("x1".into(), 3)]);
         assert_eq!(page.next_revision, 4);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn before_the_first_publish_nothing_is_claimed_and_a_poll_waits_for_it() {
+        let hub = Arc::new(WatchHub::new(100, 1 << 20));
+        // A restarted replica whose history starts at its snapshot's revision 10.
+        assert_eq!(
+            hub.read(&all(), 3, 10).unwrap(),
+            WatchPage {
+                events: vec![],
+                next_revision: 3
+            }
+        );
+        let waiter = {
+            let hub = hub.clone();
+            tokio::spawn(async move { hub.poll(&all(), 3, 10, Duration::from_secs(5)).await })
+        };
+        tokio::task::yield_now().await;
+        hub.publish(EventBatch {
+            reset_at: Some(10),
+            events: vec![],
+        });
+        assert_eq!(
+            waiter.await.unwrap(),
+            Err(KvError::Compacted {
+                oldest_revision: 11
+            })
+        );
     }
 
     #[tokio::test(start_paused = true)]
