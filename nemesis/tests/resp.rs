@@ -556,3 +556,42 @@ fn redis_cli_works_against_paxoskv() {
     let text = String::from_utf8_lossy(&out.stdout);
     assert!(text.contains("OK") && text.contains('1'), "{text}");
 }
+
+#[test]
+fn set_ex_and_setex_keys_expire_through_leases() {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let (_procs, _addrs, resp) = resp_cluster(dir.path(), 3, &[]);
+    let leader = wait_leader(&resp, Duration::from_secs(20));
+    // Through a follower: the lease grant and the put are forwarded like any write.
+    let mut con = connect(resp[(leader + 1) % resp.len()], "");
+    let started = Instant::now();
+    let ok = |con: &mut redis::Connection, cmd: &str, args: &[&str]| {
+        let v: redis::Value = redis::cmd(cmd).arg(args).query(con).expect(cmd);
+        assert_eq!(v, redis::Value::Okay, "{cmd} {args:?}");
+    };
+    ok(&mut con, "SET", &["short", "1", "PX", "1000"]);
+    ok(&mut con, "SETEX", &["long", "60", "2"]);
+    ok(&mut con, "SET", &["plain", "3"]);
+    assert_eq!(get(&mut con, "short").as_deref(), Some("1"));
+    let refused = server_error(
+        redis::cmd("SET")
+            .arg(&["x", "1", "PX", "10"])
+            .query(&mut con),
+    );
+    assert!(refused.contains("invalid expire time"), "{refused}");
+    assert_eq!(get(&mut con, "x"), None);
+    // The 1 s key goes (bounded wait), the others stay.
+    let deadline = Instant::now() + Duration::from_secs(15);
+    while get(&mut con, "short").is_some() {
+        assert!(Instant::now() < deadline, "SET PX 1000 never expired");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    let lived = started.elapsed();
+    assert!(
+        lived >= Duration::from_millis(950),
+        "expired early: {lived:?}"
+    );
+    assert_eq!(get(&mut con, "long").as_deref(), Some("2"));
+    assert_eq!(get(&mut con, "plain").as_deref(), Some("3"));
+    eprintln!("SET PX 1000 was gone {lived:?} after it was sent");
+}

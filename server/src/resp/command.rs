@@ -89,12 +89,16 @@ pub const DEFAULT_MAX_REPLY_BYTES: usize = 64 * 1024 * 1024;
 /// Commands that answer `-ERR ... not supported yet` with the reason, until the data model
 /// (issue 13) and the ordered map (issue 12) land.
 const NOT_YET: &[(&str, &str)] = &[
-    ("SETEX", "needs leases, issue 13"),
-    ("PSETEX", "needs leases, issue 13"),
-    ("EXPIRE", "needs leases, issue 13"),
-    ("PEXPIRE", "needs leases, issue 13"),
-    ("TTL", "needs leases, issue 13"),
-    ("PTTL", "needs leases, issue 13"),
+    (
+        "EXPIRE",
+        "a key's TTL is its lease's: set it with SET EX/PX or SETEX (paxoskv lease ...)",
+    ),
+    (
+        "PEXPIRE",
+        "a key's TTL is its lease's: set it with SET EX/PX or SETEX (paxoskv lease ...)",
+    ),
+    ("TTL", "the remaining TTL lives on the leader's lease clock and is not exposed yet"),
+    ("PTTL", "the remaining TTL lives on the leader's lease clock and is not exposed yet"),
     (
         "MULTI",
         "MULTI/EXEC queueing is not built; SET NX/XX, MSET, MSETNX, GETSET, INCR are each one transaction",
@@ -215,6 +219,8 @@ impl Connection {
                 Reply::Int(count)
             }
             "SET" => conditional::set(backend, rest).await,
+            "SETEX" => conditional::setex(backend, rest, false).await,
+            "PSETEX" => conditional::setex(backend, rest, true).await,
             "SETNX" => conditional::setnx(backend, rest).await,
             "MSET" => conditional::mset(backend, rest, false).await,
             "MSETNX" => conditional::mset(backend, rest, true).await,
@@ -724,6 +730,10 @@ pub(crate) mod memory {
         pub(crate) fail_with: Option<KvError>,
         /// A write by "another client" just before the next transaction (a CAS conflict).
         pub(crate) before_txn: Option<Interloper>,
+        /// TTLs of the leases granted (lease id = index + 1).
+        pub(crate) leases: Vec<u64>,
+        /// Keys put with a lease, and which.
+        pub(crate) leased: std::collections::BTreeMap<String, u64>,
     }
 
     impl Backend for Memory {
@@ -747,7 +757,14 @@ pub(crate) mod memory {
                 },
                 Op::Register => Outcome::Registered,
                 Op::Txn(_) => return Err(KvError::InvalidRequest("no txn in the fake".into())),
-                _ => return Err(KvError::InvalidRequest("no leases in the fake".into())),
+                Op::LeaseGrant { ttl_ms } => {
+                    self.leases.push(ttl_ms);
+                    Outcome::LeaseGranted {
+                        id: paxoskv::LeaseId(self.leases.len() as u64),
+                        ttl_ms,
+                    }
+                }
+                _ => return Err(KvError::InvalidRequest("no revokes in the fake".into())),
             })
         }
 
@@ -825,6 +842,10 @@ pub(crate) mod memory {
                     }
                     Step::Delete(k) => {
                         self.map.remove(&k);
+                    }
+                    Step::PutLeased(k, v, lease) => {
+                        self.leased.insert(k.clone(), lease);
+                        self.map.insert(k, v);
                     }
                 }
             }
@@ -915,17 +936,62 @@ mod tests {
                 Reply::Error("ERR syntax error".into())
             );
         }
-        for option in ["EX", "PX", "EXAT", "PXAT", "KEEPTTL"] {
+        for option in ["EXAT", "PXAT", "KEEPTTL"] {
             let Reply::Error(e) = run(&mut c, &mut m, &["SET", "k", "9", option, "10"]) else {
                 panic!("{option} answered")
             };
-            assert!(e.contains("needs leases"), "{e}");
+            assert!(e.contains("not supported"), "{e}");
+        }
+        for bad in [
+            &["SET", "k", "9", "EX", "0"][..],
+            &["SET", "k", "9", "PX", "999"][..],
+        ] {
+            let Reply::Error(e) = run(&mut c, &mut m, bad) else {
+                panic!("{bad:?} answered")
+            };
+            assert!(e.contains("invalid expire time"), "{e}");
         }
         assert_eq!(
             run(&mut c, &mut m, &["GET", "k"]),
             bulk("4"),
             "refused SETs wrote nothing"
         );
+    }
+
+    #[test]
+    fn set_ex_px_and_setex_grant_a_lease_and_attach_the_key() {
+        let (mut c, mut m) = (Connection::new(1, None), Memory::default());
+        assert_eq!(
+            run(&mut c, &mut m, &["SET", "a", "1", "EX", "10"]),
+            Reply::ok()
+        );
+        assert_eq!(run(&mut c, &mut m, &["SETEX", "b", "5", "2"]), Reply::ok());
+        assert_eq!(
+            run(&mut c, &mut m, &["PSETEX", "c", "1500", "3"]),
+            Reply::ok()
+        );
+        assert_eq!(m.leases, [10_000, 5_000, 1_500]);
+        assert_eq!(m.leased.get("a"), Some(&1));
+        assert_eq!(m.leased.get("c"), Some(&3));
+        assert_eq!(run(&mut c, &mut m, &["GET", "b"]), bulk("2"));
+        // NX on an existing key: nothing written (the granted lease just expires).
+        assert_eq!(
+            run(&mut c, &mut m, &["SET", "a", "9", "NX", "PX", "2000"]),
+            Reply::Nil
+        );
+        assert_eq!(run(&mut c, &mut m, &["GET", "a"]), bulk("1"));
+        assert_eq!(
+            run(&mut c, &mut m, &["SET", "a", "9", "EX", "x"]),
+            Reply::Error("ERR value is not an integer or out of range".into())
+        );
+        assert_eq!(
+            run(&mut c, &mut m, &["SET", "a", "9", "EX", "1", "PX", "1"]),
+            Reply::Error("ERR syntax error".into())
+        );
+        assert!(matches!(
+            run(&mut c, &mut m, &["SETEX", "a", "1"]),
+            Reply::Error(_)
+        ));
     }
 
     #[test]
@@ -996,7 +1062,7 @@ mod tests {
         let Reply::Error(e) = run(&mut c, &mut m, &["EXPIRE", "s", "10"]) else {
             panic!("EXPIRE answered")
         };
-        assert!(e.contains("needs leases"), "{e}");
+        assert!(e.contains("lease"), "{e}");
     }
 
     fn keys_of(reply: Reply) -> Vec<String> {

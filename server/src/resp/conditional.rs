@@ -26,6 +26,8 @@ pub enum Step {
     Put(String, Vec<u8>),
     /// Remove the key.
     Delete(String),
+    /// Set the key and attach it to a lease (SET EX/PX): deleted when the lease expires.
+    PutLeased(String, Vec<u8>, u64),
 }
 
 /// What a transaction did.
@@ -49,7 +51,9 @@ pub const MAX_CAS_WAIT_MS: u64 = 5_000;
 /// Longest random pause between two attempts.
 const MAX_CAS_BACKOFF_MS: u64 = 32;
 
-/// `SET key value [NX|XX] [GET] [EX s|PX ms|EXAT|PXAT|KEEPTTL]`.
+/// `SET key value [NX|XX] [GET] [EX s|PX ms]`. EX/PX grant a lease of that TTL (at least
+/// 1 s: paxoskv's shortest lease) and attach the key to it; EXAT, PXAT and KEEPTTL are
+/// refused.
 pub async fn set<B: Backend>(backend: &mut B, args: &[Vec<u8>]) -> Reply {
     let [key, value, options @ ..] = args else {
         return arity("SET");
@@ -59,14 +63,24 @@ pub async fn set<B: Backend>(backend: &mut B, args: &[Vec<u8>]) -> Reply {
         Err(reply) => return reply,
     };
     let (mut nx, mut xx, mut get) = (false, false, false);
-    for option in options {
+    let mut ttl_ms = None;
+    let mut options = options.iter();
+    while let Some(option) = options.next() {
         match option.to_ascii_uppercase().as_slice() {
             b"NX" if !xx => nx = true,
             b"XX" if !nx => xx = true,
             b"GET" => get = true,
-            b"EX" | b"PX" | b"EXAT" | b"PXAT" | b"KEEPTTL" => {
+            unit @ (b"EX" | b"PX") if ttl_ms.is_none() => {
+                let per_unit = if unit == b"EX" { 1000 } else { 1 };
+                match options.next().and_then(|n| parse_int(n)) {
+                    Some(n) if n > 0 => ttl_ms = Some((n as u64).saturating_mul(per_unit)),
+                    Some(_) => return Reply::err("invalid expire time in 'set' command"),
+                    None => return not_an_integer(),
+                }
+            }
+            b"EXAT" | b"PXAT" | b"KEEPTTL" => {
                 return Reply::err(format!(
-                    "SET option '{}' needs leases, which paxoskv does not have yet (issue 13); nothing was written",
+                    "SET option '{}' is not supported (EX and PX are); nothing was written",
                     String::from_utf8_lossy(option)
                 ))
             }
@@ -74,18 +88,24 @@ pub async fn set<B: Backend>(backend: &mut B, args: &[Vec<u8>]) -> Reply {
         }
     }
     let value = value.clone();
-    if !nx && !xx && !get {
-        return match backend.write(paxoskv::Op::Put { key, value }).await {
-            Ok(_) => Reply::ok(),
-            Err(e) => kv_error(&e),
-        };
-    }
+    let put = match ttl_ms {
+        None if !nx && !xx && !get => {
+            return match backend.write(paxoskv::Op::Put { key, value }).await {
+                Ok(_) => Reply::ok(),
+                Err(e) => kv_error(&e),
+            };
+        }
+        None => Step::Put(key.clone(), value),
+        Some(ttl_ms) => match grant(backend, ttl_ms).await {
+            Ok(lease) => Step::PutLeased(key.clone(), value, lease),
+            Err(reply) => return reply,
+        },
+    };
     let compares = match (nx, xx) {
         (true, _) => vec![Compare::Absent(key.clone())],
         (_, true) => vec![Compare::Exists(key.clone())],
         _ => vec![],
     };
-    let put = Step::Put(key.clone(), value);
     let (then, otherwise) = if get {
         (vec![Step::Get(key.clone()), put], vec![Step::Get(key)])
     } else {
@@ -99,6 +119,34 @@ pub async fn set<B: Backend>(backend: &mut B, args: &[Vec<u8>]) -> Reply {
         Ok(_) => Reply::Nil,
         Err(e) => kv_error(&e),
     }
+}
+
+/// A new lease of `ttl_ms` for one SET EX/PX (a lease the SET then does not use, because
+/// its condition failed, simply expires with no key).
+async fn grant<B: Backend>(backend: &mut B, ttl_ms: u64) -> Result<u64, Reply> {
+    if paxoskv::check_lease_ttl(ttl_ms).is_err() {
+        return Err(Reply::err(format!(
+            "invalid expire time in 'set' command: paxoskv keys expire through leases of \
+             {} ms ..= {} ms",
+            paxoskv::MIN_LEASE_TTL_MS,
+            paxoskv::MAX_LEASE_TTL_MS
+        )));
+    }
+    match backend.write(paxoskv::Op::LeaseGrant { ttl_ms }).await {
+        Ok(paxoskv::Outcome::LeaseGranted { id, .. }) => Ok(id.0),
+        Ok(other) => Err(Reply::err(format!("lease refused: {other:?}"))),
+        Err(e) => Err(kv_error(&e)),
+    }
+}
+
+/// `SETEX key seconds value` and `PSETEX key milliseconds value`: `SET key value EX|PX n`.
+pub async fn setex<B: Backend>(backend: &mut B, args: &[Vec<u8>], millis: bool) -> Reply {
+    let [key, ttl, value] = args else {
+        return arity(if millis { "PSETEX" } else { "SETEX" });
+    };
+    let unit: &[u8] = if millis { b"PX" } else { b"EX" };
+    let args = [key.clone(), value.clone(), unit.to_vec(), ttl.clone()];
+    set(backend, &args).await
 }
 
 /// `SETNX key value`: 1 if set, 0 if the key existed.

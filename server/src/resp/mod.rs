@@ -458,6 +458,11 @@ fn core_op(step: Step) -> paxoskv::TxnOp {
         Step::Get(key) => paxoskv::TxnOp::Get { key },
         Step::Put(key, value) => paxoskv::TxnOp::Put { key, value },
         Step::Delete(key) => paxoskv::TxnOp::Delete { key },
+        Step::PutLeased(key, value, lease) => paxoskv::TxnOp::PutLeased {
+            key,
+            value,
+            lease: paxoskv::LeaseId(lease),
+        },
     }
 }
 
