@@ -259,6 +259,38 @@ main() {
     kv status || die "status failed"
     expect 0 "kept for the restarted replica" get survivor
 
+    say "watch: every change of a prefix, in order, from a revision"
+    local rev wfile="$DATA/watch.out" wpid
+    rev=$(kv -w json get survivor | sed -n 's/.*"revision":\([0-9]*\).*/\1/p')
+    [[ -n $rev ]] || die "no store revision from get -w json"
+    kv watch demo-watch/ --from-revision $((rev + 1)) --max-events 3 --idle-exit 30s >"$wfile" 2>&1 &
+    wpid=$!
+    expect 0 "OK" put demo-watch/a 1
+    expect 0 "OK" put demo-watch/b 2
+    expect 0 "OK" delete demo-watch/a
+    wait "$wpid" || die "paxoskv watch failed: $(cat "$wfile")"
+    printf '$ paxoskv watch demo-watch/ --from-revision %d --max-events 3\n%s\n' $((rev + 1)) "$(cat "$wfile")"
+    [[ $(cat "$wfile") == "$((rev + 1)) PUT demo-watch/a 1
+$((rev + 2)) PUT demo-watch/b 2
+$((rev + 3)) DELETE demo-watch/a" ]] || die "watch printed something else"
+
+    say "lease: a key that goes when its lease is not kept alive"
+    local lease out started
+    lease=$(kv lease grant 2s) || die "lease grant failed"
+    echo "\$ paxoskv lease grant 2s"$'\n'"$lease"
+    out=$(kv put demo-lease "until the lease ends" --if-absent --lease "$lease") || die "leased put failed: $out"
+    echo "\$ paxoskv put demo-lease 'until the lease ends' --if-absent --lease $lease"$'\n'"$out"
+    expect 0 "lease $lease kept alive for 2s" lease keepalive "$lease" --once
+    started=$(now_ms)
+    expect 0 "until the lease ends" get demo-lease
+    local deadline=$((SECONDS + 20))
+    while kv get demo-lease >/dev/null 2>&1; do
+        ((SECONDS < deadline)) || die "the leased key outlived its lease by far"
+        sleep 0.1
+    done
+    echo "demo-lease expired $(($(now_ms) - started)) ms after the last keepalive was acknowledged"
+    expect 1 "not found: demo-lease" get demo-lease
+
     say "injected failures"
     local dropped=0 line d
     while IFS= read -r line; do
