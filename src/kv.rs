@@ -1341,20 +1341,22 @@ mod txn_tests {
     use super::*;
     use crate::types::{CmpOp, MAX_TXN_COMPARES, MAX_TXN_OPS};
 
-    fn cmd(seq: u64, op: Op) -> Command {
+    /// Command `seq` of client 1 (the other test modules use these too).
+    pub(super) fn cmd(seq: u64, op: Op) -> Command {
         Command {
             id: CommandId { client_id: 1, seq },
             op,
         }
     }
 
-    fn state() -> KvState {
+    /// A state with client 1's session open (slot 1).
+    pub(super) fn state() -> KvState {
         let mut kv = KvState::new(10);
         kv.apply(1, &cmd(1, Op::Register));
         kv
     }
 
-    fn put_op(key: &str, value: &str) -> Op {
+    pub(super) fn put_op(key: &str, value: &str) -> Op {
         Op::Put {
             key: key.into(),
             value: value.into(),
@@ -1589,22 +1591,9 @@ mod txn_tests {
 
 #[cfg(test)]
 mod event_tests {
+    use super::txn_tests::{cmd, put_op};
     use super::*;
     use crate::types::CmpOp;
-
-    fn cmd(seq: u64, op: Op) -> Command {
-        Command {
-            id: CommandId { client_id: 1, seq },
-            op,
-        }
-    }
-
-    fn put_op(key: &str, value: &str) -> Op {
-        Op::Put {
-            key: key.into(),
-            value: value.into(),
-        }
-    }
 
     /// (kind, key, value, revision) of each event, for short assertions.
     fn summary(batch: &EventBatch) -> Vec<(EventKind, &str, &[u8], u64)> {
@@ -1737,20 +1726,8 @@ mod event_tests {
 
 #[cfg(test)]
 mod lease_tests {
+    use super::txn_tests::{cmd, state};
     use super::*;
-
-    fn cmd(seq: u64, op: Op) -> Command {
-        Command {
-            id: CommandId { client_id: 1, seq },
-            op,
-        }
-    }
-
-    fn state() -> KvState {
-        let mut kv = KvState::new(10);
-        kv.apply(1, &cmd(1, Op::Register));
-        kv
-    }
 
     fn outcome(applied: Applied) -> Outcome {
         match applied {
