@@ -10,7 +10,8 @@
 //!
 //! On top of that, three reductions keep concurrent histories tractable; each only skips
 //! moves that another explored move makes redundant:
-//! * a read the current value satisfies is ordered at once, with no alternatives;
+//! * a read (or failed compare-and-swap) the current value satisfies is ordered at once,
+//!   with no alternatives;
 //! * of several candidates doing the same thing, only the one due first is tried;
 //! * a configuration where a pending read needs a value the register does not hold and no
 //!   pending write can produce before the read's deadline is abandoned at once.
@@ -307,7 +308,12 @@ impl Search {
     fn free_move(&self) -> Option<(u32, Choice)> {
         self.list.candidates().find_map(|op| {
             let o = &self.ops[op as usize];
-            if o.step == Step::Read(self.state) {
+            let fits_unchanged = match o.step {
+                Step::Read(v) => v == self.state,
+                Step::ReadNot(v) => v != self.state,
+                _ => false,
+            };
+            if fits_unchanged {
                 Some((op, Choice::Eager))
             } else if o.optional && self.pending.observers(o.step) == 0 {
                 Some((op, Choice::Dropped))
@@ -320,14 +326,19 @@ impl Search {
     /// True if another candidate does exactly what `op` does but is due sooner, so ordering
     /// it instead loses nothing. Take any order that works and starts with `op`: put the twin
     /// first instead (it is a candidate now) and `op` where the twin stood (`op` is due no
-    /// sooner), or, if the twin was left out, right after it (optional operations are plain
-    /// puts and deletes, so doing the same thing twice in a row changes nothing). For histories
-    /// that reuse values this cuts the search from every order of the twins to one.
+    /// sooner), or, if the twin was left out, leave `op` out instead when it is optional too,
+    /// or else order it right after the twin (a put or delete done twice in a row changes
+    /// nothing). A swap done twice in a row is not a swap done once, so an acknowledged swap
+    /// never defers to an optional twin. For histories that reuse values this cuts the search
+    /// from every order of the twins to one.
     fn has_twin_due_sooner(&self, op: u32) -> bool {
         let me = &self.ops[op as usize];
+        let idempotent = !matches!(me.step, Step::Swap { expected, new } if expected != new);
         self.list.candidates().any(|other| {
             let o = &self.ops[other as usize];
-            o.step == me.step && (o.deadline, other) < (me.deadline, op)
+            o.step == me.step
+                && (o.deadline, other) < (me.deadline, op)
+                && (idempotent || me.optional || !o.optional)
         })
     }
 
@@ -366,7 +377,7 @@ impl Search {
 
     fn mark(&mut self, op: u32) {
         let i = op as usize;
-        self.pending.set_done(op, self.ops[i].step, true);
+        self.pending.set_done(op, &self.ops[i], true);
         self.done.set(i);
         if self.ops[i].optional {
             self.optional_done.set(self.optional_index[i] as usize);
@@ -378,7 +389,7 @@ impl Search {
 
     fn unmark(&mut self, op: u32) {
         let i = op as usize;
-        self.pending.set_done(op, self.ops[i].step, false);
+        self.pending.set_done(op, &self.ops[i], false);
         self.done.clear(i);
         if self.ops[i].optional {
             self.optional_done.clear(self.optional_index[i] as usize);
