@@ -258,7 +258,10 @@ impl Search {
         if self.list.is_call(node) {
             let mut chosen = None;
             let optional = self.ops[op as usize].optional;
-            if optional == (cursor.pass == Pass::Optional) && !self.has_twin_due_sooner(op) {
+            if optional == (cursor.pass == Pass::Optional)
+                && !self.has_twin_due_sooner(op)
+                && (!optional || self.needed_now(op))
+            {
                 chosen = self.attempt(op, Choice::Applied, cursor.pass);
             }
             if chosen.is_none() {
@@ -326,19 +329,45 @@ impl Search {
     /// True if another candidate does exactly what `op` does but is due sooner, so ordering
     /// it instead loses nothing. Take any order that works and starts with `op`: put the twin
     /// first instead (it is a candidate now) and `op` where the twin stood (`op` is due no
-    /// sooner), or, if the twin was left out, leave `op` out instead when it is optional too,
-    /// or else order it right after the twin (a put or delete done twice in a row changes
-    /// nothing). A swap done twice in a row is not a swap done once, so an acknowledged swap
-    /// never defers to an optional twin. For histories that reuse values this cuts the search
-    /// from every order of the twins to one.
+    /// sooner), or, if the twin was left out, leave `op` out instead (`op` is optional too).
+    /// An acknowledged operation never defers to an optional twin: the twin may never be
+    /// ordered (see `needed_now`), and a swap done twice in a row is not a swap done once.
+    /// For histories that reuse values this cuts the search from every order of the twins
+    /// to one.
     fn has_twin_due_sooner(&self, op: u32) -> bool {
         let me = &self.ops[op as usize];
-        let idempotent = !matches!(me.step, Step::Swap { expected, new } if expected != new);
         self.list.candidates().any(|other| {
             let o = &self.ops[other as usize];
             o.step == me.step
                 && (o.deadline, other) < (me.deadline, op)
-                && (idempotent || me.optional || !o.optional)
+                && (me.optional || !o.optional)
+        })
+    }
+
+    /// Whether some other candidate needs the optional write `op` right now: a read of its
+    /// value, a swap expecting it, a failed compare-and-swap expecting the current value, or
+    /// a delete whose `existed` it would make right. If none does, ordering `op` now is never
+    /// necessary: take any order that works and has `op` next, and move `op` later, to just
+    /// before the first operation that does depend on it (everything in between is content
+    /// with the current value, as nothing needs `op`); that operation is then a candidate
+    /// (`op`'s deadline is no sooner than its completion, see `plan_unknowns`), so the move
+    /// is tried there. If nothing ever depends on it, it is left out.
+    fn needed_now(&self, op: u32) -> bool {
+        let Some(w) = self.ops[op as usize].step.written() else {
+            return true;
+        };
+        if w == self.state {
+            return false; // Changes nothing.
+        }
+        let present = w != ABSENT;
+        self.list.candidates().any(|other| {
+            other != op
+                && match self.ops[other as usize].step {
+                    Step::Read(v) | Step::Swap { expected: v, .. } => v == w,
+                    Step::ReadNot(v) => v == self.state,
+                    Step::Delete(Some(existed)) => existed == present,
+                    Step::Write(_) | Step::Delete(None) => false,
+                }
         })
     }
 
