@@ -8,11 +8,13 @@
 //! determined by the set of done operations and the register value, so explored
 //! configurations are memoized and never explored twice.
 //!
-//! On top of that, three reductions keep concurrent histories tractable; each only skips
+//! On top of that, four reductions keep concurrent histories tractable; each only skips
 //! moves that another explored move makes redundant:
 //! * a read (or failed compare-and-swap) the current value satisfies is ordered at once,
 //!   with no alternatives;
 //! * of several candidates doing the same thing, only the one due first is tried;
+//! * an optional (timed-out) write is only ordered where some candidate needs it right then
+//!   (see `Search::needed_now`), otherwise it waits or is left out;
 //! * a configuration where a pending read needs a value the register does not hold and no
 //!   pending write can produce before the read's deadline is abandoned at once.
 //!
