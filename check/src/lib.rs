@@ -11,6 +11,15 @@
 //! (P-compositionality): the histories stay small and a report names the key that broke.
 //! Per key the model is a register of `Option<Vec<u8>>`, initially absent.
 //!
+//! Besides gets, puts and deletes there is a compare-and-swap on one key ([`KvOp::Cas`]): if
+//! the register holds `expected` it is set to the new value (or cleared), atomically, and the
+//! answer says whether that happened. It touches one key, so the per-key split stays exact.
+//! In the model a CAS that succeeded reads its expected value and writes its new one in one
+//! step; one that failed is a read that observed some value *other than* the expected one
+//! (so it constrains the order just as a read does); an unknown one either did the swap,
+//! or changed nothing. The cheap proofs below treat a succeeded CAS as a write of its new
+//! value and a read of its expected one; failed comparisons are left to the search.
+//!
 //! Outcomes of an operation:
 //! * [`Completion::Ok`]: took effect exactly once, somewhere inside `[invoke, complete]`;
 //! * [`Completion::Failed`]: definitely did not take effect, so it is dropped;
@@ -61,13 +70,27 @@ pub enum KvOp {
         /// The key removed.
         key: String,
     },
+    /// Compare-and-swap: if `key` currently holds `expected` (`None`: the key is absent),
+    /// set it to `value` (`None`: delete it), atomically; otherwise change nothing. The
+    /// result says which ([`KvResult::Cas`]).
+    Cas {
+        /// The key compared and written.
+        key: String,
+        /// The value the key must hold for the swap to happen; `None` means absent.
+        expected: Option<Vec<u8>>,
+        /// The value written when it does; `None` deletes the key.
+        value: Option<Vec<u8>>,
+    },
 }
 
 impl KvOp {
     /// The key this operation touches.
     pub fn key(&self) -> &str {
         match self {
-            KvOp::Get { key } | KvOp::Put { key, .. } | KvOp::Delete { key } => key,
+            KvOp::Get { key }
+            | KvOp::Put { key, .. }
+            | KvOp::Delete { key }
+            | KvOp::Cas { key, .. } => key,
         }
     }
 }
@@ -84,6 +107,13 @@ pub enum KvResult {
         /// Whether the key existed before the delete, if the server said; `None` is not
         /// checked.
         existed: Option<bool>,
+    },
+    /// A compare-and-swap's answer: whether the key held the expected value (and so was
+    /// written). A failed comparison is still an acknowledged operation: it observed a
+    /// value other than the expected one.
+    Cas {
+        /// The comparison held and the write was applied.
+        succeeded: bool,
     },
 }
 
@@ -386,6 +416,17 @@ enum Step {
     Write(ValueId),
     /// Clears the register; if `Some`, whether it must have held a value.
     Delete(Option<bool>),
+    /// A compare-and-swap whose comparison failed: must observe any value but this one;
+    /// leaves the register unchanged.
+    ReadNot(ValueId),
+    /// A compare-and-swap that took effect: must observe `expected`, then sets `new`
+    /// ([`ABSENT`] for a delete), atomically.
+    Swap {
+        /// The value it must observe.
+        expected: ValueId,
+        /// The value it leaves.
+        new: ValueId,
+    },
 }
 
 impl Step {
@@ -396,15 +437,35 @@ impl Step {
             Step::Write(v) => Some(v),
             Step::Delete(None) => Some(ABSENT),
             Step::Delete(Some(existed)) => (existed == (state != ABSENT)).then_some(ABSENT),
+            Step::ReadNot(v) => (v != state).then_some(state),
+            Step::Swap { expected, new } => (expected == state).then_some(new),
         }
     }
 
     /// The value this step leaves in the register, if it changes it.
     fn written(self) -> Option<ValueId> {
         match self {
-            Step::Read(_) => None,
-            Step::Write(v) => Some(v),
+            Step::Read(_) | Step::ReadNot(_) => None,
+            Step::Write(v) | Step::Swap { new: v, .. } => Some(v),
             Step::Delete(_) => Some(ABSENT),
+        }
+    }
+
+    /// The value the register must hold for this step to fit: a read's value, or the
+    /// expected value of a compare-and-swap that took effect.
+    fn observed(self) -> Option<ValueId> {
+        match self {
+            Step::Read(v) | Step::Swap { expected: v, .. } => Some(v),
+            _ => None,
+        }
+    }
+
+    /// The value whose presence in the register decides whether this step fits: what
+    /// [`Step::observed`] gives, and a failed compare-and-swap's expected value.
+    fn compared(self) -> Option<ValueId> {
+        match self {
+            Step::ReadNot(v) => Some(v),
+            step => step.observed(),
         }
     }
 }
@@ -485,6 +546,11 @@ impl<'a> Interner<'a> {
             self.values.len() as ValueId
         })
     }
+
+    /// Like [`Interner::intern`], with `None` standing for [`ABSENT`].
+    fn intern_option(&mut self, value: &'a Option<Vec<u8>>) -> ValueId {
+        value.as_deref().map_or(ABSENT, |v| self.intern(v))
+    }
 }
 
 fn prepare_ok<'a>(
@@ -503,6 +569,18 @@ fn prepare_ok<'a>(
         (KvOp::Get { .. }, KvResult::Get(Some(v))) => Step::Read(interner.intern(v)),
         (KvOp::Put { value, .. }, KvResult::Put) => Step::Write(interner.intern(value)),
         (KvOp::Delete { .. }, KvResult::Delete { existed }) => Step::Delete(*existed),
+        (KvOp::Cas { expected, .. }, KvResult::Cas { succeeded: false }) => {
+            Step::ReadNot(interner.intern_option(expected))
+        }
+        (
+            KvOp::Cas {
+                expected, value, ..
+            },
+            KvResult::Cas { succeeded: true },
+        ) => Step::Swap {
+            expected: interner.intern_option(expected),
+            new: interner.intern_option(value),
+        },
         (_, result) => {
             return Err(format!(
                 "malformed history: operation #{} ({:?}) has mismatched result {result:?}",
@@ -521,11 +599,20 @@ fn prepare_ok<'a>(
 }
 
 /// Unknown gets constrain nothing (there is no answer to check), so they are dropped here.
+/// An unknown compare-and-swap either took effect (it observed its expected value and wrote)
+/// or it did not (its comparison failed, or it never ran): both leave the register as if it
+/// were an optional swap, so that is what it becomes.
 fn prepare_unknown<'a>(op: &'a Operation, interner: &mut Interner<'a>) -> Option<Prepared<'a>> {
     let step = match &op.op {
         KvOp::Get { .. } => return None,
         KvOp::Put { value, .. } => Step::Write(interner.intern(value)),
         KvOp::Delete { .. } => Step::Delete(None),
+        KvOp::Cas {
+            expected, value, ..
+        } => Step::Swap {
+            expected: interner.intern_option(expected),
+            new: interner.intern_option(value),
+        },
     };
     Some(Prepared {
         src: op,
@@ -540,29 +627,38 @@ fn prepare_unknown<'a>(op: &'a Operation, interner: &mut Interner<'a>) -> Option
 /// Gives each unknown write a deadline, because an operation pending forever would double the
 /// search space for the rest of the history.
 ///
-/// Why this is exact: call the acknowledged operations that can tell an unknown write `u`
-/// happened its *observers*: reads of its value, and deletes reporting `existed: true` (after
-/// a put) or `existed: false` (after a delete). If `u` is ordered where no observer follows
-/// before the next write, removing `u` changes nothing any response depends on. So if any
-/// order works, one works where every unknown write that takes part is followed by one of its
-/// observers, i.e. ordered before the last observer completes. After that, `u` can be dropped.
-/// An unknown put whose value has no other writer and is read is not even optional: it must
-/// come before the first read of its value completes.
+/// Why this is exact: call the operations that can tell an unknown write `u` of value `w`
+/// happened its *observers*: acknowledged reads of `w` and swaps expecting `w`, failed
+/// compare-and-swaps expecting any other value (without `u` the register might hold it),
+/// and deletes reporting `existed: true` (after a put) or `existed: false` (after a delete).
+/// If `u` is ordered where no observer follows before the next write, removing `u` changes
+/// nothing any response depends on. So if any order works, one works where every unknown
+/// write that takes part is followed by one of its observers, i.e. ordered before the last
+/// observer completes. After that, `u` can be dropped. An unknown swap expecting `w` is an
+/// observer too, but one that may itself be dropped, so then `u` only gets the end of the
+/// history as its deadline (whatever is ordered after the last acknowledged operation can
+/// be removed). An unknown write whose value has no other writer and is observed is not
+/// even optional: it must come before the first observation of its value completes.
 fn plan_unknowns(ops: &mut [Prepared<'_>], completed: usize, values: usize) {
     let seen = Observations::collect(ops, values);
     for p in &mut ops[completed..] {
-        let (span, by_delete) = match p.step {
-            Step::Write(v) => (seen.reads[v as usize], seen.checked_deletes[1]),
-            _ => (seen.reads[ABSENT as usize], seen.checked_deletes[0]),
+        let Some(w) = p.step.written() else { continue };
+        let (span, by_delete) = match w {
+            ABSENT => (seen.reads[ABSENT as usize], seen.checked_deletes[0]),
+            v => (seen.reads[v as usize], seen.checked_deletes[1]),
         };
-        let sole_source = matches!(p.step, Step::Write(v) if seen.writers[v as usize] == 1);
+        let sole_source = w != ABSENT && seen.writers[w as usize] == 1;
         match span {
             Some((first, _)) if sole_source && first >= p.invoke => {
                 p.deadline = Some(first);
                 p.optional = false;
             }
             _ => {
-                let last = span.map(|s| s.1).max(by_delete);
+                let last = span
+                    .map(|s| s.1)
+                    .max(by_delete)
+                    .max(seen.last_read_not_except(w))
+                    .max(seen.chained[w as usize].then_some(seen.end));
                 p.deadline = last.filter(|&t| t >= p.invoke);
             }
         }
@@ -577,31 +673,69 @@ struct Observations {
     writers: Vec<usize>,
     /// Last completion of the deletes reporting `existed: false` and `existed: true`.
     checked_deletes: [Option<u64>; 2],
+    /// The value whose failed compare-and-swaps complete last, that last completion, and
+    /// the last completion of those expecting any other value.
+    read_nots: (ValueId, Option<u64>, Option<u64>),
+    /// Values some unknown swap expects.
+    chained: Vec<bool>,
+    /// Last completion of any acknowledged operation.
+    end: u64,
 }
 
 impl Observations {
     fn collect(ops: &[Prepared<'_>], values: usize) -> Self {
+        let mut read_nots: Vec<Option<u64>> = vec![None; values + 1];
         let mut seen = Self {
             reads: vec![None; values + 1],
             writers: vec![0; values + 1],
             checked_deletes: [None; 2],
+            read_nots: (ABSENT, None, None),
+            chained: vec![false; values + 1],
+            end: 0,
         };
         for p in ops {
-            match (p.step, p.complete) {
-                (Step::Read(v), Some(done)) => {
+            match (p.step.observed(), p.complete) {
+                (Some(v), Some(done)) => {
                     let span = seen.reads[v as usize].get_or_insert((done, done));
                     *span = (span.0.min(done), span.1.max(done));
                 }
+                (Some(v), None) => seen.chained[v as usize] = true,
+                (None, _) => {}
+            }
+            match (p.step, p.complete) {
                 (Step::Delete(Some(existed)), done) => {
                     let last = &mut seen.checked_deletes[usize::from(existed)];
                     *last = (*last).max(done);
                 }
+                (Step::ReadNot(v), done) => {
+                    let last = &mut read_nots[v as usize];
+                    *last = (*last).max(done);
+                }
                 _ => {}
             }
-            if let Step::Write(v) = p.step {
+            if let Some(v) = p.step.written() {
                 seen.writers[v as usize] += 1;
+            }
+            seen.end = seen.end.max(p.complete.unwrap_or(0));
+        }
+        for (v, &done) in read_nots.iter().enumerate() {
+            let (best, last, others) = &mut seen.read_nots;
+            if done > *last {
+                (*best, *last, *others) = (v as ValueId, done, (*last).max(*others));
+            } else {
+                *others = (*others).max(done);
             }
         }
         seen
+    }
+
+    /// Last completion of the failed compare-and-swaps expecting anything but `v`.
+    fn last_read_not_except(&self, v: ValueId) -> Option<u64> {
+        let (best, last, others) = self.read_nots;
+        if best == v {
+            others
+        } else {
+            last
+        }
     }
 }

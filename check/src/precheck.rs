@@ -1,9 +1,14 @@
 //! Cheap, sound proofs of non-linearizability. They run before the search because each one
 //! pins the anomaly on specific operations, which makes a far better report than "the search
 //! found no order", and because they take `O(n log n)` however tangled the history is.
+//!
+//! A compare-and-swap that took effect counts here both as a write of its new value and as a
+//! read of its expected one (it observed that value at its linearization point, so whatever
+//! rules out a read of it rules out the swap too). A failed compare-and-swap only says the
+//! register held *some other* value; no proof here uses it, the search does.
 
 use super::report;
-use super::{KeyHistory, Step, ValueId, Violation, ABSENT};
+use super::{KeyHistory, ValueId, Violation, ABSENT};
 
 /// A proof that `h` is not linearizable, if one of the cheap patterns applies.
 pub(super) fn find_proof(h: &KeyHistory<'_>) -> Option<Violation> {
@@ -15,7 +20,7 @@ pub(super) fn find_proof(h: &KeyHistory<'_>) -> Option<Violation> {
 fn unsourced_reads(h: &KeyHistory<'_>) -> Option<Violation> {
     let mut first_writer: Vec<Option<usize>> = vec![None; h.values.len() + 1];
     for (i, p) in h.ops.iter().enumerate() {
-        if let Step::Write(v) = p.step {
+        if let Some(v) = p.step.written() {
             let slot = &mut first_writer[v as usize];
             if slot.is_none_or(|w| h.ops[w].invoke > p.invoke) {
                 *slot = Some(i);
@@ -23,7 +28,7 @@ fn unsourced_reads(h: &KeyHistory<'_>) -> Option<Violation> {
         }
     }
     for (read, p) in h.ops[..h.completed].iter().enumerate() {
-        let Step::Read(v) = p.step else { continue };
+        let Some(v) = p.step.observed() else { continue };
         if v == ABSENT {
             continue; // The initial state is a source of absence.
         }
@@ -66,7 +71,7 @@ fn overwritten_reads(h: &KeyHistory<'_>) -> Option<Violation> {
         };
     }
     for (read, p) in h.ops[..h.completed].iter().enumerate() {
-        let Step::Read(r) = p.step else { continue };
+        let Some(r) = p.step.observed() else { continue };
         let source_done = last_source[r as usize];
         let k = writes.partition_point(|&w| Time::from(h.ops[w].invoke) <= source_done);
         let Some(&w) = suffix_first_done.get(k) else {

@@ -12,18 +12,26 @@ const MAX_SHOWN_BYTES: usize = 40;
 /// A read returned a value that no acknowledged or pending put ever wrote.
 pub(super) fn never_written(h: &KeyHistory<'_>, read: usize, v: ValueId) -> Violation {
     let bytes = h.value(v);
-    let failed = h.failed.iter().find(|op| match &op.op {
-        KvOp::Put { value, .. } => Some(value.as_slice()) == bytes,
-        _ => false,
-    });
+    // Failed writes, and compare-and-swaps whose comparison failed (they wrote nothing).
+    let refused = h.ops.iter().filter(|p| matches!(p.step, Step::ReadNot(_)));
+    let failed = (h.failed.iter().copied())
+        .chain(refused.map(|p| p.src))
+        .find(|op| match &op.op {
+            KvOp::Put { value, .. } => Some(value.as_slice()) == bytes,
+            KvOp::Cas {
+                value: Some(value), ..
+            } => Some(value.as_slice()) == bytes,
+            _ => false,
+        });
     let shown = show(bytes);
     match failed {
         Some(put) => violation(
             h,
             ViolationKind::FailedWriteObserved,
             format!(
-                "{} returned {shown}, which only failed put #{} ever wrote",
+                "{} returned {shown}, which only failed {} #{} ever wrote",
                 name(h, read),
+                verb(&put.op),
                 put.id
             ),
             vec![put, h.ops[read].src],
@@ -93,12 +101,13 @@ pub(super) fn overwritten(
 
 /// Names the anomaly behind an overwritten read, adding the deciding fact to `text`.
 fn overwrite_kind(h: &KeyHistory<'_>, over: usize, text: &mut String) -> ViolationKind {
-    let Step::Write(v) = h.ops[over].step else {
-        return ViolationKind::ResurrectedDelete;
+    let v = match h.ops[over].step.written() {
+        Some(ABSENT) | None => return ViolationKind::ResurrectedDelete,
+        Some(v) => v,
     };
     let done = h.ops[over].complete;
-    let later_read =
-        (0..h.completed).find(|&i| h.ops[i].step == Step::Read(v) && Some(h.ops[i].invoke) > done);
+    let later_read = (0..h.completed)
+        .find(|&i| h.ops[i].step.observed() == Some(v) && Some(h.ops[i].invoke) > done);
     match later_read {
         Some(i) => {
             text.push_str(&format!("; {} later did see its value", name(h, i)));
@@ -181,19 +190,22 @@ fn violation(
 /// "get #12 by client 3".
 fn name(h: &KeyHistory<'_>, i: usize) -> String {
     let op = h.ops[i].src;
-    let verb = match op.op {
+    format!("{} #{} by client {}", verb(&op.op), op.id, op.client)
+}
+
+fn verb(op: &KvOp) -> &'static str {
+    match op {
         KvOp::Get { .. } => "get",
         KvOp::Put { .. } => "put",
         KvOp::Delete { .. } => "delete",
-    };
-    format!("{verb} #{} by client {}", op.id, op.client)
+        KvOp::Cas { .. } => "cas",
+    }
 }
 
+/// The value a read returned, or a swap expected (its "read" half); a failed swap's
+/// expected value otherwise.
 fn r_value(h: &KeyHistory<'_>, read: usize) -> ValueId {
-    match h.ops[read].step {
-        Step::Read(v) => v,
-        _ => ABSENT,
-    }
+    h.ops[read].step.compared().unwrap_or(ABSENT)
 }
 
 fn value_read<'a>(h: &KeyHistory<'a>, read: usize) -> Option<&'a [u8]> {
@@ -236,6 +248,16 @@ impl fmt::Display for KvOp {
             KvOp::Get { key } => write!(f, "get({key:?})"),
             KvOp::Put { key, value } => write!(f, "put({key:?}, {})", show(Some(value))),
             KvOp::Delete { key } => write!(f, "delete({key:?})"),
+            KvOp::Cas {
+                key,
+                expected,
+                value,
+            } => write!(
+                f,
+                "cas({key:?}, {} -> {})",
+                show(expected.as_deref()),
+                show(value.as_deref())
+            ),
         }
     }
 }
@@ -249,6 +271,10 @@ impl fmt::Display for Completion {
             Completion::Ok(KvResult::Delete {
                 existed: Some(existed),
             }) => write!(f, "ok (existed: {existed})"),
+            Completion::Ok(KvResult::Cas { succeeded: true }) => f.write_str("swapped"),
+            Completion::Ok(KvResult::Cas { succeeded: false }) => {
+                f.write_str("not swapped (compare failed)")
+            }
             Completion::Failed => f.write_str("failed"),
             Completion::Unknown => f.write_str("unknown (no response)"),
         }

@@ -8,10 +8,13 @@
 //! determined by the set of done operations and the register value, so explored
 //! configurations are memoized and never explored twice.
 //!
-//! On top of that, three reductions keep concurrent histories tractable; each only skips
+//! On top of that, four reductions keep concurrent histories tractable; each only skips
 //! moves that another explored move makes redundant:
-//! * a read the current value satisfies is ordered at once, with no alternatives;
+//! * a read (or failed compare-and-swap) the current value satisfies is ordered at once,
+//!   with no alternatives;
 //! * of several candidates doing the same thing, only the one due first is tried;
+//! * an optional (timed-out) write is only ordered where some candidate needs it right then
+//!   (see `Search::needed_now`), otherwise it waits or is left out;
 //! * a configuration where a pending read needs a value the register does not hold and no
 //!   pending write can produce before the read's deadline is abandoned at once.
 //!
@@ -257,7 +260,10 @@ impl Search {
         if self.list.is_call(node) {
             let mut chosen = None;
             let optional = self.ops[op as usize].optional;
-            if optional == (cursor.pass == Pass::Optional) && !self.has_twin_due_sooner(op) {
+            if optional == (cursor.pass == Pass::Optional)
+                && !self.has_twin_due_sooner(op)
+                && (!optional || self.needed_now(op))
+            {
                 chosen = self.attempt(op, Choice::Applied, cursor.pass);
             }
             if chosen.is_none() {
@@ -307,7 +313,12 @@ impl Search {
     fn free_move(&self) -> Option<(u32, Choice)> {
         self.list.candidates().find_map(|op| {
             let o = &self.ops[op as usize];
-            if o.step == Step::Read(self.state) {
+            let fits_unchanged = match o.step {
+                Step::Read(v) => v == self.state,
+                Step::ReadNot(v) => v != self.state,
+                _ => false,
+            };
+            if fits_unchanged {
                 Some((op, Choice::Eager))
             } else if o.optional && self.pending.observers(o.step) == 0 {
                 Some((op, Choice::Dropped))
@@ -320,14 +331,45 @@ impl Search {
     /// True if another candidate does exactly what `op` does but is due sooner, so ordering
     /// it instead loses nothing. Take any order that works and starts with `op`: put the twin
     /// first instead (it is a candidate now) and `op` where the twin stood (`op` is due no
-    /// sooner), or, if the twin was left out, right after it (optional operations are plain
-    /// puts and deletes, so doing the same thing twice in a row changes nothing). For histories
-    /// that reuse values this cuts the search from every order of the twins to one.
+    /// sooner), or, if the twin was left out, leave `op` out instead (`op` is optional too).
+    /// An acknowledged operation never defers to an optional twin: the twin may never be
+    /// ordered (see `needed_now`), and a swap done twice in a row is not a swap done once.
+    /// For histories that reuse values this cuts the search from every order of the twins
+    /// to one.
     fn has_twin_due_sooner(&self, op: u32) -> bool {
         let me = &self.ops[op as usize];
         self.list.candidates().any(|other| {
             let o = &self.ops[other as usize];
-            o.step == me.step && (o.deadline, other) < (me.deadline, op)
+            o.step == me.step
+                && (o.deadline, other) < (me.deadline, op)
+                && (me.optional || !o.optional)
+        })
+    }
+
+    /// Whether some other candidate needs the optional write `op` right now: a read of its
+    /// value, a swap expecting it, a failed compare-and-swap expecting the current value, or
+    /// a delete whose `existed` it would make right. If none does, ordering `op` now is never
+    /// necessary: take any order that works and has `op` next, and move `op` later, to just
+    /// before the first operation that does depend on it (everything in between is content
+    /// with the current value, as nothing needs `op`); that operation is then a candidate
+    /// (`op`'s deadline is no sooner than its completion, see `plan_unknowns`), so the move
+    /// is tried there. If nothing ever depends on it, it is left out.
+    fn needed_now(&self, op: u32) -> bool {
+        let Some(w) = self.ops[op as usize].step.written() else {
+            return true;
+        };
+        if w == self.state {
+            return false; // Changes nothing.
+        }
+        let present = w != ABSENT;
+        self.list.candidates().any(|other| {
+            other != op
+                && match self.ops[other as usize].step {
+                    Step::Read(v) | Step::Swap { expected: v, .. } => v == w,
+                    Step::ReadNot(v) => v == self.state,
+                    Step::Delete(Some(existed)) => existed == present,
+                    Step::Write(_) | Step::Delete(None) => false,
+                }
         })
     }
 
@@ -366,7 +408,7 @@ impl Search {
 
     fn mark(&mut self, op: u32) {
         let i = op as usize;
-        self.pending.set_done(op, self.ops[i].step, true);
+        self.pending.set_done(op, &self.ops[i], true);
         self.done.set(i);
         if self.ops[i].optional {
             self.optional_done.set(self.optional_index[i] as usize);
@@ -378,7 +420,7 @@ impl Search {
 
     fn unmark(&mut self, op: u32) {
         let i = op as usize;
-        self.pending.set_done(op, self.ops[i].step, false);
+        self.pending.set_done(op, &self.ops[i], false);
         self.done.clear(i);
         if self.ops[i].optional {
             self.optional_done.clear(self.optional_index[i] as usize);

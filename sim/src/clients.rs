@@ -1,6 +1,10 @@
 //! Simulated clients: each is one session (`CommandId { client_id, seq }`, one operation
-//! outstanding) issuing random puts, deletes and linearizable gets on a small key set, and
-//! recording every operation in a linearizability [`History`].
+//! outstanding) issuing random puts, deletes, compare-and-swaps and linearizable gets on a
+//! small key set, and recording every operation in a linearizability [`History`].
+//!
+//! A compare-and-swap is a one-compare transaction (`Txn::put_if` / `Txn::delete_if` on the
+//! key's value, or on its absence) expecting the value this client last saw for the key, so
+//! some succeed and some lose a race; it is recorded as [`KvOp::Cas`].
 //!
 //! A session opens itself through the log (`Op::Register`) before its first write; when the
 //! replicas evicted it (a small session table), a write answered `SessionExpired` stays
@@ -15,11 +19,13 @@ use super::checks::Violation;
 use super::digest::mix_seed;
 use super::wire::ClientCall;
 use super::world::{ClientDelivery, World};
+use paxoskv::{Check, CmpOp, Compare, Txn, TxnOp};
 use paxoskv::{ClientError, ClientReply, ClientToken};
 use paxoskv::{Command, CommandId, Op, Outcome, ReplicaId};
 use paxoskv_check::{Completion, History, KvOp, KvResult};
 use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
+use std::collections::BTreeMap;
 
 /// Bits of a [`ClientToken`] that count attempts; the bits above name the client.
 const ATTEMPT_BITS: u32 = 40;
@@ -79,6 +85,9 @@ struct SimClient {
     next_attempt: u64,
     op: Option<PendingOp>,
     idle_until_step: u64,
+    /// The value this client last saw each key hold (read, or written itself), to aim its
+    /// compare-and-swaps at; a key never seen is expected absent.
+    seen: BTreeMap<String, Option<Vec<u8>>>,
 }
 
 /// All simulated clients and the history they record.
@@ -106,6 +115,7 @@ impl Clients {
                 next_attempt: 1,
                 op: None,
                 idle_until_step: rng.gen_range(0..=cfg.think_max_steps),
+                seen: BTreeMap::new(),
             })
             .collect();
         Clients {
@@ -223,17 +233,21 @@ impl Clients {
                 seq: c.next_seq,
             };
             c.next_seq += 1;
-            let (op, kv_op) = if roll < 85 {
-                // Unique per (client, seq), so a read names the write it saw.
-                let value = format!("c{index}.{}", id.seq).into_bytes();
+            // Unique per (client, seq), so a read names the write it saw.
+            let value = format!("c{index}.{}", id.seq).into_bytes();
+            let (op, kv_op) = if roll < 80 {
                 let kv = KvOp::Put {
                     key: key.clone(),
                     value: value.clone(),
                 };
                 (Op::Put { key, value }, kv)
-            } else {
+            } else if roll < 90 {
                 let kv = KvOp::Delete { key: key.clone() };
                 (Op::Delete { key }, kv)
+            } else {
+                let expected = c.seen.get(&key).cloned().flatten();
+                let value = (roll < 98).then_some(value);
+                compare_and_swap(key, expected, value)
             };
             (ClientCall::Write(Command { id, op }), kv_op)
         };
@@ -294,6 +308,9 @@ impl Clients {
             }
         };
         let history_id = op.history_id;
+        if let Some((key, value)) = observed(&op.call, &result) {
+            c.seen.insert(key, value);
+        }
         c.op = None;
         c.target = d.from;
         c.idle_until_step = now + self.rng.gen_range(0..=self.cfg.think_max_steps);
@@ -376,11 +393,55 @@ impl PendingOp {
     }
 }
 
-/// A put is answered with a put's outcome, a delete with a delete's.
+/// A compare-and-swap of `key` from `expected` to `value` (`None`: absent / delete), as the
+/// transaction the store runs and the operation the checker sees.
+fn compare_and_swap(key: String, expected: Option<Vec<u8>>, value: Option<Vec<u8>>) -> (Op, KvOp) {
+    let check = match expected.clone() {
+        Some(v) => Check::Value(CmpOp::Eq, v),
+        None => Check::Absent,
+    };
+    let compares = vec![Compare {
+        key: key.clone(),
+        check,
+    }];
+    let txn = match value.clone() {
+        Some(v) => Txn::put_if(compares, key.clone(), v),
+        None => Txn::delete_if(compares, key.clone()),
+    };
+    let kv = KvOp::Cas {
+        key,
+        expected,
+        value,
+    };
+    (Op::Txn(txn), kv)
+}
+
+/// What a completed operation says the key holds now, if anything.
+fn observed(call: &ClientCall, result: &KvResult) -> Option<(String, Option<Vec<u8>>)> {
+    match (call, result) {
+        (ClientCall::Read(key), KvResult::Get(value)) => Some((key.clone(), value.clone())),
+        (ClientCall::Write(c), _) => match (&c.op, result) {
+            (Op::Put { key, value }, _) => Some((key.clone(), Some(value.clone()))),
+            (Op::Delete { key }, _) => Some((key.clone(), None)),
+            (Op::Txn(txn), KvResult::Cas { succeeded: true }) => match txn.success.first()? {
+                TxnOp::Put { key, value } => Some((key.clone(), Some(value.clone()))),
+                TxnOp::Delete { key } => Some((key.clone(), None)),
+                TxnOp::Get { .. } | TxnOp::PutLeased { .. } => None,
+            },
+            _ => None,
+        },
+        _ => None,
+    }
+}
+
+/// A put is answered with a put's outcome, a delete with a delete's, a transaction with a
+/// transaction's.
 fn matches_op(op: &Op, outcome: &Outcome) -> bool {
     matches!(
         (op, outcome),
-        (Op::Put { .. }, Outcome::Put { .. }) | (Op::Delete { .. }, Outcome::Delete { .. })
+        (Op::Put { .. }, Outcome::Put { .. })
+            | (Op::Delete { .. }, Outcome::Delete { .. })
+            | (Op::Txn(_), Outcome::Txn(_))
     )
 }
 
@@ -391,10 +452,13 @@ fn write_result(outcome: Outcome) -> KvResult {
             existed: Some(existed),
         },
         Outcome::Registered => KvResult::Put, // never recorded; see `on_reply`
-        // Never recorded: these clients propose no transactions or lease commands yet.
-        Outcome::Txn(_)
-        | Outcome::LeaseGranted { .. }
-        | Outcome::LeaseRevoked { .. }
-        | Outcome::LeaseFailed(_) => KvResult::Put,
+        // The only transactions these clients propose are compare-and-swaps.
+        Outcome::Txn(t) => KvResult::Cas {
+            succeeded: t.succeeded,
+        },
+        // Never recorded: these clients send no lease commands.
+        Outcome::LeaseGranted { .. } | Outcome::LeaseRevoked { .. } | Outcome::LeaseFailed(_) => {
+            KvResult::Put
+        }
     }
 }

@@ -137,7 +137,7 @@ fn summary_line(args: &Args, batch: &BatchReport, elapsed_s: f64) -> String {
     };
     format!(
         "paxoskv-sim: {} seeds ({}..{}) x {} steps, replicas {}, broken-acceptor {}, \
-         broken-durability {}, broken-fsync {}, faults [{}], client ops checked {}, slots chosen {}, inconclusive {}, violations {}{}, \
+         broken-durability {}, broken-fsync {}, faults [{}], client ops checked {} (compare-and-swaps {}, {} swapped), slots chosen {}, inconclusive {}, violations {}{}, \
          digest {:016x}, {:.1}s",
         batch.seeds_run,
         args.seeds.start,
@@ -149,6 +149,8 @@ fn summary_line(args: &Args, batch: &BatchReport, elapsed_s: f64) -> String {
         on_off(args.cfg.broken_fsync),
         batch.faults,
         batch.ops_checked,
+        batch.cas_checked,
+        batch.cas_swapped,
         batch.chosen_slots,
         batch.inconclusive_seeds,
         batch.failed_seeds,

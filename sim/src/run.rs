@@ -135,6 +135,10 @@ pub struct SeedReport {
     pub faults: FaultCounts,
     /// Client operations in the checked history.
     pub ops_checked: u64,
+    /// Compare-and-swaps among them, and how many of those were acknowledged as swapped.
+    pub cas_checked: u64,
+    /// See `cas_checked`.
+    pub cas_swapped: u64,
     /// Slots chosen.
     pub chosen_slots: u64,
     /// The violation, if any.
@@ -168,6 +172,10 @@ pub struct BatchReport {
     pub faults: FaultCounts,
     /// Client operations checked over all seeds.
     pub ops_checked: u64,
+    /// Compare-and-swaps checked over all seeds, and how many of those swapped.
+    pub cas_checked: u64,
+    /// See `cas_checked`.
+    pub cas_swapped: u64,
     /// Slots chosen over all seeds.
     pub chosen_slots: u64,
     /// Seeds that found a violation.
@@ -213,6 +221,8 @@ fn summarize(reports: Vec<SeedReport>) -> BatchReport {
         batch.seeds_run += 1;
         batch.faults.add(&r.faults);
         batch.ops_checked += r.ops_checked;
+        batch.cas_checked += r.cas_checked;
+        batch.cas_swapped += r.cas_swapped;
         batch.chosen_slots += r.chosen_slots;
         batch.inconclusive_seeds += u64::from(r.inconclusive.is_some());
         digest.word(r.digest);
@@ -335,12 +345,19 @@ impl<'c> Simulation<'c> {
                 digest.word(r.kv().digest());
             }
         }
+        let ops = self.clients.history().ops();
+        let cas = ops.iter().filter(|o| matches!(o.op, KvOp::Cas { .. }));
+        let cas_checked = cas.clone().count() as u64;
+        let swapped = Completion::Ok(KvResult::Cas { succeeded: true });
+        let cas_swapped = cas.filter(|o| o.completion == swapped).count() as u64;
         SeedReport {
             seed,
             replicas: self.world.replicas(),
             digest: digest.finish(),
             faults: self.world.counts().clone(),
             ops_checked: self.clients.history().len() as u64,
+            cas_checked,
+            cas_swapped,
             chosen_slots: self.checker.chosen_slots() as u64,
             failure: violation.map(|violation| Failure { step, violation }),
             inconclusive: self.inconclusive.take(),

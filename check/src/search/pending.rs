@@ -5,15 +5,21 @@ use super::{Op, Step, ValueId, ABSENT, UNREAD};
 
 /// What the pending (not yet done) operations read and write, by value.
 pub(super) struct Pending {
-    /// Reads of each value, earliest deadline first.
+    /// Reads of each value, earliest deadline first. Swaps that must take effect count as
+    /// reads of their expected value (and as writes of their new one).
     reads: Vec<Queue>,
     /// Writes of each value (deletes write [`ABSENT`]), earliest invocation first. Writes of
     /// [`UNREAD`] are not tracked: nothing reads them.
     writes: Vec<Queue>,
-    /// Where each operation sits: `(is_read, value, position)`, or `None` if untracked.
-    slot: Vec<Option<(bool, ValueId, u32)>>,
+    /// Where each operation sits: up to two `(is_read, value, position)`.
+    slot: Vec<[Option<(bool, ValueId, u32)>; 2]>,
     /// Pending deletes reporting `existed: false` and `existed: true`.
     checked_deletes: [u32; 2],
+    /// Pending failed compare-and-swaps, by expected value, and in all.
+    read_nots: Vec<u32>,
+    read_nots_total: u32,
+    /// Pending optional swaps, by expected value.
+    optional_swaps: Vec<u32>,
     /// Values whose earliest-due pending read is due before any pending write of the value
     /// can even start: unless the register holds such a value, that read is lost.
     doomed: FxHashSet<ValueId>,
@@ -55,27 +61,36 @@ impl Pending {
         let mut reads = vec![Queue::default(); values + 1];
         let mut writes = vec![Queue::default(); values + 1];
         let mut checked_deletes = [0; 2];
+        let mut read_nots = vec![0; values + 1];
+        let mut optional_swaps = vec![0; values + 1];
         for (i, o) in ops.iter().enumerate() {
+            let i = i as u32;
             match o.step {
-                Step::Read(v) => reads[v as usize].items.push((o.deadline, i as u32)),
-                Step::Write(UNREAD) => {}
-                Step::Write(v) => writes[v as usize].items.push((o.invoke, i as u32)),
+                Step::Read(v) => reads[v as usize].items.push((o.deadline, i)),
+                Step::ReadNot(v) => read_nots[v as usize] += 1,
+                Step::Swap { expected, .. } if o.optional => optional_swaps[expected as usize] += 1,
+                Step::Swap { expected, .. } => reads[expected as usize].items.push((o.deadline, i)),
+                Step::Write(_) => {}
                 Step::Delete(checked) => {
-                    writes[ABSENT as usize].items.push((o.invoke, i as u32));
                     if let Some(existed) = checked {
                         checked_deletes[usize::from(existed)] += 1;
                     }
                 }
             }
+            match o.step.written() {
+                Some(UNREAD) | None => {}
+                Some(v) => writes[v as usize].items.push((o.invoke, i)),
+            }
         }
-        let mut slot = vec![None; ops.len()];
+        let mut slot = vec![[None; 2]; ops.len()];
         for (is_read, queues) in [(true, &mut reads), (false, &mut writes)] {
             for (v, q) in queues.iter_mut().enumerate() {
                 q.items.sort_unstable();
                 q.done = vec![false; q.items.len()];
                 q.pending = q.items.len() as u32;
                 for (pos, &(_, op)) in q.items.iter().enumerate() {
-                    slot[op as usize] = Some((is_read, v as ValueId, pos as u32));
+                    let free = usize::from(slot[op as usize][0].is_some());
+                    slot[op as usize][free] = Some((is_read, v as ValueId, pos as u32));
                 }
             }
         }
@@ -84,6 +99,9 @@ impl Pending {
             writes,
             slot,
             checked_deletes,
+            read_nots_total: read_nots.iter().sum(),
+            read_nots,
+            optional_swaps,
             doomed: FxHashSet::default(),
         };
         for v in 0..=values {
@@ -92,21 +110,31 @@ impl Pending {
         pending
     }
 
-    /// Marks `op` (whose step is `step`) done or pending again.
-    pub(super) fn set_done(&mut self, op: u32, step: Step, done: bool) {
-        if let Step::Delete(Some(existed)) = step {
-            let count = &mut self.checked_deletes[usize::from(existed)];
+    /// Marks `op` (which is `o`) done or pending again.
+    pub(super) fn set_done(&mut self, op: u32, o: &Op, done: bool) {
+        let count = match o.step {
+            Step::Delete(Some(existed)) => Some(&mut self.checked_deletes[usize::from(existed)]),
+            Step::ReadNot(v) => {
+                let total = &mut self.read_nots_total;
+                *total = if done { *total - 1 } else { *total + 1 };
+                Some(&mut self.read_nots[v as usize])
+            }
+            Step::Swap { expected, .. } if o.optional => {
+                Some(&mut self.optional_swaps[expected as usize])
+            }
+            _ => None,
+        };
+        if let Some(count) = count {
             *count = if done { *count - 1 } else { *count + 1 };
         }
-        let Some((is_read, v, pos)) = self.slot[op as usize] else {
-            return;
-        };
-        let queue = match is_read {
-            true => &mut self.reads[v as usize],
-            false => &mut self.writes[v as usize],
-        };
-        queue.set(pos as usize, done);
-        self.refresh(v);
+        for (is_read, v, pos) in self.slot[op as usize].into_iter().flatten() {
+            let queue = match is_read {
+                true => &mut self.reads[v as usize],
+                false => &mut self.writes[v as usize],
+            };
+            queue.set(pos as usize, done);
+            self.refresh(v);
+        }
     }
 
     fn refresh(&mut self, v: ValueId) {
@@ -132,13 +160,23 @@ impl Pending {
     }
 
     /// Pending operations that could tell whether the write `step` happened: reads of its
-    /// value, and deletes whose `existed` depends on it.
+    /// value and swaps expecting it (optional ones too: they may be what observes it),
+    /// failed compare-and-swaps expecting any other value, and deletes whose `existed`
+    /// depends on it (see `plan_unknowns`).
     pub(super) fn observers(&self, step: Step) -> u32 {
-        match step {
-            Step::Write(UNREAD) => self.checked_deletes[1],
-            Step::Write(v) => self.reads[v as usize].pending + self.checked_deletes[1],
-            Step::Delete(_) => self.reads[ABSENT as usize].pending + self.checked_deletes[0],
-            Step::Read(_) => u32::MAX,
+        let Some(w) = step.written() else {
+            return u32::MAX;
+        };
+        let presence = match w {
+            ABSENT => self.checked_deletes[0],
+            _ => self.checked_deletes[1],
+        };
+        if w == UNREAD {
+            // Its real value is unknown here: every failed compare-and-swap may tell.
+            return presence + self.read_nots_total;
         }
+        let w = w as usize;
+        let read_nots = self.read_nots_total - self.read_nots[w];
+        self.reads[w].pending + presence + read_nots + self.optional_swaps[w]
     }
 }

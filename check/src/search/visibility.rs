@@ -1,6 +1,6 @@
 //! Finding puts whose value no read can observe.
 
-use super::{Op, Step, ValueId, UNREAD};
+use super::{Op, Step, ValueId, ABSENT, UNREAD};
 use std::collections::HashMap;
 
 /// Replaces the value of every put that no read can observe with [`UNREAD`].
@@ -12,15 +12,28 @@ use std::collections::HashMap;
 /// invisible, and merging it with every other invisible value turns such puts into twins
 /// (see `Search::has_twin_due_sooner`), which is what keeps histories that reuse a few values
 /// across many concurrent clients tractable. Deletes that report `existed` only see whether
-/// a value is present, which this does not change.
+/// a value is present, which this does not change. Compare-and-swaps count as reads of their
+/// expected value, whether they took effect, failed their comparison or are optional: each
+/// can tell that value from the others. Swaps write too, and their new value is hidden the
+/// same way.
 pub(super) fn hide_unobservable_writes(ops: &mut [Op]) {
     let horizon = Horizon::new(ops);
     let reads = ReadsByValue::new(ops);
     for o in ops.iter_mut() {
-        if let Step::Write(v) = o.step {
-            if v != UNREAD && !reads.any_observing(v, o.invoke, horizon.after(o.deadline)) {
-                o.step = Step::Write(UNREAD);
+        let hidden = match o.step.written() {
+            Some(v) if v != ABSENT && v != UNREAD => {
+                !reads.any_observing(v, o.invoke, horizon.after(o.deadline))
             }
+            _ => false,
+        };
+        if hidden {
+            o.step = match o.step {
+                Step::Swap { expected, .. } => Step::Swap {
+                    expected,
+                    new: UNREAD,
+                },
+                _ => Step::Write(UNREAD),
+            };
         }
     }
 }
@@ -68,7 +81,7 @@ impl ReadsByValue {
     fn new(ops: &[Op]) -> Self {
         let mut reads: HashMap<ValueId, Vec<(u64, u64)>> = HashMap::new();
         for o in ops {
-            if let Step::Read(v) = o.step {
+            if let Some(v) = o.step.compared() {
                 reads.entry(v).or_default().push((o.invoke, o.deadline));
             }
         }

@@ -1,10 +1,12 @@
-//! The client load: concurrent sessions doing random puts, gets and deletes on a small key
-//! set, every operation recorded with its invoke and complete times in a [`History`].
+//! The client load: concurrent sessions doing random puts, gets, deletes and
+//! compare-and-swaps on a small key set, every operation recorded with its invoke and
+//! complete times in a [`History`].
 
 use paxoskv_check::{Completion, History, KvOp, KvResult};
-use paxoskv_client::{Client, ClientError, KvError, Outcome};
+use paxoskv_client::{Check, Client, ClientError, CmpOp, Compare, KvError, Outcome};
 use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
+use std::collections::HashMap;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::{Duration, Instant};
@@ -86,7 +88,8 @@ pub fn write_failure(e: &ClientError) -> Completion {
 }
 
 /// One session's load: random operations until `stop` is set. Values are unique per operation
-/// (`c{client}-{n}`) so every read names the write it saw.
+/// (`c{client}-{n}`) so every read names the write it saw. A compare-and-swap expects the
+/// value this session last saw the key hold (absent if never), so some win and some lose.
 pub async fn run_client(
     client: u64,
     mut session: Client,
@@ -96,6 +99,7 @@ pub async fn run_client(
     stop: Arc<AtomicBool>,
 ) {
     let mut rng = StdRng::seed_from_u64(seed);
+    let mut seen: HashMap<String, Option<Vec<u8>>> = HashMap::new();
     for n in 0..MAX_OPS_PER_CLIENT {
         if stop.load(Ordering::Relaxed) {
             break;
@@ -103,7 +107,7 @@ pub async fn run_client(
         let key = key(rng.gen_range(0..keys));
         match rng.gen_range(0..10) {
             0..=3 => {
-                let value = format!("c{client}-{n}").into_bytes();
+                let value = value_of(client, n);
                 let op = KvOp::Put {
                     key: key.clone(),
                     value: value.clone(),
@@ -111,7 +115,10 @@ pub async fn run_client(
                 let id = recorder.invoke(client, op);
                 let completion =
                     match tokio::time::timeout(OP_GUARD, session.put(&key, value)).await {
-                        Ok(Ok(Outcome::Put { .. })) => Completion::Ok(KvResult::Put),
+                        Ok(Ok(Outcome::Put { .. })) => {
+                            seen.insert(key.clone(), Some(value_of(client, n)));
+                            Completion::Ok(KvResult::Put)
+                        }
                         Ok(Ok(other)) => {
                             recorder.anomaly(format!("put of {key} answered with {other:?}"));
                             Completion::Unknown
@@ -121,12 +128,15 @@ pub async fn run_client(
                     };
                 recorder.complete(id, completion);
             }
-            4..=5 => {
+            4 => {
                 let id = recorder.invoke(client, KvOp::Delete { key: key.clone() });
                 let completion = match tokio::time::timeout(OP_GUARD, session.delete(&key)).await {
-                    Ok(Ok(Outcome::Delete { existed })) => Completion::Ok(KvResult::Delete {
-                        existed: Some(existed),
-                    }),
+                    Ok(Ok(Outcome::Delete { existed })) => {
+                        seen.insert(key.clone(), None);
+                        Completion::Ok(KvResult::Delete {
+                            existed: Some(existed),
+                        })
+                    }
                     Ok(Ok(other)) => {
                         recorder.anomaly(format!("delete of {key} answered with {other:?}"));
                         Completion::Unknown
@@ -136,8 +146,26 @@ pub async fn run_client(
                 };
                 recorder.complete(id, completion);
             }
+            5 => {
+                let expected = seen.get(&key).cloned().flatten();
+                let value = rng.gen_bool(0.8).then(|| value_of(client, n));
+                let swapped = compare_and_swap(
+                    &recorder,
+                    client,
+                    &mut session,
+                    &key,
+                    expected,
+                    value.clone(),
+                )
+                .await;
+                if swapped == Some(true) {
+                    seen.insert(key, value);
+                }
+            }
             _ => {
-                read(&recorder, client, &session, &key).await;
+                if let Some(value) = read(&recorder, client, &session, &key).await {
+                    seen.insert(key, value);
+                }
             }
         }
         let think = rng.gen_range(0..3);
@@ -145,6 +173,52 @@ pub async fn run_client(
             tokio::time::sleep(Duration::from_millis(think)).await;
         }
     }
+}
+
+fn value_of(client: u64, n: u64) -> Vec<u8> {
+    format!("c{client}-{n}").into_bytes()
+}
+
+/// A recorded compare-and-swap of `key` from `expected` to `value` (`None`: absent / delete),
+/// as a one-compare transaction; `Some(swapped)` if it was answered.
+pub async fn compare_and_swap(
+    recorder: &Recorder,
+    client: u64,
+    session: &mut Client,
+    key: &str,
+    expected: Option<Vec<u8>>,
+    value: Option<Vec<u8>>,
+) -> Option<bool> {
+    let check = match expected.clone() {
+        Some(v) => Check::Value(CmpOp::Eq, v),
+        None => Check::Absent,
+    };
+    let compares = vec![Compare {
+        key: key.to_string(),
+        check,
+    }];
+    let op = KvOp::Cas {
+        key: key.to_string(),
+        expected,
+        value: value.clone(),
+    };
+    let id = recorder.invoke(client, op);
+    let answer = match value {
+        Some(v) => tokio::time::timeout(OP_GUARD, session.put_if(compares, key, v)).await,
+        None => tokio::time::timeout(OP_GUARD, session.delete_if(compares, key)).await,
+    };
+    let (completion, swapped) = match answer {
+        Ok(Ok(outcome)) => (
+            Completion::Ok(KvResult::Cas {
+                succeeded: outcome.succeeded,
+            }),
+            Some(outcome.succeeded),
+        ),
+        Ok(Err(e)) => (write_failure(&e), None),
+        Err(_) => (Completion::Unknown, None),
+    };
+    recorder.complete(id, completion);
+    swapped
 }
 
 /// A recorded linearizable read; `Some(value)` if it was answered. A read that fails took
