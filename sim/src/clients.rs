@@ -19,7 +19,7 @@ use super::checks::Violation;
 use super::digest::mix_seed;
 use super::wire::ClientCall;
 use super::world::{ClientDelivery, World};
-use paxoskv::{Check, CmpOp, Compare, Txn, TxnOp};
+use paxoskv::{Check, CmpOp, Compare, LeaseId, Txn, TxnOp, MIN_LEASE_TTL_MS};
 use paxoskv::{ClientError, ClientReply, ClientToken};
 use paxoskv::{Command, CommandId, Op, Outcome, ReplicaId};
 use paxoskv_check::{Completion, History, KvOp, KvResult};
@@ -88,6 +88,8 @@ struct SimClient {
     /// The value this client last saw each key hold (read, or written itself), to aim its
     /// compare-and-swaps at; a key never seen is expected absent.
     seen: BTreeMap<String, Option<Vec<u8>>>,
+    /// The lease this client last got and has not seen end.
+    lease: Option<LeaseId>,
 }
 
 /// All simulated clients and the history they record.
@@ -99,6 +101,9 @@ pub struct Clients {
     rng: StdRng,
     history: History,
     issuing: bool,
+    /// Lease operations are issued only while faults run: every lease then ends (expires
+    /// through the log) long before the replicas must have converged.
+    leasing: bool,
 }
 
 impl Clients {
@@ -116,6 +121,7 @@ impl Clients {
                 op: None,
                 idle_until_step: rng.gen_range(0..=cfg.think_max_steps),
                 seen: BTreeMap::new(),
+                lease: None,
             })
             .collect();
         Clients {
@@ -126,12 +132,18 @@ impl Clients {
             rng,
             history: History::new(),
             issuing: true,
+            leasing: true,
         }
     }
 
     /// Stops (or resumes) starting new operations; outstanding ones carry on.
     pub fn set_issuing(&mut self, issuing: bool) {
         self.issuing = issuing;
+    }
+
+    /// Stops (or resumes) issuing lease operations.
+    pub fn set_leasing(&mut self, leasing: bool) {
+        self.leasing = leasing;
     }
 
     /// The history recorded so far.
@@ -225,6 +237,16 @@ impl Clients {
             c.op = Some(PendingOp::new(None, call, now, c.next_attempt));
             return;
         }
+        if self.leasing && (88..90).contains(&roll) {
+            // Leases: not in the checked history (their keys are outside it and expire on
+            // the leader's clock), but every replica must agree on them (the digest covers
+            // the lease table) and their expiries go through the log under every fault.
+            let lease_roll = self.rng.gen_range(0..4);
+            let ttl_ms = self.rng.gen_range(MIN_LEASE_TTL_MS..=3 * MIN_LEASE_TTL_MS);
+            let call = lease_call(c, index, lease_roll, ttl_ms);
+            c.op = Some(PendingOp::new(None, call, now, c.next_attempt));
+            return;
+        }
         let (call, kv_op) = if roll < 45 {
             (ClientCall::Read(key.clone()), KvOp::Get { key })
         } else {
@@ -296,6 +318,19 @@ impl Clients {
                 write_result(outcome)
             }
             (ClientCall::Read(_), ClientReply::Read(value)) => KvResult::Get(value),
+            (ClientCall::KeepAlive(_), ClientReply::LeaseKept { .. }) => KvResult::Put,
+            (ClientCall::KeepAlive(_), ClientReply::Failed(ClientError::LeaseNotFound(_))) => {
+                c.lease = None; // Expired or revoked meanwhile: the operation is done.
+                KvResult::Put
+            }
+            (ClientCall::Write(w), ClientReply::Applied(outcome)) if is_lease_op(&w.op) => {
+                c.lease = match outcome {
+                    Outcome::LeaseGranted { id, .. } => Some(id),
+                    Outcome::LeaseRevoked { .. } | Outcome::LeaseFailed(_) => None,
+                    _ => c.lease,
+                };
+                KvResult::Put
+            }
             (_, ClientReply::Failed(error)) => {
                 let newest = attempt == op.attempt;
                 return self.on_refusal(d.client, d.from, error, newest, now);
@@ -431,6 +466,43 @@ fn observed(call: &ClientCall, result: &KvResult) -> Option<(String, Option<Vec<
             _ => None,
         },
         _ => None,
+    }
+}
+
+/// The next lease operation of client `index` (`roll` in 0..4): a grant when it holds no
+/// lease, else a leased put of its own key, a keepalive or a revoke.
+fn lease_call(c: &mut SimClient, index: usize, roll: u32, ttl_ms: u64) -> ClientCall {
+    let op = match (c.lease, roll) {
+        (None, _) => Op::LeaseGrant { ttl_ms },
+        (Some(lease), 0) => Op::Txn(Txn {
+            compares: Vec::new(),
+            success: vec![TxnOp::PutLeased {
+                key: format!("lease/{index}"),
+                value: format!("c{index}.{}", c.next_seq).into_bytes(),
+                lease,
+            }],
+            failure: Vec::new(),
+        }),
+        (Some(lease), 1) => return ClientCall::KeepAlive(lease),
+        (Some(id), _) => Op::LeaseRevoke { id },
+    };
+    let id = CommandId {
+        client_id: c.client_id,
+        seq: c.next_seq,
+    };
+    c.next_seq += 1;
+    ClientCall::Write(Command { id, op })
+}
+
+/// A lease command, or a transaction putting with a lease (answered with lease outcomes).
+fn is_lease_op(op: &Op) -> bool {
+    match op {
+        Op::LeaseGrant { .. } | Op::LeaseRevoke { .. } | Op::LeaseExpire { .. } => true,
+        Op::Txn(txn) => txn
+            .success
+            .iter()
+            .any(|o| matches!(o, TxnOp::PutLeased { .. })),
+        _ => false,
     }
 }
 

@@ -286,6 +286,7 @@ impl<'c> Simulation<'c> {
             self.world.step()?;
             if step == calm {
                 self.world.stop_faults()?;
+                self.clients.set_leasing(false);
             }
             if step == quiet {
                 self.clients.set_issuing(false);

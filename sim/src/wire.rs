@@ -15,6 +15,8 @@ pub enum ClientCall {
     Write(Command),
     /// A linearizable read via [`paxoskv::Replica::read`].
     Read(String),
+    /// A lease keepalive via [`paxoskv::Replica::lease_keepalive`].
+    KeepAlive(paxoskv::LeaseId),
 }
 
 /// Anything in flight.

@@ -664,6 +664,7 @@ impl World {
                 r.propose_with_deadline(token, command, deadline_tick)
             }
             ClientCall::Read(key) => r.read(token, key),
+            ClientCall::KeepAlive(lease) => r.lease_keepalive(token, lease),
         }
         self.flush(to);
     }
