@@ -67,23 +67,25 @@ impl History {
     fn publish(&mut self, batch: EventBatch) {
         self.loaded = true;
         if let Some(reset) = batch.reset_at {
-            // The events between what we hold and `reset` never reached us (a snapshot
-            // was installed, or the core dropped them): nothing at or below it is served.
+            // The core's history restarts after `reset`: a snapshot was installed or the core
+            // dropped events (reset above what we hold), or the replica reloaded its state
+            // from disk after a storage failure (reset below: the replay emits the same
+            // events again, since they come from the chosen log). Either way nothing at or
+            // below `reset` is served, and everything above it arrives in order.
             self.events.clear();
             self.bytes = 0;
             self.bounds = Bounds {
-                compacted_through: reset.max(self.bounds.compacted_through),
-                head: reset.max(self.bounds.head),
+                compacted_through: reset,
+                head: reset,
             };
         }
         for event in batch.events {
-            if event.revision <= self.bounds.compacted_through {
+            if event.revision <= self.bounds.compacted_through || event.revision < self.bounds.head
+            {
+                // Never served out of order (the core emits none such; a bug must not
+                // take the replica down).
                 continue;
             }
-            debug_assert!(
-                event.revision >= self.bounds.head,
-                "revisions never go back"
-            );
             self.bounds.head = self.bounds.head.max(event.revision);
             self.bytes += event.size_bytes();
             self.events.push_back(event);
@@ -346,6 +348,28 @@ mod tests {
             revisions(&hub.read(&all(), 11, 10).unwrap()),
             [("e".into(), 11)]
         );
+    }
+
+    #[test]
+    fn a_reload_from_disk_replays_the_history_from_its_snapshot() {
+        let hub = WatchHub::new(100, 1 << 20);
+        hub.publish(batch(vec![put("a", 1), put("b", 2), put("c", 3)]));
+        // Storage failed and the replica reloaded its state at revision 1 from disk: the
+        // replay emits revisions 2 and 3 again, then new ones.
+        hub.publish(EventBatch {
+            reset_at: Some(1),
+            events: vec![put("b", 2), put("c", 3), put("d", 4)],
+        });
+        assert_eq!(hub.range_of_revisions(), (2, 4));
+        let page = hub.read(&all(), 2, 10).unwrap();
+        assert_eq!(
+            revisions(&page),
+            [("b".into(), 2), ("c".into(), 3), ("d".into(), 4)]
+        );
+        // An event behind the head is never appended out of order.
+        hub.publish(batch(vec![put("old", 3), put("e", 5)]));
+        let page = hub.read(&all(), 4, 10).unwrap();
+        assert_eq!(revisions(&page), [("d".into(), 4), ("e".into(), 5)]);
     }
 
     #[test]

@@ -332,6 +332,7 @@ pub async fn replicas_agree(reader: &paxoskv_client::Client, within: Duration) -
             return true;
         }
         if std::time::Instant::now() > deadline {
+            eprintln!("replicas disagree (applied_through, map_digest): {views:?}");
             return false;
         }
         tokio::time::sleep(Duration::from_millis(100)).await;
