@@ -193,16 +193,15 @@ fn redis_clients_read_and_write_through_leader_and_followers() {
         redis::cmd("SET")
             .arg("k")
             .arg("v")
-            .arg("EX")
-            .arg(10)
+            .arg("KEEPTTL")
             .query(&mut on_leader),
     );
-    assert!(e.contains("needs leases"), "{e}");
+    assert!(e.contains("not supported"), "{e}");
     let got: Option<String> = redis::cmd("GET")
         .arg("k")
         .query(&mut on_leader)
         .expect("GET");
-    assert_eq!(got, None, "a refused SET EX wrote nothing");
+    assert_eq!(got, None, "a refused SET KEEPTTL wrote nothing");
     let e = server_error(
         redis::cmd("SET")
             .arg("big")
