@@ -36,6 +36,9 @@ const FORMAT_XXH3: u64 = 3;
 /// Format 3 followed by the lease table. Written only when the state has ever had a lease,
 /// so a cluster that uses none keeps snapshots an older release reads.
 const FORMAT_LEASES: u64 = 4;
+/// Largest revision a loaded state may claim: far beyond any real store, and far enough
+/// from `u64::MAX` that the next writes' `+ 1` cannot overflow.
+const MAX_REVISION: u64 = u64::MAX / 2;
 
 /// Most entries one scan returns.
 pub const MAX_SCAN_LIMIT: usize = 10_000;
@@ -598,7 +601,7 @@ impl KvState {
 mod encoding {
     use super::{
         bounded, entry_hash, fnv_entry_hash, meta_ok, old_entry_hash, Entry, KvState, Map, Session,
-        FORMAT_LEASES, FORMAT_MARK, FORMAT_REVISIONS, FORMAT_XXH3,
+        FORMAT_LEASES, FORMAT_MARK, FORMAT_REVISIONS, FORMAT_XXH3, MAX_REVISION,
     };
     use crate::leases::{EncodedLease, LeaseTable};
     use crate::types::{KeyMeta, Slot};
@@ -781,6 +784,12 @@ mod encoding {
                     }
                 };
                 kv.revision = next(&mut a)?;
+                if kv.revision > MAX_REVISION {
+                    return Err(de::Error::custom(format!(
+                        "revision {} is more writes than a store can have made",
+                        kv.revision
+                    )));
+                }
                 let seed = EntriesSeed {
                     hash,
                     revision: kv.revision,

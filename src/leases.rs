@@ -196,6 +196,11 @@ impl LeaseTable {
                 leases.len()
             ));
         }
+        if last_id > u64::MAX / 2 {
+            return Err(format!(
+                "last lease id {last_id} is more grants than a store can have made"
+            ));
+        }
         let mut table = LeaseTable {
             last_id,
             digest,

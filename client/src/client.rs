@@ -487,8 +487,8 @@ impl Client {
             i => i,
         };
         let mut compacted: Option<(usize, KvError)> = None;
-        for attempt in 0.. {
-            let target = (first + attempt) % self.pool.len();
+        let mut target = first % self.pool.len();
+        loop {
             if let Some((at, error)) = &compacted {
                 if *at == target {
                     // Every replica said compacted: the history is gone everywhere.
@@ -513,15 +513,16 @@ impl Client {
                 }
                 Err(error) => error,
             };
+            let asked = target;
+            target = (target + 1) % self.pool.len();
             if let AttemptError::Kv(kv @ KvError::Compacted { .. }) = &error {
-                compacted.get_or_insert((target, kv.clone()));
+                compacted.get_or_insert((asked, kv.clone()));
                 continue;
             }
             // Only the verdict matters: a watch is not led, every replica is a candidate.
-            self.after_failure(target, error, &mut tracker)?;
+            self.after_failure(asked, error, &mut tracker)?;
             sleep_before(deadline, backoff.next_delay()).await;
         }
-        unreachable!("the loop returns")
     }
 
     /// Sends `call` to the leader (or a guess), following hints and retrying until it
