@@ -12,6 +12,15 @@ pub(crate) fn fsync_dir(dir: &Path) -> Result<()> {
         .map_err(|e| StorageError::io("fsync directory", dir, e))
 }
 
+/// Removes `path`; one that is already gone is fine. Two snapshot writers (our own and one
+/// received from a peer) may clean up the same old files at once.
+pub(crate) fn remove_if_present(path: &Path, op: &'static str) -> Result<()> {
+    match fs::remove_file(path) {
+        Err(e) if e.kind() != std::io::ErrorKind::NotFound => Err(StorageError::io(op, path, e)),
+        _ => Ok(()),
+    }
+}
+
 /// Creates `dir` (and parents) if it does not exist, and makes each new directory entry
 /// durable by syncing its parent: without that a power loss can take back a replica
 /// directory whose files were all synced.

@@ -14,7 +14,7 @@
 //! so a 100 MB snapshot costs roughly one pass of (de)serialization.
 
 use super::error::{Result, StorageError};
-use super::fsutil::{fsync_dir, list_numbered};
+use super::fsutil::{fsync_dir, list_numbered, remove_if_present};
 use bincode::Options;
 use serde::de::DeserializeOwned;
 use serde::{Deserialize, Serialize};
@@ -114,12 +114,13 @@ pub fn write_snapshot<S: Serialize>(
     let mut removed = false;
     for (older, old_path) in list_numbered(dir, SNAPSHOT_PREFIX, SNAPSHOT_SUFFIX)? {
         if older < slot {
-            fs::remove_file(&old_path)
-                .map_err(|e| StorageError::io("remove old snapshot", &old_path, e))?;
+            remove_if_present(&old_path, "remove old snapshot")?;
             removed = true;
         }
     }
-    removed |= remove_temp_files(dir)?;
+    // Only older ones: a snapshot received from a peer (a later slot) may be streaming into
+    // its temp file on another thread right now.
+    removed |= remove_temp_files(dir, slot)?;
     if removed {
         fsync_dir(dir)?;
     }
@@ -311,7 +312,7 @@ pub fn load_latest_snapshot<S: DeserializeOwned>(dir: &Path) -> Result<Option<(S
     if !dir.exists() {
         return Ok(None);
     }
-    if remove_temp_files(dir)? {
+    if remove_temp_files(dir, u64::MAX)? {
         fsync_dir(dir)?;
     }
     let Some((slot, path)) = list_numbered(dir, SNAPSHOT_PREFIX, SNAPSHOT_SUFFIX)?.pop() else {
@@ -417,12 +418,15 @@ pub fn read_snapshot<S: DeserializeOwned>(path: &Path) -> Result<(S, SnapshotMet
 }
 
 /// Removes `snap-*.tmp` leftovers; returns whether any was removed.
-fn remove_temp_files(dir: &Path) -> Result<bool> {
-    let leftovers = list_numbered(dir, SNAPSHOT_PREFIX, TEMP_SUFFIX)?;
+/// Removes the temp files of snapshots below `below_slot`.
+fn remove_temp_files(dir: &Path, below_slot: u64) -> Result<bool> {
+    let leftovers: Vec<_> = list_numbered(dir, SNAPSHOT_PREFIX, TEMP_SUFFIX)?
+        .into_iter()
+        .filter(|(slot, _)| *slot < below_slot)
+        .collect();
     for (_, path) in &leftovers {
         tracing::warn!(file = %path.display(), "removing leftover temporary snapshot file");
-        fs::remove_file(path)
-            .map_err(|e| StorageError::io("remove temporary snapshot", path, e))?;
+        remove_if_present(path, "remove temporary snapshot")?;
     }
     Ok(!leftovers.is_empty())
 }

@@ -3,7 +3,7 @@
 use super::error::{Result, StorageError};
 use super::fault::{injected_error, FaultInjector};
 use super::frame::{encode_frames, parse_segment};
-use super::fsutil::{ensure_dir, fsync_dir, list_numbered};
+use super::fsutil::{ensure_dir, fsync_dir, list_numbered, remove_if_present};
 use serde::de::DeserializeOwned;
 use serde::Serialize;
 use std::collections::BTreeMap;
@@ -252,11 +252,16 @@ impl<R: Serialize + DeserializeOwned> Wal<R> {
     /// which a durable snapshot made obsolete, and a full disk needs that space back.
     pub fn remove_segments_below(&mut self, index: u64) -> Result<()> {
         debug_assert!(index <= self.index, "cannot remove the active WAL segment");
-        let removed = remove_segments_below(&self.dir, index.min(self.index))?;
-        for number in removed {
-            self.sizes.remove(&number);
-        }
+        remove_segments_below(&self.dir, index.min(self.index))?;
+        self.forget_segments_below(index);
         Ok(())
+    }
+
+    /// Stops counting segments below `index` in [`Wal::size_bytes`]: someone else (the
+    /// snapshot writer's thread) removed their files. Touches no file.
+    pub fn forget_segments_below(&mut self, index: u64) {
+        let index = index.min(self.index);
+        self.sizes.retain(|number, _| *number >= index);
     }
 
     /// Total bytes of the live segments (those replayed or written by this log and not yet
@@ -375,7 +380,7 @@ pub fn remove_segments_below(dir: &Path, index: u64) -> Result<Vec<u64>> {
         return Ok(Vec::new());
     }
     for (_, path) in &doomed {
-        fs::remove_file(path).map_err(|e| StorageError::io("remove WAL segment", path, e))?;
+        remove_if_present(path, "remove WAL segment")?;
     }
     fsync_dir(dir)?;
     Ok(doomed.into_iter().map(|(number, _)| number).collect())
