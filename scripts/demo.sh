@@ -282,6 +282,9 @@ $((rev + 3)) DELETE demo-watch/a" ]] || die "watch printed something else"
     echo "\$ paxoskv put demo-lease 'until the lease ends' --if-absent --lease $lease"$'\n'"$out"
     expect 0 "lease $lease kept alive for 2s" lease keepalive "$lease" --once
     started=$(now_ms)
+    out=$(kv lease ttl "$lease") || die "lease ttl failed: $out"
+    echo "\$ paxoskv lease ttl $lease"$'\n'"$out"
+    [[ $out == "lease $lease: TTL 2s, "*" left, 1 key" ]] || die "lease ttl: unexpected '$out'"
     expect 0 "until the lease ends" get demo-lease
     local deadline=$((SECONDS + 20))
     while kv get demo-lease >/dev/null 2>&1; do

@@ -257,6 +257,11 @@ impl LeaseClock {
         debug_assert_eq!(self.order.len(), self.deadline_tick.len());
     }
 
+    /// The tick at which `id` expires, if this clock times it.
+    pub(crate) fn deadline(&self, id: LeaseId) -> Option<u64> {
+        self.deadline_tick.get(&id).copied()
+    }
+
     /// Forgets `id` (revoked or expired).
     pub(crate) fn remove(&mut self, id: LeaseId) {
         if let Some(old) = self.deadline_tick.remove(&id) {
@@ -284,7 +289,7 @@ pub(crate) fn ttl_ticks(ttl_ms: u64, tick_ms: u64) -> u64 {
     ttl_ms.div_ceil(tick_ms.max(1))
 }
 
-use crate::replica::{ClientError, ClientReply, ClientToken, Replica, Role};
+use crate::replica::{ClientError, ClientReply, ClientToken, LeaseTtl, Replica, Role};
 use crate::types::{Command, CommandId, Op, Outcome};
 
 /// The client id of the leader's own commands (lease expiries). No client session has it:
@@ -295,17 +300,51 @@ impl Replica {
     /// Keeps lease `id` alive for its whole TTL from now. Only the leader keeps lease time:
     /// the reply is [`ClientReply::LeaseKept`], or `NotLeader`, or `LeaseNotFound`.
     pub fn lease_keepalive(&mut self, token: ClientToken, id: LeaseId) {
-        let leader = self.leader();
-        if !matches!(self.role, Role::Leader(_)) {
-            let reply = ClientReply::Failed(ClientError::NotLeader { leader });
-            return self.reply(token, reply);
-        }
-        let Some(ttl_ms) = self.kv.leases().get(id).map(|l| l.ttl_ms) else {
-            return self.reply(token, ClientReply::Failed(ClientError::LeaseNotFound(id)));
+        let Some(lease) = self.leader_lease(token, id) else {
+            return;
         };
-        let deadline = self.now_tick + ttl_ticks(ttl_ms, self.cfg.tick_ms);
+        let deadline = self.now_tick + ttl_ticks(lease.ttl_ms, self.cfg.tick_ms);
         self.lease_clock.set(id, deadline);
+        let ttl_ms = lease.ttl_ms;
         self.reply(token, ClientReply::LeaseKept { ttl_ms });
+    }
+
+    /// How long lease `id` lives unless kept alive, on the leader's clock (the only one
+    /// that keeps lease time): [`ClientReply::LeaseTtl`], or `NotLeader`, or `LeaseNotFound`.
+    /// Right after an election that includes the extra time the new leader gave every lease.
+    pub fn lease_time_to_live(&mut self, token: ClientToken, id: LeaseId) {
+        let Some(lease) = self.leader_lease(token, id) else {
+            return;
+        };
+        let remaining_ms = match self.lease_clock.deadline(id) {
+            Some(deadline) => deadline
+                .saturating_sub(self.now_tick)
+                .saturating_mul(self.cfg.tick_ms),
+            None => lease.ttl_ms, // Granted in a slot not applied under this leadership yet.
+        };
+        let reply = ClientReply::LeaseTtl(LeaseTtl {
+            ttl_ms: lease.ttl_ms,
+            remaining_ms,
+            keys: lease.keys_len() as u64,
+        });
+        self.reply(token, reply);
+    }
+
+    /// The lease, if this replica leads and it exists; otherwise answers `token` and `None`.
+    fn leader_lease(&mut self, token: ClientToken, id: LeaseId) -> Option<Lease> {
+        if !matches!(self.role, Role::Leader(_)) {
+            let leader = self.leader();
+            self.reply(
+                token,
+                ClientReply::Failed(ClientError::NotLeader { leader }),
+            );
+            return None;
+        }
+        let lease = self.kv.leases().get(id).cloned();
+        if lease.is_none() {
+            self.reply(token, ClientReply::Failed(ClientError::LeaseNotFound(id)));
+        }
+        lease
     }
 
     /// A new leader does not know how long ago each lease was last kept alive: it gives

@@ -34,7 +34,7 @@ pub use durability::{BatchNumber, Ready};
 pub use persist::{Record, RecoveryError, Snapshot};
 pub use refuse::{Refusal, RefusedCounts};
 pub use replica::{
-    ClientError, ClientReply, ClientToken, CoreStatus, Footprint, PeerToken, Replica,
+    ClientError, ClientReply, ClientToken, CoreStatus, Footprint, LeaseTtl, PeerToken, Replica,
 };
 pub use types::{
     check_key, check_lease_ttl, check_value, Ballot, Check, CmpOp, Command, CommandId, Compare,

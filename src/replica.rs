@@ -68,6 +68,19 @@ pub enum ClientReply {
         /// The lease's TTL.
         ttl_ms: u64,
     },
+    /// A lease's time, as the leader's clock has it.
+    LeaseTtl(LeaseTtl),
+}
+
+/// Answer to [`Replica::lease_time_to_live`].
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct LeaseTtl {
+    /// The TTL it was granted (each keepalive restarts it).
+    pub ttl_ms: u64,
+    /// Time left before the leader proposes its expiry, unless kept alive.
+    pub remaining_ms: u64,
+    /// Keys attached to it.
+    pub keys: u64,
 }
 
 /// The replica's current role.

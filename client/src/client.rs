@@ -6,8 +6,8 @@ use crate::{ClientConfig, ClientError};
 use paxoskv::{check_key, check_value, CommandId, Compare, Outcome, Txn, TxnOp, TxnOutcome};
 use paxoskv_service::{
     CountReply, GetMetaReply, GetReply, KeyRange, KvError, KvRpcClient, LeaseGrantReply,
-    LeaseKeepAliveReply, LeaseRevokeReply, ReadMode, ReplicaStatus, ScanPage, ScanReply, TxnReply,
-    WatchReply, WriteReply, MAX_SCAN_LIMIT,
+    LeaseKeepAliveReply, LeaseRevokeReply, LeaseTtlReply, ReadMode, ReplicaStatus, ScanPage,
+    ScanReply, TxnReply, WatchReply, WriteReply, MAX_SCAN_LIMIT,
 };
 use std::error::Error as StdError;
 use std::future::Future;
@@ -44,6 +44,7 @@ leader_hint!(
     LeaseGrantReply,
     LeaseRevokeReply,
     LeaseKeepAliveReply,
+    LeaseTtlReply,
     WriteReply,
     GetReply,
     ScanReply,
@@ -248,6 +249,12 @@ impl Client {
             .run(|rpc, ctx| async move { rpc.lease_keepalive(ctx, lease).await })
             .await?;
         Ok(Duration::from_millis(reply.ttl_ms))
+    }
+
+    /// The lease's TTL and its time left on the leader's clock.
+    pub async fn lease_ttl(&self, lease: u64) -> Result<LeaseTtlReply, ClientError> {
+        self.run(|rpc, ctx| async move { rpc.lease_ttl(ctx, lease).await })
+            .await
     }
 
     /// Sets `key` to `value` attached to `lease` (deleted when the lease ends), exactly once.

@@ -126,6 +126,13 @@ async fn a_revoke_deletes_the_keys_at_once_and_the_lease_is_gone() {
         .get_meta("x/1", ReadMode::Linearizable)
         .await
         .expect("meta");
+    assert_eq!(before.lease, Some(lease), "a read names the key's lease");
+    let ttl = c.lease_ttl(lease).await.expect("ttl");
+    assert_eq!((ttl.ttl_ms, ttl.keys), (60_000, 3));
+    assert!(
+        ttl.remaining_ms > 0 && ttl.remaining_ms <= 60_000,
+        "{ttl:?}"
+    );
     let revoked = c.lease_revoke(lease).await.expect("revoke");
     assert_eq!(revoked.deleted_keys, 3);
     assert_eq!(
@@ -134,6 +141,10 @@ async fn a_revoke_deletes_the_keys_at_once_and_the_lease_is_gone() {
         "one revision for all three"
     );
     assert_eq!(c.get("x/2").await.expect("get"), None);
+    assert_eq!(
+        c.lease_ttl(lease).await.map(|t| t.keys),
+        Err(ClientError::Server(KvError::LeaseNotFound { lease }))
+    );
     assert_eq!(
         c.put_with_lease("x/4", b"v".to_vec(), lease).await,
         Err(ClientError::Server(KvError::LeaseNotFound { lease }))

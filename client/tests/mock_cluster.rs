@@ -235,6 +235,14 @@ impl KvRpc for Fake {
         Err(KvError::InvalidRequest("not in the fake".into()))
     }
 
+    async fn lease_ttl(
+        self,
+        _: Context,
+        _: u64,
+    ) -> Result<paxoskv_service::LeaseTtlReply, KvError> {
+        Err(KvError::InvalidRequest("not in the fake".into()))
+    }
+
     async fn set_partition(self, _: Context, _: Vec<u32>) -> Result<(), KvError> {
         Err(KvError::InvalidRequest(
             "the fake has no fault control".into(),

@@ -592,5 +592,18 @@ fn set_ex_and_setex_keys_expire_through_leases() {
     );
     assert_eq!(get(&mut con, "long").as_deref(), Some("2"));
     assert_eq!(get(&mut con, "plain").as_deref(), Some("3"));
+    // TTL through a follower: the key's lease, timed on the leader's clock.
+    let ttl = |con: &mut redis::Connection, cmd: &str, key: &str| -> i64 {
+        redis::cmd(cmd).arg(key).query(con).expect(cmd)
+    };
+    let long_s = ttl(&mut con, "TTL", "long");
+    assert!((50..=60).contains(&long_s), "TTL long = {long_s}");
+    let long_ms = ttl(&mut con, "PTTL", "long");
+    assert!(
+        (50_000..=60_000).contains(&long_ms),
+        "PTTL long = {long_ms}"
+    );
+    assert_eq!(ttl(&mut con, "TTL", "plain"), -1);
+    assert_eq!(ttl(&mut con, "TTL", "short"), -2, "expired with its lease");
     eprintln!("SET PX 1000 was gone {lived:?} after it was sent");
 }

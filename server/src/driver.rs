@@ -173,10 +173,13 @@ pub enum DriverInput {
         /// Where to answer.
         reply: oneshot::Sender<ClientReply>,
     },
-    /// A lease keepalive (answered by the leader's core).
-    LeaseKeepAlive {
+    /// A lease keepalive, or (`keep_alive` false) a question of its time left; answered
+    /// by the leader's core.
+    LeaseTime {
         /// The lease.
         lease: paxoskv::LeaseId,
+        /// Restart its TTL (a keepalive) rather than only report it.
+        keep_alive: bool,
         /// Where to answer.
         reply: oneshot::Sender<ClientReply>,
     },
@@ -239,7 +242,7 @@ impl DriverInput {
                 | DriverInput::Propose { .. }
                 | DriverInput::Read { .. }
                 | DriverInput::ReadView { .. }
-                | DriverInput::LeaseKeepAlive { .. }
+                | DriverInput::LeaseTime { .. }
         )
     }
 }
@@ -658,10 +661,17 @@ impl Driver {
                 self.client_waiters.insert(t, reply);
                 self.core.read(ClientToken(t), key);
             }
-            DriverInput::LeaseKeepAlive { lease, reply } => {
+            DriverInput::LeaseTime {
+                lease,
+                keep_alive,
+                reply,
+            } => {
                 let t = self.token();
                 self.client_waiters.insert(t, reply);
-                self.core.lease_keepalive(ClientToken(t), lease);
+                match keep_alive {
+                    true => self.core.lease_keepalive(ClientToken(t), lease),
+                    false => self.core.lease_time_to_live(ClientToken(t), lease),
+                }
             }
             DriverInput::ReadView { reply } => {
                 self.metrics.reads.inc();

@@ -4,8 +4,8 @@
 use paxoskv::message::{Request, Response};
 use paxoskv::{Command, ReplicaId};
 use paxoskv_service::{
-    connect_kv, connect_replica, CountReply, Dialer, GetReply, KeyRange, KvError, KvRpcClient,
-    ReadMode, ReplicaRpcClient, ScanReply, SnapshotChunk, WriteReply,
+    connect_kv, connect_replica, CountReply, Dialer, GetMetaReply, GetReply, KeyRange, KvError,
+    KvRpcClient, LeaseTtlReply, ReadMode, ReplicaRpcClient, ScanReply, SnapshotChunk, WriteReply,
 };
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -190,6 +190,30 @@ impl PeerLink {
     pub async fn forward_get(&self, key: String, timeout: Duration) -> Result<GetReply, KvError> {
         self.call_kv(timeout, |client, ctx| async move {
             client.get(ctx, key, ReadMode::Linearizable).await
+        })
+        .await
+    }
+
+    /// Forwards a front end's linearizable read with revisions to this peer (the leader).
+    pub async fn forward_get_meta(
+        &self,
+        key: String,
+        timeout: Duration,
+    ) -> Result<GetMetaReply, KvError> {
+        self.call_kv(timeout, |client, ctx| async move {
+            client.get_meta(ctx, key, ReadMode::Linearizable).await
+        })
+        .await
+    }
+
+    /// Forwards a front end's question of a lease's time to this peer (the leader).
+    pub async fn forward_lease_ttl(
+        &self,
+        lease: u64,
+        timeout: Duration,
+    ) -> Result<LeaseTtlReply, KvError> {
+        self.call_kv(timeout, |client, ctx| async move {
+            client.lease_ttl(ctx, lease).await
         })
         .await
     }

@@ -15,8 +15,8 @@ use paxoskv::{
 use paxoskv_service::tls::ServerSecurity;
 use paxoskv_service::{
     Caller, CountReply, GetMetaReply, GetReply, KeyRange, KvError, KvRpc, LeaseGrantReply,
-    LeaseKeepAliveReply, LeaseRevokeReply, ReadMode, ReplicaRpc, ReplicaStatus, ScanReply,
-    SnapshotChunk, TxnReply, WatchReply, WriteReply,
+    LeaseKeepAliveReply, LeaseRevokeReply, LeaseTtlReply, ReadMode, ReplicaRpc, ReplicaStatus,
+    ScanReply, SnapshotChunk, TxnReply, WatchReply, WriteReply,
 };
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -453,6 +453,37 @@ impl KvServer {
         .await
     }
 
+    /// A linearizable read with revisions and lease (`KvRpc::get_meta`), forwarded once to
+    /// the leader when this replica is a follower that knows it.
+    pub async fn get_meta_via_leader(
+        &self,
+        key: String,
+        budget: Duration,
+    ) -> Result<GetMetaReply, KvError> {
+        let (ctx, started) = read_context(budget);
+        let local = self
+            .clone()
+            .get_meta(ctx, key.clone(), ReadMode::Linearizable);
+        self.or_on_leader(local.await, started, budget, |peer, left| async move {
+            peer.forward_get_meta(key, left).await
+        })
+        .await
+    }
+
+    /// A lease's time (`KvRpc::lease_ttl`), asked of the leader.
+    pub async fn lease_ttl_via_leader(
+        &self,
+        lease: u64,
+        budget: Duration,
+    ) -> Result<LeaseTtlReply, KvError> {
+        let (ctx, started) = read_context(budget);
+        let local = self.clone().lease_ttl(ctx, lease);
+        self.or_on_leader(local.await, started, budget, |peer, left| async move {
+            peer.forward_lease_ttl(lease, left).await
+        })
+        .await
+    }
+
     /// A linearizable count through the same path as `KvRpc::count`, forwarded once to
     /// the leader when this replica is a follower that knows it.
     pub async fn count_via_leader(
@@ -581,6 +612,28 @@ impl KvServer {
     }
 
     /// A linearizable read that did not succeed, as the client sees it.
+    /// Asks the leader's core to keep `lease` alive or to report its time.
+    async fn lease_time(
+        &self,
+        ctx: &Context,
+        lease: u64,
+        keep_alive: bool,
+    ) -> Result<ClientReply, KvError> {
+        let budget = self.0.budget(ctx);
+        let id = paxoskv::LeaseId(lease);
+        let ask = |reply| DriverInput::LeaseTime {
+            lease: id,
+            keep_alive,
+            reply,
+        };
+        match self.0.ask(ask, budget).await? {
+            ClientReply::Failed(ClientError::LeaseNotFound(_)) => {
+                Err(KvError::LeaseNotFound { lease })
+            }
+            other => Ok(other),
+        }
+    }
+
     fn read_failure(&self, reply: ClientReply) -> KvError {
         match reply {
             ClientReply::Failed(ClientError::NotLeader { leader }) => KvError::NotLeader {
@@ -757,6 +810,7 @@ impl KvRpc for KvServer {
         Ok(GetMetaReply {
             value: found.map(|(v, _)| v.to_vec()),
             meta: found.map(|(_, m)| m),
+            lease: view.kv.leases().lease_of(&key).map(|l| l.0),
             revision: view.kv.revision(),
             served_by: self.0.id,
             stale: view.stale,
@@ -842,23 +896,23 @@ impl KvRpc for KvServer {
         ctx: Context,
         lease: u64,
     ) -> Result<LeaseKeepAliveReply, KvError> {
-        let budget = self.0.budget(&ctx);
-        let id = paxoskv::LeaseId(lease);
-        let reply = self
-            .0
-            .ask(
-                |reply| DriverInput::LeaseKeepAlive { lease: id, reply },
-                budget,
-            )
-            .await?;
-        match reply {
+        match self.lease_time(&ctx, lease, true).await? {
             ClientReply::LeaseKept { ttl_ms } => Ok(LeaseKeepAliveReply {
                 ttl_ms,
                 leader_addr: self.0.addr_of(Some(self.0.id)),
             }),
-            ClientReply::Failed(ClientError::LeaseNotFound(_)) => {
-                Err(KvError::LeaseNotFound { lease })
-            }
+            other => Err(self.read_failure(other)),
+        }
+    }
+
+    async fn lease_ttl(self, ctx: Context, lease: u64) -> Result<LeaseTtlReply, KvError> {
+        match self.lease_time(&ctx, lease, false).await? {
+            ClientReply::LeaseTtl(t) => Ok(LeaseTtlReply {
+                ttl_ms: t.ttl_ms,
+                remaining_ms: t.remaining_ms,
+                keys: t.keys,
+                leader_addr: self.0.addr_of(Some(self.0.id)),
+            }),
             other => Err(self.read_failure(other)),
         }
     }

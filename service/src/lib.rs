@@ -104,6 +104,8 @@ pub struct GetMetaReply {
     pub value: Option<Vec<u8>>,
     /// The key's revisions; `None` if it does not exist.
     pub meta: Option<KeyMeta>,
+    /// The lease the key is attached to, if any (it is deleted when the lease ends).
+    pub lease: Option<u64>,
     /// The store revision the read saw.
     pub revision: u64,
     /// The replica that answered.
@@ -153,6 +155,19 @@ pub struct LeaseRevokeReply {
 pub struct LeaseKeepAliveReply {
     /// The lease lives this long from now unless kept alive again.
     pub ttl_ms: u64,
+    /// The leader's address.
+    pub leader_addr: Option<String>,
+}
+
+/// Reply to `lease_ttl`.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct LeaseTtlReply {
+    /// The TTL it was granted (each keepalive restarts it).
+    pub ttl_ms: u64,
+    /// Time left on the leader's clock before it expires, unless kept alive.
+    pub remaining_ms: u64,
+    /// Keys attached to it.
+    pub keys: u64,
     /// The leader's address.
     pub leader_addr: Option<String>,
 }
@@ -285,4 +300,6 @@ pub trait KvRpc {
     async fn lease_revoke(id: CommandId, lease: u64) -> Result<LeaseRevokeReply, KvError>;
     /// Restart the lease's TTL on the leader's clock (followers answer `NotLeader`).
     async fn lease_keepalive(lease: u64) -> Result<LeaseKeepAliveReply, KvError>;
+    /// The lease's TTL and time left on the leader's clock (followers answer `NotLeader`).
+    async fn lease_ttl(lease: u64) -> Result<LeaseTtlReply, KvError>;
 }

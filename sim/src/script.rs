@@ -465,6 +465,7 @@ fn render_reply(r: &ClientReply) -> String {
         ClientReply::Failed(ClientError::DeadlinePassed) => "deadline-passed".into(),
         ClientReply::Failed(ClientError::LeaseNotFound(id)) => format!("lease-not-found {id}"),
         ClientReply::LeaseKept { ttl_ms } => format!("lease-kept {ttl_ms}"),
+        ClientReply::LeaseTtl(t) => format!("lease-ttl {t:?}"),
         ClientReply::Applied(o) => format!("{o:?}"),
     }
 }

@@ -1,4 +1,4 @@
-//! `paxoskv lease grant|revoke|keepalive`: leases, the expiring half of the lock recipe.
+//! `paxoskv lease grant|revoke|ttl|keepalive`: leases, the expiring half of the lock recipe.
 
 use super::output::Format;
 use clap::Subcommand;
@@ -18,6 +18,11 @@ pub(crate) enum LeaseCommand {
     },
     /// Remove lease ID and delete its keys (at one revision); prints how many.
     Revoke {
+        /// The lease id.
+        id: u64,
+    },
+    /// Print lease ID's TTL, its time left on the leader's clock and how many keys it has.
+    Ttl {
         /// The lease id.
         id: u64,
     },
@@ -57,6 +62,23 @@ pub(crate) async fn run(
                 Format::Simple | Format::Table => println!(
                     "OK (lease {id} revoked, {} keys deleted, revision {})",
                     reply.deleted_keys, reply.revision
+                ),
+            }
+        }
+        LeaseCommand::Ttl { id } => {
+            let reply = client.lease_ttl(id).await?;
+            let remaining = Duration::from_millis(reply.remaining_ms);
+            match format {
+                Format::Json => println!(
+                    "{}",
+                    json!({"lease": id, "ttl_ms": reply.ttl_ms, "remaining_ms": reply.remaining_ms, "keys": reply.keys})
+                ),
+                Format::Simple | Format::Table => println!(
+                    "lease {id}: TTL {}, {} left, {} {}",
+                    humantime::format_duration(Duration::from_millis(reply.ttl_ms)),
+                    humantime::format_duration(remaining),
+                    reply.keys,
+                    if reply.keys == 1 { "key" } else { "keys" }
                 ),
             }
         }

@@ -54,6 +54,7 @@ Examples:
   paxoskv lease grant 10s                print a new lease's id (say 1)
   paxoskv put lock me --if-absent --lease 1   a lock that is released when lease 1 ends
   paxoskv lease keepalive 1              keep it alive (every TTL/3) until interrupted
+  paxoskv lease ttl 1                    its TTL, time left on the leader's clock, keys
   paxoskv status                         one row per replica; exit 2 without a majority
   paxoskv get color --show-meta          value, then create_revision, mod_revision, version
   paxoskv put n 2 --if-version 1         write only if n is at version 1 (else exit 3)

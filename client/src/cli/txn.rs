@@ -299,12 +299,16 @@ pub(crate) async fn cmd_get_meta(
                 "create_revision": meta.create_revision,
                 "mod_revision": meta.mod_revision,
                 "version": meta.version,
+                "lease": reply.lease,
                 "revision": reply.revision,
             })
         ),
         Format::Simple | Format::Table => {
             println!("{text}");
-            println!("{}", meta_text(meta));
+            match reply.lease {
+                Some(lease) => println!("{} lease={lease}", meta_text(meta)),
+                None => println!("{}", meta_text(meta)),
+            }
         }
     }
     Ok(0)

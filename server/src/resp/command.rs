@@ -36,6 +36,11 @@ pub trait Backend {
         &mut self,
         range: KeyRange,
     ) -> impl std::future::Future<Output = Result<u64, KvError>> + Send;
+    /// How long `key` lives: read linearizably, then its lease's time asked of the leader.
+    fn ttl(
+        &mut self,
+        key: String,
+    ) -> impl std::future::Future<Output = Result<KeyTtl, KvError>> + Send;
     /// One transaction in one log slot (exactly once within this connection's session):
     /// `then` if every comparison holds, else `otherwise`.
     fn txn(
@@ -44,6 +49,39 @@ pub trait Backend {
         then: Vec<Step>,
         otherwise: Vec<Step>,
     ) -> impl std::future::Future<Output = Result<TxnAnswer, KvError>> + Send;
+}
+
+/// A key's time to live, as TTL and PTTL report it.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum KeyTtl {
+    /// No such key (Redis: -2).
+    Missing,
+    /// The key has no lease (Redis: -1).
+    Persistent,
+    /// Its lease ends this long from now unless kept alive.
+    Expires {
+        /// Time left on the leader's lease clock.
+        remaining_ms: u64,
+    },
+}
+
+impl KeyTtl {
+    /// Redis's answer: -2, -1, or the time left in seconds (rounded, as Redis does) or
+    /// in milliseconds.
+    fn reply(self, millis: bool) -> Reply {
+        match self {
+            KeyTtl::Missing => Reply::Int(-2),
+            KeyTtl::Persistent => Reply::Int(-1),
+            KeyTtl::Expires { remaining_ms } => {
+                let shown = if millis {
+                    remaining_ms
+                } else {
+                    remaining_ms.saturating_add(500) / 1000
+                };
+                Reply::Int(i64::try_from(shown).unwrap_or(i64::MAX))
+            }
+        }
+    }
 }
 
 /// paxoskv's version, shown by HELLO and INFO.
@@ -97,8 +135,6 @@ const NOT_YET: &[(&str, &str)] = &[
         "PEXPIRE",
         "a key's TTL is its lease's: set it with SET EX/PX or SETEX (paxoskv lease ...)",
     ),
-    ("TTL", "the remaining TTL lives on the leader's lease clock and is not exposed yet"),
-    ("PTTL", "the remaining TTL lives on the leader's lease clock and is not exposed yet"),
     (
         "MULTI",
         "MULTI/EXEC queueing is not built; SET NX/XX, MSET, MSETNX, GETSET, INCR are each one transaction",
@@ -218,6 +254,16 @@ impl Connection {
                 }
                 Reply::Int(count)
             }
+            "TTL" | "PTTL" => match rest {
+                [key] => match key_of(key) {
+                    Ok(key) => match backend.ttl(key).await {
+                        Ok(ttl) => ttl.reply(name == "PTTL"),
+                        Err(e) => kv_error(&e),
+                    },
+                    Err(reply) => reply,
+                },
+                _ => arity(&name),
+            },
             "SET" => conditional::set(backend, rest).await,
             "SETEX" => conditional::setex(backend, rest, false).await,
             "PSETEX" => conditional::setex(backend, rest, true).await,
@@ -570,6 +616,16 @@ const DOCS: &[(&str, &str, &str)] = &[
     ("UNLINK", "generic", "Same as DEL."),
     ("EXISTS", "generic", "Counts the keys that exist."),
     (
+        "TTL",
+        "generic",
+        "Returns a key's time to live in seconds (its lease's, on the leader's clock).",
+    ),
+    (
+        "PTTL",
+        "generic",
+        "Returns a key's time to live in milliseconds.",
+    ),
+    (
         "KEYS",
         "generic",
         "Returns the keys matching a glob (bounded: use SCAN for more).",
@@ -742,6 +798,21 @@ pub(crate) mod memory {
                 Some(e) => Err(e.clone()),
                 None => Ok(self.map.get(&key).cloned()),
             }
+        }
+
+        async fn ttl(&mut self, key: String) -> Result<KeyTtl, KvError> {
+            if let Some(e) = &self.fail_with {
+                return Err(e.clone());
+            }
+            if !self.map.contains_key(&key) {
+                return Ok(KeyTtl::Missing);
+            }
+            Ok(match self.leased.get(&key) {
+                Some(lease) => KeyTtl::Expires {
+                    remaining_ms: self.leases[*lease as usize - 1],
+                },
+                None => KeyTtl::Persistent,
+            })
         }
 
         async fn write(&mut self, op: Op) -> Result<Outcome, KvError> {
@@ -974,6 +1045,14 @@ mod tests {
         assert_eq!(m.leased.get("a"), Some(&1));
         assert_eq!(m.leased.get("c"), Some(&3));
         assert_eq!(run(&mut c, &mut m, &["GET", "b"]), bulk("2"));
+        // TTL rounds to seconds as Redis does; -1 without a lease, -2 without the key.
+        assert_eq!(run(&mut c, &mut m, &["TTL", "c"]), Reply::Int(2));
+        assert_eq!(run(&mut c, &mut m, &["PTTL", "c"]), Reply::Int(1_500));
+        assert_eq!(run(&mut c, &mut m, &["TTL", "a"]), Reply::Int(10));
+        assert_eq!(run(&mut c, &mut m, &["SET", "p", "x"]), Reply::ok());
+        assert_eq!(run(&mut c, &mut m, &["TTL", "p"]), Reply::Int(-1));
+        assert_eq!(run(&mut c, &mut m, &["PTTL", "nope"]), Reply::Int(-2));
+        assert_eq!(run(&mut c, &mut m, &["TTL"]), arity("TTL"));
         // NX on an existing key: nothing written (the granted lease just expires).
         assert_eq!(
             run(&mut c, &mut m, &["SET", "a", "9", "NX", "PX", "2000"]),

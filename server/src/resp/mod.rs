@@ -13,7 +13,7 @@ pub mod reply;
 
 use crate::limits::{ConnectionCounter, LogLimiter};
 use crate::rpc::{KvServer, Shared};
-use command::{Backend, Connection};
+use command::{Backend, Connection, KeyTtl};
 use conditional::{Compare, Step, TxnAnswer};
 use framing::{next_request, RequestLimits};
 use paxoskv::kv::{KeyRange, ScanPage};
@@ -427,6 +427,36 @@ impl Backend for KvSession {
             other => Err(KvError::InvalidRequest(format!(
                 "a transaction answered {other:?}"
             ))),
+        }
+    }
+
+    async fn ttl(&mut self, key: String) -> Result<KeyTtl, KvError> {
+        let budget = self.server.0.request_timeout;
+        let meta = self
+            .with_retries(|server, ctx| {
+                let key = key.clone();
+                let left = ctx.deadline.saturating_duration_since(Instant::now());
+                async move { server.get_meta_via_leader(key, left.min(budget)).await }
+            })
+            .await?;
+        let lease = match (meta.value, meta.lease) {
+            (None, _) => return Ok(KeyTtl::Missing),
+            (Some(_), None) => return Ok(KeyTtl::Persistent),
+            (Some(_), Some(lease)) => lease,
+        };
+        let time = self
+            .with_retries(|server, ctx| {
+                let left = ctx.deadline.saturating_duration_since(Instant::now());
+                async move { server.lease_ttl_via_leader(lease, left.min(budget)).await }
+            })
+            .await;
+        match time {
+            Ok(t) => Ok(KeyTtl::Expires {
+                remaining_ms: t.remaining_ms,
+            }),
+            // Expired (or revoked) since the read: its keys are gone with it.
+            Err(KvError::LeaseNotFound { .. }) => Ok(KeyTtl::Missing),
+            Err(e) => Err(e),
         }
     }
 
