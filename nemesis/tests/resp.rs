@@ -593,17 +593,32 @@ fn set_ex_and_setex_keys_expire_through_leases() {
     assert_eq!(get(&mut con, "long").as_deref(), Some("2"));
     assert_eq!(get(&mut con, "plain").as_deref(), Some("3"));
     // TTL through a follower: the key's lease, timed on the leader's clock.
-    let ttl = |con: &mut redis::Connection, cmd: &str, key: &str| -> i64 {
-        redis::cmd(cmd).arg(key).query(con).expect(cmd)
+    let int = |con: &mut redis::Connection, words: &[&str]| -> i64 {
+        redis::cmd(words[0])
+            .arg(&words[1..])
+            .query(con)
+            .expect(words[0])
     };
-    let long_s = ttl(&mut con, "TTL", "long");
+    let long_s = int(&mut con, &["TTL", "long"]);
     assert!((50..=60).contains(&long_s), "TTL long = {long_s}");
-    let long_ms = ttl(&mut con, "PTTL", "long");
+    let long_ms = int(&mut con, &["PTTL", "long"]);
     assert!(
         (50_000..=60_000).contains(&long_ms),
         "PTTL long = {long_ms}"
     );
-    assert_eq!(ttl(&mut con, "TTL", "plain"), -1);
-    assert_eq!(ttl(&mut con, "TTL", "short"), -2, "expired with its lease");
+    assert_eq!(int(&mut con, &["TTL", "plain"]), -1);
+    assert_eq!(
+        int(&mut con, &["TTL", "short"]),
+        -2,
+        "expired with its lease"
+    );
+    // EXPIRE puts the value again on a new lease; PERSIST takes it off again.
+    assert_eq!(int(&mut con, &["EXPIRE", "plain", "30"]), 1);
+    let plain_s = int(&mut con, &["TTL", "plain"]);
+    assert!((20..=30).contains(&plain_s), "TTL plain = {plain_s}");
+    assert_eq!(get(&mut con, "plain").as_deref(), Some("3"));
+    assert_eq!(int(&mut con, &["PERSIST", "plain"]), 1);
+    assert_eq!(int(&mut con, &["TTL", "plain"]), -1);
+    assert_eq!(int(&mut con, &["EXPIRE", "short", "30"]), 0, "no such key");
     eprintln!("SET PX 1000 was gone {lived:?} after it was sent");
 }

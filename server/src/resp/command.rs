@@ -128,14 +128,6 @@ pub const DEFAULT_MAX_REPLY_BYTES: usize = 64 * 1024 * 1024;
 /// (issue 13) and the ordered map (issue 12) land.
 const NOT_YET: &[(&str, &str)] = &[
     (
-        "EXPIRE",
-        "a key's TTL is its lease's: set it with SET EX/PX or SETEX (paxoskv lease ...)",
-    ),
-    (
-        "PEXPIRE",
-        "a key's TTL is its lease's: set it with SET EX/PX or SETEX (paxoskv lease ...)",
-    ),
-    (
         "MULTI",
         "MULTI/EXEC queueing is not built; SET NX/XX, MSET, MSETNX, GETSET, INCR are each one transaction",
     ),
@@ -264,6 +256,9 @@ impl Connection {
                 },
                 _ => arity(&name),
             },
+            "EXPIRE" => conditional::expire(backend, rest, false).await,
+            "PEXPIRE" => conditional::expire(backend, rest, true).await,
+            "PERSIST" => conditional::persist(backend, rest).await,
             "SET" => conditional::set(backend, rest).await,
             "SETEX" => conditional::setex(backend, rest, false).await,
             "PSETEX" => conditional::setex(backend, rest, true).await,
@@ -626,6 +621,21 @@ const DOCS: &[(&str, &str, &str)] = &[
         "Returns a key's time to live in milliseconds.",
     ),
     (
+        "EXPIRE",
+        "generic",
+        "Puts the key's value again on a new lease of that many seconds.",
+    ),
+    (
+        "PEXPIRE",
+        "generic",
+        "Puts the key's value again on a new lease of that many milliseconds.",
+    ),
+    (
+        "PERSIST",
+        "generic",
+        "Puts the key's value again without its lease.",
+    ),
+    (
         "KEYS",
         "generic",
         "Returns the keys matching a glob (bounded: use SCAN for more).",
@@ -908,10 +918,13 @@ pub(crate) mod memory {
             for step in if succeeded { then } else { otherwise } {
                 match step {
                     Step::Get(k) => gets.push(self.map.get(&k).cloned()),
+                    // As in the store: a plain put or a delete detaches the key.
                     Step::Put(k, v) => {
+                        self.leased.remove(&k);
                         self.map.insert(k, v);
                     }
                     Step::Delete(k) => {
+                        self.leased.remove(&k);
                         self.map.remove(&k);
                     }
                     Step::PutLeased(k, v, lease) => {
@@ -1138,10 +1151,59 @@ mod tests {
         assert_eq!(run(&mut c, &mut m, &["APPEND", "s", "de"]), Reply::Int(5));
         assert_eq!(run(&mut c, &mut m, &["APPEND", "t", "x"]), Reply::Int(1));
         assert_eq!(run(&mut c, &mut m, &["GET", "s"]), bulk("abcde"));
-        let Reply::Error(e) = run(&mut c, &mut m, &["EXPIRE", "s", "10"]) else {
-            panic!("EXPIRE answered")
-        };
-        assert!(e.contains("lease"), "{e}");
+    }
+
+    #[test]
+    fn expire_puts_the_value_again_on_a_new_lease_and_persist_takes_it_off() {
+        let (mut c, mut m) = (Connection::new(1, None), Memory::default());
+        assert_eq!(run(&mut c, &mut m, &["SET", "s", "abc"]), Reply::ok());
+        assert_eq!(run(&mut c, &mut m, &["TTL", "s"]), Reply::Int(-1));
+        assert_eq!(run(&mut c, &mut m, &["EXPIRE", "s", "10"]), Reply::Int(1));
+        assert_eq!(m.leases, [10_000]);
+        assert_eq!(m.leased.get("s"), Some(&1));
+        assert_eq!(
+            run(&mut c, &mut m, &["GET", "s"]),
+            bulk("abc"),
+            "value kept"
+        );
+        assert_eq!(run(&mut c, &mut m, &["PTTL", "s"]), Reply::Int(10_000));
+        assert_eq!(
+            run(&mut c, &mut m, &["PEXPIRE", "s", "2500"]),
+            Reply::Int(1)
+        );
+        assert_eq!(m.leased.get("s"), Some(&2));
+        // A missing key: 0, and no lease granted for it.
+        assert_eq!(
+            run(&mut c, &mut m, &["EXPIRE", "nope", "10"]),
+            Reply::Int(0)
+        );
+        assert_eq!(m.leases.len(), 2);
+        assert_eq!(run(&mut c, &mut m, &["PERSIST", "s"]), Reply::Int(1));
+        assert_eq!(m.leased.get("s"), None);
+        assert_eq!(run(&mut c, &mut m, &["TTL", "s"]), Reply::Int(-1));
+        assert_eq!(run(&mut c, &mut m, &["GET", "s"]), bulk("abc"));
+        assert_eq!(run(&mut c, &mut m, &["PERSIST", "s"]), Reply::Int(0));
+        assert_eq!(run(&mut c, &mut m, &["PERSIST", "nope"]), Reply::Int(0));
+        // Refused, nothing written: too short, not positive, options.
+        for (args, want) in [
+            (
+                &["PEXPIRE", "s", "999"][..],
+                "invalid expire time in 'pexpire'",
+            ),
+            (&["EXPIRE", "s", "0"][..], "invalid expire time in 'expire'"),
+            (
+                &["EXPIRE", "s", "10", "NX"][..],
+                "option 'NX' is not supported",
+            ),
+            (&["EXPIRE", "s", "ten"][..], "not an integer"),
+        ] {
+            let Reply::Error(e) = run(&mut c, &mut m, args) else {
+                panic!("{args:?} answered")
+            };
+            assert!(e.contains(want), "{args:?}: {e}");
+        }
+        assert_eq!(m.leases.len(), 2);
+        assert_eq!(m.leased.get("s"), None);
     }
 
     fn keys_of(reply: Reply) -> Vec<String> {

@@ -2,7 +2,7 @@
 //! GETDEL, INCR/DECR/INCRBY/DECRBY and APPEND, each one transaction of the core (one log
 //! slot), so no other write comes between their comparison and their writes.
 
-use super::command::{arity, key_of, kv_error, not_an_integer, parse_int, Backend};
+use super::command::{arity, key_of, kv_error, not_an_integer, parse_int, Backend, KeyTtl};
 use super::reply::Reply;
 use paxoskv_service::KvError;
 
@@ -96,7 +96,7 @@ pub async fn set<B: Backend>(backend: &mut B, args: &[Vec<u8>]) -> Reply {
             };
         }
         None => Step::Put(key.clone(), value),
-        Some(ttl_ms) => match grant(backend, ttl_ms).await {
+        Some(ttl_ms) => match grant(backend, ttl_ms, "set").await {
             Ok(lease) => Step::PutLeased(key.clone(), value, lease),
             Err(reply) => return reply,
         },
@@ -123,10 +123,10 @@ pub async fn set<B: Backend>(backend: &mut B, args: &[Vec<u8>]) -> Reply {
 
 /// A new lease of `ttl_ms` for one SET EX/PX (a lease the SET then does not use, because
 /// its condition failed, simply expires with no key).
-async fn grant<B: Backend>(backend: &mut B, ttl_ms: u64) -> Result<u64, Reply> {
+async fn grant<B: Backend>(backend: &mut B, ttl_ms: u64, command: &str) -> Result<u64, Reply> {
     if paxoskv::check_lease_ttl(ttl_ms).is_err() {
         return Err(Reply::err(format!(
-            "invalid expire time in 'set' command: paxoskv keys expire through leases of \
+            "invalid expire time in '{command}' command: paxoskv keys expire through leases of \
              {} ms ..= {} ms",
             paxoskv::MIN_LEASE_TTL_MS,
             paxoskv::MAX_LEASE_TTL_MS
@@ -234,7 +234,7 @@ pub async fn incr_by<B: Backend>(backend: &mut B, name: &str, args: &[Vec<u8>]) 
         Ok(key) => key,
         Err(reply) => return reply,
     };
-    let result = read_modify_write(backend, key, |old| {
+    let result = read_modify_write(backend, key, None, |old| {
         let old = match old {
             None => 0,
             Some(bytes) => parse_int(bytes).ok_or_else(not_an_integer)?,
@@ -248,6 +248,85 @@ pub async fn incr_by<B: Backend>(backend: &mut B, name: &str, args: &[Vec<u8>]) 
     result.unwrap_or_else(|reply| reply)
 }
 
+/// `EXPIRE key seconds` and `PEXPIRE key milliseconds`: 1 once the key hangs on a new lease
+/// of that TTL, 0 if there is no such key. A key's TTL is its lease's, so this grants one
+/// and re-puts the key's current value attached to it (compare-and-swap on the value: a
+/// write, which bumps the key's version and is seen by watchers). NX/XX/GT/LT are refused.
+pub async fn expire<B: Backend>(backend: &mut B, args: &[Vec<u8>], millis: bool) -> Reply {
+    let name = if millis { "PEXPIRE" } else { "EXPIRE" };
+    let (key, ttl) = match args {
+        [key, ttl] => (key, ttl),
+        [_, _, option, ..] => {
+            return Reply::err(format!(
+                "{name} option '{}' is not supported; nothing was written",
+                String::from_utf8_lossy(option)
+            ))
+        }
+        _ => return arity(name),
+    };
+    let key = match key_of(key) {
+        Ok(key) => key,
+        Err(reply) => return reply,
+    };
+    let per_unit = if millis { 1 } else { 1000 };
+    let ttl_ms = match parse_int(ttl) {
+        Some(n) if n > 0 => (n as u64).saturating_mul(per_unit),
+        Some(_) => {
+            return Reply::err(format!(
+                "invalid expire time in '{}' command",
+                name.to_ascii_lowercase()
+            ))
+        }
+        None => return not_an_integer(),
+    };
+    // Before the grant: a missing key needs no lease.
+    if let Err(reply) = existing(backend, &key).await {
+        return reply;
+    }
+    let lease = match grant(backend, ttl_ms, &name.to_ascii_lowercase()).await {
+        Ok(lease) => lease,
+        Err(reply) => return reply,
+    };
+    let result = read_modify_write(backend, key, Some(lease), |old| match old {
+        Some(value) => Ok((value.clone(), Reply::Int(1))),
+        None => Err(Reply::Int(0)), // Deleted meanwhile; the lease expires with no key.
+    })
+    .await;
+    result.unwrap_or_else(|reply| reply)
+}
+
+/// `PERSIST key`: 1 if the key's lease was taken off (the value re-put without one), 0 if
+/// the key has no lease or does not exist.
+pub async fn persist<B: Backend>(backend: &mut B, args: &[Vec<u8>]) -> Reply {
+    let [key] = args else {
+        return arity("PERSIST");
+    };
+    let key = match key_of(key) {
+        Ok(key) => key,
+        Err(reply) => return reply,
+    };
+    match backend.ttl(key.clone()).await {
+        Ok(KeyTtl::Expires { .. }) => {}
+        Ok(KeyTtl::Missing | KeyTtl::Persistent) => return Reply::Int(0),
+        Err(e) => return kv_error(&e),
+    }
+    let result = read_modify_write(backend, key, None, |old| match old {
+        Some(value) => Ok((value.clone(), Reply::Int(1))),
+        None => Err(Reply::Int(0)),
+    })
+    .await;
+    result.unwrap_or_else(|reply| reply)
+}
+
+/// Ok if `key` exists; otherwise the reply `0` (or the read's error).
+async fn existing<B: Backend>(backend: &mut B, key: &str) -> Result<(), Reply> {
+    match backend.get(key.to_string()).await {
+        Ok(Some(_)) => Ok(()),
+        Ok(None) => Err(Reply::Int(0)),
+        Err(e) => Err(kv_error(&e)),
+    }
+}
+
 /// `APPEND key suffix`: the new length.
 pub async fn append<B: Backend>(backend: &mut B, args: &[Vec<u8>]) -> Reply {
     let [key, suffix] = args else {
@@ -257,7 +336,7 @@ pub async fn append<B: Backend>(backend: &mut B, args: &[Vec<u8>]) -> Reply {
         Ok(key) => key,
         Err(reply) => return reply,
     };
-    let result = read_modify_write(backend, key, |old| {
+    let result = read_modify_write(backend, key, None, |old| {
         let mut new = old.cloned().unwrap_or_default();
         new.extend_from_slice(suffix);
         let length = Reply::Int(new.len().try_into().unwrap_or(i64::MAX));
@@ -267,10 +346,16 @@ pub async fn append<B: Backend>(backend: &mut B, args: &[Vec<u8>]) -> Reply {
     result.unwrap_or_else(|reply| reply)
 }
 
-/// Reads `key`, computes its new value with `change` and writes it only if the key still
-/// holds what was read; on a conflict the failed transaction's own read is the next try's
-/// input. `change` returns the new value and the reply, or an error reply.
-async fn read_modify_write<B, F>(backend: &mut B, key: String, change: F) -> Result<Reply, Reply>
+/// Reads `key`, computes its new value with `change` and writes it (attached to `lease`, if
+/// given; a plain put detaches the key from any lease) only if the key still holds what was
+/// read; on a conflict the failed transaction's own read is the next try's input. `change`
+/// returns the new value and the reply, or the reply to give without writing.
+async fn read_modify_write<B, F>(
+    backend: &mut B,
+    key: String,
+    lease: Option<u64>,
+    change: F,
+) -> Result<Reply, Reply>
 where
     B: Backend,
     F: Fn(Option<&Vec<u8>>) -> Result<(Vec<u8>, Reply), Reply>,
@@ -289,7 +374,10 @@ where
             None => Compare::Absent(key.clone()),
             Some(old) => Compare::ValueIs(key.clone(), old.clone()),
         };
-        let then = vec![Step::Put(key.clone(), new)];
+        let then = vec![match lease {
+            Some(lease) => Step::PutLeased(key.clone(), new, lease),
+            None => Step::Put(key.clone(), new),
+        }];
         let otherwise = vec![Step::Get(key.clone())];
         let answer = backend
             .txn(vec![compare], then, otherwise)
