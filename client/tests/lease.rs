@@ -253,7 +253,21 @@ async fn worker(
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_lock_recipe_never_has_two_holders_and_frees_a_killed_holders_lock_in_its_ttl() {
-    let cluster = LocalCluster::start(5, |_| {}).await.expect("start");
+    lock_recipe(None).await;
+}
+
+/// The same while the leader replica is stopped during the turns: the new leader extends
+/// every lease before expiring any, so no holder loses the lock it keeps alive, and the
+/// killed holder's lock is still freed.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_lock_recipe_survives_a_leader_stop() {
+    lock_recipe(Some(Duration::from_millis(800))).await;
+}
+
+/// Runs the workers; with `stop_leader_after`, stops the leader replica that long after the
+/// start. Then checks the history of holds.
+async fn lock_recipe(stop_leader_after: Option<Duration>) {
+    let mut cluster = LocalCluster::start(5, |_| {}).await.expect("start");
     let base = client(&cluster.addrs);
     let deadline = Instant::now() + Duration::from_secs(60);
     let tasks: Vec<_> = (0..WORKERS)
@@ -263,10 +277,22 @@ async fn the_lock_recipe_never_has_two_holders_and_frees_a_killed_holders_lock_i
             tokio::spawn(worker(session, addrs, i, i == 0, deadline))
         })
         .collect();
+    if let Some(after) = stop_leader_after {
+        tokio::time::sleep(after).await;
+        let old = leader(&base, Duration::from_secs(10)).await;
+        cluster.stop(old).await;
+        eprintln!("stopped leader {old} {after:?} after the start");
+    }
     let mut holds = Vec::new();
     for t in tasks {
         holds.extend(t.await.expect("worker"));
     }
+    check_holds(holds);
+    cluster.shutdown().await;
+}
+
+/// Never two holders at once, and the killed holder's lock freed within its TTL (plus slack).
+fn check_holds(mut holds: Vec<Hold>) {
     holds.sort_by_key(|h| h.acquired);
     assert_eq!(holds.len(), WORKERS * TURNS_EACH);
     for pair in holds.windows(2) {
@@ -291,5 +317,4 @@ async fn the_lock_recipe_never_has_two_holders_and_frees_a_killed_holders_lock_i
         }
     }
     assert_eq!(holds.iter().filter(|h| h.killed).count(), 1);
-    cluster.shutdown().await;
 }
